@@ -1,0 +1,180 @@
+"""The FADE engine: images in, scores and anomaly maps out.
+
+    engine = FadeEngine.from_config(EngineConfig(class_name="screw"))
+    engine.add_references([Image.open("good.png")])      # optional: few-shot
+    [result] = engine.detect([Image.open("query.png")])
+    result.score, result.anomaly_map                      # float, (G, G) array
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fade_cli.config import EngineConfig, VisionPreset
+from fade_cli.engine.fusion import average_over_sizes, fuse_maps, patch_scores_to_grid
+from fade_cli.engine.gem import GemVisionEncoder, VisionFeatures
+from fade_cli.engine.memory_bank import MemoryBank
+from fade_cli.engine.model import LoadedModel, load_model
+from fade_cli.engine.preprocess import batch_to_tensor
+from fade_cli.engine.result import Detection
+from fade_cli.engine.text import abnormal_probability, text_classifier
+from fade_cli.errors import InputError
+from fade_cli.prompt_set import PromptSet, default_prompt_sets
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class FadeEngine:
+    """CLIP + GEM + prompt ensembles + memory bank, as configured by an :class:`EngineConfig`."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        config: EngineConfig,
+        cls_classifier_2d: torch.Tensor,
+        seg_classifier_2d: torch.Tensor,
+    ):
+        self.loaded = loaded
+        self.config = config
+        self.device = loaded.device
+        self.encoder = GemVisionEncoder(
+            loaded.model.visual, depth=config.gem_depth, iters=config.gem_iters, temperature=config.gem_temperature
+        )
+        self.cls_classifier_2d = cls_classifier_2d.to(self.device)
+        self.seg_classifier_2d = seg_classifier_2d.to(self.device)
+        self.bank = MemoryBank()
+        self.reference_count = 0
+
+    @classmethod
+    def from_config(
+        cls,
+        config: EngineConfig,
+        cls_prompts: Optional[PromptSet] = None,
+        seg_prompts: Optional[PromptSet] = None,
+        loaded: Optional[LoadedModel] = None,
+    ) -> "FadeEngine":
+        """Load the model and encode the prompt sets (built-in defaults when not given)."""
+        validate_config(config)
+        if cls_prompts is None or seg_prompts is None:
+            default_cls, default_seg = default_prompt_sets()
+            cls_prompts = cls_prompts or default_cls
+            seg_prompts = seg_prompts or default_seg
+        loaded = loaded or load_model(config)
+        cls_classifier, seg_classifier = encode_prompt_sets(loaded, config, cls_prompts, seg_prompts)
+        return cls(loaded, config, cls_classifier, seg_classifier)
+
+    @property
+    def preset(self) -> VisionPreset:
+        return self.config.preset(has_references=self.reference_count > 0)
+
+    def add_references(self, images: list[Image.Image]) -> None:
+        """Add good images to the memory bank, at every segmentation size."""
+        feature = self.config.preset(has_references=True).feature
+        for size in self.config.seg_sizes:
+            features = self._encode(images, size)
+            self.bank.add(size, features.patches(feature))
+        self.reference_count += len(images)
+
+    def detect(self, images: list[Image.Image]) -> list[Detection]:
+        """Score a batch of images (one forward pass per size for the whole batch)."""
+        if not images:
+            return []
+        preset = self.preset
+        use_vision = bool(self.bank) or preset.use_query
+        language_grids, vision_grids = [], []
+        language_scores = None
+        for size in _sizes_to_encode(self.config):
+            features = self._encode(images, size)
+            if size == self.config.cls_size:
+                language_scores = abnormal_probability(features.clip_cls_bd, self.cls_classifier_2d)
+            if size in self.config.seg_sizes:
+                language_grids.append(self._language_grid(features))
+                if use_vision:
+                    vision_grids.append(self._vision_grid(features, size, preset))
+        language_map = average_over_sizes(language_grids)
+        vision_map = average_over_sizes(vision_grids) * preset.multiplier if use_vision else None
+        return _assemble(language_scores, language_map, vision_map, preset)
+
+    def _encode(self, images: list[Image.Image], size: int) -> VisionFeatures:
+        pixels = batch_to_tensor(images, size).to(self.device, non_blocking=True)
+        with self._autocast():
+            return self.encoder(pixels)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = AUTOCAST_DTYPES.get(self.config.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _language_grid(self, features: VisionFeatures) -> torch.Tensor:
+        scores = abnormal_probability(features.gem_patches_bnd, self.seg_classifier_2d)
+        return patch_scores_to_grid(scores, features.grid)
+
+    def _vision_grid(self, features: VisionFeatures, size: int, preset: VisionPreset) -> torch.Tensor:
+        distances = self.bank.patch_distances(size, features.patches(preset.feature), preset.use_query)
+        return patch_scores_to_grid(distances, features.grid)
+
+
+def validate_config(config: EngineConfig) -> None:
+    if "{}" not in config.text_template:
+        raise InputError(f"--text-template {config.text_template!r} must contain '{{}}' where the prompt goes")
+    if not config.seg_sizes:
+        raise InputError("at least one segmentation size is needed")
+    if config.gem_iters < 0 or config.gem_depth < 2:
+        raise InputError("GEM depth must be at least 2 and iterations at least 0")
+    if config.batch_size < 1:
+        raise InputError("--batch-size must be at least 1")
+
+
+def encode_prompt_sets(
+    loaded: LoadedModel, config: EngineConfig, cls_prompts: PromptSet, seg_prompts: PromptSet
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill the class name as configured and encode both sets: two (2, D) classifiers."""
+    cls_name = config.class_name if config.cls_use_classname else "object"
+    seg_name = config.class_name if config.seg_use_classname else "object"
+    model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
+    cls_classifier = text_classifier(model, tokenizer, cls_prompts.filled(cls_name), config.text_template, device)
+    seg_classifier = text_classifier(model, tokenizer, seg_prompts.filled(seg_name), config.text_template, device)
+    return cls_classifier, seg_classifier
+
+
+def _sizes_to_encode(config: EngineConfig) -> list[int]:
+    return sorted(set(config.seg_sizes) | {config.cls_size})
+
+
+def _assemble(
+    language_scores: torch.Tensor,
+    language_map: torch.Tensor,
+    vision_map: Optional[torch.Tensor],
+    preset: VisionPreset,
+) -> list[Detection]:
+    """Fuse maps and scores (FADE_SPEC section 6) and move them to numpy."""
+    if vision_map is None:
+        fused, vision_scores = language_map, None
+    else:
+        fused = fuse_maps(language_map, vision_map, preset.weight)
+        vision_scores = vision_map.flatten(1).amax(dim=1)
+    if vision_scores is None or preset.image_score == "language":
+        scores = language_scores
+    else:
+        scores = (language_scores + vision_scores) / 2
+    scores = scores.clamp(0.0, 1.0)
+
+    results = []
+    for i in range(len(language_scores)):
+        results.append(
+            Detection(
+                score=float(scores[i]),
+                language_score=float(language_scores[i]),
+                vision_score=None if vision_scores is None else float(vision_scores[i]),
+                anomaly_map=fused[i].clamp(0.0, 1.0).cpu().numpy().astype(np.float32),
+                language_map=language_map[i].cpu().numpy().astype(np.float32),
+                vision_map=None if vision_map is None else vision_map[i].cpu().numpy().astype(np.float32),
+                fused_map=fused[i].cpu().numpy().astype(np.float32),
+            )
+        )
+    return results

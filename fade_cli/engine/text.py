@@ -1,0 +1,51 @@
+"""Text side: prompt ensembles to the two mean text embeddings (FADE_SPEC section 3)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from fade_cli.errors import InputError
+from fade_cli.prompt_set import PromptSet
+
+TEXT_BATCH = 256
+LOGIT_SCALE = 100.0
+
+
+def wrap_prompts(prompts: tuple[str, ...], template: str) -> list[str]:
+    """Put each sentence into the wrapper template's ``{}``."""
+    if "{}" not in template:
+        raise InputError(f"text template {template!r} has no '{{}}' for the prompt")
+    return [template.replace("{}", p, 1) for p in prompts]
+
+
+@torch.no_grad()
+def encode_sentences(
+    model: torch.nn.Module, tokenizer: Callable, sentences: list[str], device: torch.device
+) -> torch.Tensor:
+    """L2-normalised text embeddings, (S, D) float32."""
+    chunks = []
+    for start in range(0, len(sentences), TEXT_BATCH):
+        tokens = tokenizer(sentences[start : start + TEXT_BATCH]).to(device)
+        chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+    return torch.cat(chunks)
+
+
+def text_classifier(
+    model: torch.nn.Module,
+    tokenizer: Callable,
+    prompts: PromptSet,
+    template: str,
+    device: torch.device,
+) -> torch.Tensor:
+    """The published "average" text model: (2, D) = [mean normal, mean abnormal], not re-normalised."""
+    normal = encode_sentences(model, tokenizer, wrap_prompts(prompts.normal, template), device)
+    abnormal = encode_sentences(model, tokenizer, wrap_prompts(prompts.abnormal, template), device)
+    return torch.stack([normal.mean(dim=0), abnormal.mean(dim=0)])
+
+
+def abnormal_probability(embeddings: torch.Tensor, classifier_2d: torch.Tensor) -> torch.Tensor:
+    """p(abnormal) = softmax(100 * [e.m_normal, e.m_abnormal])[1] for (..., D) embeddings."""
+    logits = LOGIT_SCALE * embeddings.float() @ classifier_2d.T.to(embeddings.device, torch.float32)
+    return logits.softmax(dim=-1)[..., 1]
