@@ -1,2 +1,82 @@
-def main():
-    raise SystemExit("cli not written yet")
+"""The `fade` command line: a thin layer over the library.
+
+Sub-commands are imported only when they run, so `fade --help` and
+`fade --version` answer without importing torch.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import importlib.util
+from typing import Optional
+
+import click
+
+from fade_cli import __version__
+from fade_cli.cli.exit_codes import EXIT_CODES_HELP, FAILURE
+from fade_cli.errors import FadeError
+
+# name -> (module, attribute, one-line help shown by `fade --help`)
+COMMANDS = {
+    "detect": ("fade_cli.cli.detect_cmd", "detect", "Score images, write heatmaps and maps (zero- or few-shot)."),
+    "prompts": ("fade_cli.cli.prompts_cmd", "prompts", "Generate and inspect prompt sets."),
+    "eval": ("fade_cli.cli.eval_cmd", "eval_command", "Benchmark metrics on MVTec-AD, VisA or labelled folders."),
+    "bank": ("fade_cli.cli.bank_cmd", "bank", "Build and inspect saved reference banks."),
+    "models": ("fade_cli.cli.models_cmd", "models", "List, download and locate model weights."),
+    "watch": ("fade_cli.cli.watch_cmd", "watch", "Process images as they arrive in a folder."),
+}
+
+
+class ReportedError(click.ClickException):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class LazyGroup(click.Group):
+    """A group whose sub-commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name, (module, _, _) in COMMANDS.items() if importlib.util.find_spec(module) is not None]
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        if name not in COMMANDS or name not in self.list_commands(ctx):
+            return None
+        module, attribute, _ = COMMANDS[name]
+        return getattr(importlib.import_module(module), attribute)
+
+    def invoke(self, ctx: click.Context):
+        """Library errors become one message and their documented exit code, never a traceback."""
+        try:
+            return super().invoke(ctx)
+        except FadeError as exc:
+            raise ReportedError(str(exc), exc.exit_code) from exc
+        except MemoryError as exc:
+            raise ReportedError("out of memory; try fewer --scales or a smaller --batch-size", FAILURE) from exc
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, epilog=EXIT_CODES_HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fade")
+def cli() -> None:
+    """fade: zero-shot and few-shot visual anomaly detection (FADE).
+
+    Point it at a folder of product photos, optionally with a few known-good
+    photos (--refs), and get per-image anomaly scores, OK/NG verdicts and
+    heatmaps, with no training.
+
+    \b
+      fade detect ./images --class screw --out run1             # zero-shot
+      fade detect ./images --refs ./good --class screw --out run1  # few-shot
+    """
+
+
+def main() -> None:
+    """Console entry point."""
+    # open_clip and huggingface_hub log download retries and failures; fade reports them itself.
+    logging.disable(logging.ERROR)
+    cli()

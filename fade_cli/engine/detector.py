@@ -75,20 +75,29 @@ class FadeEngine:
         """Add good images to the memory bank, at every segmentation size."""
         feature = self.config.preset(has_references=True).feature
         for size in self.config.seg_sizes:
-            features = self._encode(images, size)
+            features = self._encode(batch_to_tensor(images, size))
             self.bank.add(size, features.patches(feature))
         self.reference_count += len(images)
 
+    def prepare(self, images: list[Image.Image]) -> dict[int, torch.Tensor]:
+        """Resize and normalise a batch at every size the engine needs: {size: (B, 3, size, size)}.
+
+        CPU work only, safe to run in a background thread while the model runs.
+        """
+        return {size: batch_to_tensor(images, size) for size in _sizes_to_encode(self.config)}
+
     def detect(self, images: list[Image.Image]) -> list[Detection]:
         """Score a batch of images (one forward pass per size for the whole batch)."""
-        if not images:
-            return []
+        return self.detect_prepared(self.prepare(images)) if images else []
+
+    def detect_prepared(self, pixels_by_size: dict[int, torch.Tensor]) -> list[Detection]:
+        """Score a batch that :meth:`prepare` has already turned into tensors."""
         preset = self.preset
         use_vision = bool(self.bank) or preset.use_query
         language_grids, vision_grids = [], []
         language_scores = None
         for size in _sizes_to_encode(self.config):
-            features = self._encode(images, size)
+            features = self._encode(pixels_by_size[size])
             if size == self.config.cls_size:
                 language_scores = abnormal_probability(features.clip_cls_bd, self.cls_classifier_2d)
             if size in self.config.seg_sizes:
@@ -99,10 +108,9 @@ class FadeEngine:
         vision_map = average_over_sizes(vision_grids) * preset.multiplier if use_vision else None
         return _assemble(language_scores, language_map, vision_map, preset)
 
-    def _encode(self, images: list[Image.Image], size: int) -> VisionFeatures:
-        pixels = batch_to_tensor(images, size).to(self.device, non_blocking=True)
+    def _encode(self, pixels_bchw: torch.Tensor) -> VisionFeatures:
         with self._autocast():
-            return self.encoder(pixels)
+            return self.encoder(pixels_bchw.to(self.device, non_blocking=True))
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = AUTOCAST_DTYPES.get(self.config.precision)

@@ -88,9 +88,10 @@ def register_model_config(path: str) -> str:
 
 
 def _offline_message(config: EngineConfig, cache_dir: Optional[str], reason: Exception) -> str:
+    reason_text = str(reason).split(". ")[0].removeprefix(f"Failed to download weights for tag '{config.pretrained}': ")
     return (
         f"Cannot load the weights of {config.model} (pretrained '{config.pretrained}'): they are not in "
-        f"the cache at {describe_cache_dir(cache_dir)} and could not be downloaded ({reason}). "
+        f"the cache at {describe_cache_dir(cache_dir)} and could not be downloaded ({reason_text}). "
         f"Either run once on a machine with internet access (`fade models download {config.model} "
         f"--pretrained {config.pretrained}`) and copy that cache folder here (or point {CACHE_ENV} at it), "
         f"or pass a local checkpoint with --weights FILE."
@@ -117,6 +118,10 @@ def load_model(config: EngineConfig) -> LoadedModel:
     else:
         raise InputError(f"{model_name}: give --pretrained TAG or --weights FILE (fade never runs random weights)")
 
+    if not config.weights and config.pretrained not in open_clip.list_pretrained_tags_by_model(model_name):
+        if not os.path.isfile(config.pretrained):
+            known = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
+            raise InputError(f"unknown pretrained tag {config.pretrained!r} for {model_name} (known: {known})")
     try:
         model = open_clip.create_model(
             model_name, pretrained=source, device=device, cache_dir=cache_dir, require_pretrained=True

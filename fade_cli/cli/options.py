@@ -1,0 +1,144 @@
+"""Engine options shared by every command that runs the engine (detect, eval, bank build).
+
+One decorator adds them; :func:`engine_config_from_options` turns the parsed
+values into an :class:`EngineConfig`, and :func:`prompt_sets_from_options` reads
+the prompt files. Nothing here imports torch.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import click
+
+from fade_cli.config import (
+    DEFAULT_CLS_SIZE,
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    DEFAULT_SEG_SIZES,
+    DEFAULT_TEXT_TEMPLATE,
+    EngineConfig,
+    parse_sizes,
+)
+from fade_cli.prompt_set import PromptSet, load_prompt_set
+
+ENGINE_OPTION_NAMES = (
+    "model", "pretrained", "weights", "model_config", "cache_dir", "device", "precision",
+    "class_name", "scales", "cls_size", "text_template", "prompts", "cls_prompts", "seg_prompts",
+    "cls_classname", "seg_classname", "gem_depth", "gem_iters", "gem_temperature", "vision_feature",
+    "vision_multiplier", "vision_weight", "use_query", "image_score", "batch_size",
+)
+
+
+def _sizes(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[tuple[int, ...]]:
+    if value is None:
+        return None
+    try:
+        return parse_sizes(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _existing_file() -> click.Path:
+    return click.Path(exists=True, dir_okay=False, readable=True)
+
+
+ENGINE_OPTIONS = [
+    click.option("--model", default=DEFAULT_MODEL, show_default=True, help="open_clip ViT architecture."),
+    click.option("--pretrained", default=DEFAULT_PRETRAINED, show_default=True,
+                 help="Pretrained tag, downloaded and cached by open_clip on a connected machine."),
+    click.option("--weights", type=_existing_file(), help="Local checkpoint file (overrides --pretrained)."),
+    click.option("--model-config", type=_existing_file(),
+                 help="Custom architecture as an open_clip JSON config; its file stem is the model name."),
+    click.option("--cache-dir", type=click.Path(file_okay=False),
+                 help="Model cache folder [default: $FADE_CACHE_DIR, else the Hugging Face cache]."),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+                 help="fp32 reproduces the published numbers; bf16/fp16 use autocast."),
+    click.option("--class", "class_name", default="object", show_default=True,
+                 help="Object name put into the prompts, e.g. screw (underscores become spaces)."),
+    click.option("--scales", callback=_sizes, default=",".join(map(str, DEFAULT_SEG_SIZES)), show_default=True,
+                 help="Segmentation input sizes, comma-separated; fewer or smaller sizes run faster."),
+    click.option("--cls-size", type=click.IntRange(min=16), default=DEFAULT_CLS_SIZE, show_default=True,
+                 help="Input size for the image-level (classification) score."),
+    click.option("--text-template", default=DEFAULT_TEXT_TEMPLATE, show_default=True,
+                 help="Wrapper put around every prompt; {} marks the prompt."),
+    click.option("--prompts", type=_existing_file(), help="Prompt set JSON for both stages."),
+    click.option("--cls-prompts", type=_existing_file(), help="Prompt set JSON for the image score."),
+    click.option("--seg-prompts", type=_existing_file(), help="Prompt set JSON for the anomaly map."),
+    click.option("--cls-classname/--no-cls-classname", default=True, show_default=True,
+                 help="Fill {classname} with --class in image-score prompts (else 'object')."),
+    click.option("--seg-classname/--no-seg-classname", default=False, show_default=True,
+                 help="Fill {classname} with --class in map prompts (else 'object')."),
+    click.option("--gem-depth", type=click.IntRange(min=2), default=7, show_default=True,
+                 help="GEM depth D: the last D-1 blocks get the GEM stream."),
+    click.option("--gem-iters", type=click.IntRange(min=0), default=1, show_default=True,
+                 help="Self-self attention iterations."),
+    click.option("--gem-temperature", type=float, help="Constant inverse temperature [default: per image]."),
+    click.option("--vision-feature", type=click.Choice(["clip", "gem"]),
+                 help="Patch features of the memory bank [default: gem zero-shot, clip few-shot]."),
+    click.option("--vision-multiplier", type=float, help="Vision map multiplier [default: 80 zero-shot, 3.5 few-shot]."),
+    click.option("--vision-weight", type=click.FloatRange(0, 1),
+                 help="Weight of the vision map in the fusion [default: 0.5 zero-shot, 0.85 few-shot]."),
+    click.option("--use-query/--no-use-query", default=None,
+                 help="Add the query's own patches to the bank (2nd neighbour) [default: on zero-shot, off few-shot]."),
+    click.option("--image-score", type=click.Choice(["language", "mean"]),
+                 help="Image score: language only, or mean of language and vision [default: language zero-shot, "
+                      "mean few-shot]."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+                 help="Images per forward pass."),
+]
+
+
+def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add every engine option to a click command."""
+    for option in reversed(ENGINE_OPTIONS):
+        command = option(command)
+    return command
+
+
+def pop_engine_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Remove the engine options from a command's kwargs and return them."""
+    return {name: kwargs.pop(name) for name in ENGINE_OPTION_NAMES}
+
+
+def engine_config_from_options(options: dict[str, Any]) -> EngineConfig:
+    return EngineConfig(
+        model=options["model"],
+        pretrained=options["pretrained"],
+        weights=options["weights"],
+        model_config=options["model_config"],
+        cache_dir=options["cache_dir"],
+        device=options["device"],
+        precision=options["precision"],
+        class_name=options["class_name"],
+        cls_size=options["cls_size"],
+        seg_sizes=options["scales"],
+        text_template=options["text_template"],
+        cls_use_classname=options["cls_classname"],
+        seg_use_classname=options["seg_classname"],
+        gem_depth=options["gem_depth"],
+        gem_iters=options["gem_iters"],
+        gem_temperature=options["gem_temperature"],
+        vision_feature=options["vision_feature"],
+        vision_multiplier=options["vision_multiplier"],
+        vision_weight=options["vision_weight"],
+        use_query=options["use_query"],
+        image_score=options["image_score"],
+        batch_size=options["batch_size"],
+    )
+
+
+def prompt_sets_from_options(options: dict[str, Any]) -> tuple[Optional[PromptSet], Optional[PromptSet]]:
+    """(classification, segmentation) prompt sets from files; None means the built-in default."""
+    both = load_prompt_set(options["prompts"]) if options["prompts"] else None
+    cls_set = load_prompt_set(options["cls_prompts"]) if options["cls_prompts"] else both
+    seg_set = load_prompt_set(options["seg_prompts"]) if options["seg_prompts"] else both
+    return cls_set, seg_set
+
+
+__all__ = [
+    "engine_config_from_options",
+    "engine_options",
+    "pop_engine_options",
+    "prompt_sets_from_options",
+]

@@ -1,0 +1,78 @@
+"""What the CLI prints: progress on stderr, results on stdout (a table, JSON lines or CSV)."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import sys
+from typing import Callable, Iterator, Optional
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import TimeRemainingColumn
+from rich.table import Table
+
+from fade_cli.io.outputs import FIELDS, ResultRow
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True)
+
+
+@contextlib.contextmanager
+def progress_bar(console: Console, quiet: bool, total: Optional[int], description: str) -> Iterator[Callable[[], None]]:
+    """A rich progress bar on stderr; silent with --quiet or when stderr is not a terminal.
+
+    Yields a function that advances the bar by one.
+    """
+    if quiet or not console.is_terminal:
+        yield lambda: None
+        return
+    columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=total is None) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+class RowPrinter:
+    """Streams rows to stdout as JSON lines or CSV, or prints one table at the end."""
+
+    def __init__(self, output_format: str, with_verdict: bool):
+        self.output_format = output_format
+        self.with_verdict = with_verdict
+        self._csv: Optional[csv.DictWriter] = None
+
+    def row(self, row: ResultRow) -> None:
+        if self.output_format == "jsonl":
+            click.echo(json.dumps(row.to_dict(), ensure_ascii=False))
+        elif self.output_format == "csv":
+            if self._csv is None:
+                self._csv = csv.DictWriter(sys.stdout, fieldnames=FIELDS, lineterminator="\n")
+                self._csv.writeheader()
+            self._csv.writerow({k: ("" if v is None else v) for k, v in row.to_dict().items()})
+            sys.stdout.flush()
+
+    def finish(self, rows: list[ResultRow]) -> None:
+        if self.output_format != "table":
+            return
+        table = Table(title=f"{len(rows)} image(s)")
+        table.add_column("image", overflow="fold")
+        table.add_column("score", justify="right")
+        table.add_column("language", justify="right")
+        table.add_column("vision", justify="right")
+        if self.with_verdict:
+            table.add_column("verdict")
+        for row in rows:
+            cells = [row.path, _fmt(row.score), _fmt(row.language_score), _fmt(row.vision_score)]
+            if self.with_verdict:
+                cells.append({"NG": "[bold red]NG[/]", "OK": "[green]OK[/]"}.get(row.verdict or "", ""))
+            if row.error:
+                cells[1] = "[red]error[/]"
+            table.add_row(*cells)
+        Console().print(table)

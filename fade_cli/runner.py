@@ -1,0 +1,130 @@
+"""Running the engine over many files: decoding ahead in threads, batching, verdicts, outputs.
+
+The CLI's `detect` (and `watch`) call :func:`run_detection`; programs can too.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import torch
+from PIL import Image
+
+from fade_cli.engine.detector import FadeEngine
+from fade_cli.errors import ImageError, InputError
+from fade_cli.io.images import ImageFile, load_image
+from fade_cli.io.outputs import ResultRow, RunOutput
+
+# Batches decoded ahead of the model.
+PREFETCH_BATCHES = 2
+
+NG, OK = "NG", "OK"
+
+
+@dataclass
+class DecodedBatch:
+    files: list[ImageFile]
+    images: list[Optional[Image.Image]]
+    errors: list[Optional[str]]
+    pixels_by_size: Optional[dict[int, torch.Tensor]]
+
+
+@dataclass
+class RunSummary:
+    rows: list[ResultRow] = field(default_factory=list)
+
+    @property
+    def ng_count(self) -> int:
+        return sum(row.verdict == NG for row in self.rows)
+
+    @property
+    def failed_count(self) -> int:
+        return sum(row.error is not None for row in self.rows)
+
+
+def verdict(score: float, threshold: Optional[float]) -> Optional[str]:
+    """NG when the score reaches the threshold."""
+    if threshold is None:
+        return None
+    return NG if score >= threshold else OK
+
+
+def load_references(engine: FadeEngine, files: list[ImageFile], batch_size: int) -> None:
+    """Add good images to the engine's bank; any unreadable reference stops the run."""
+    if not files:
+        raise InputError("the reference folder holds no image")
+    for start in range(0, len(files), batch_size):
+        chunk = files[start : start + batch_size]
+        try:
+            images = [load_image(f.path) for f in chunk]
+        except ImageError as exc:
+            raise InputError(f"reference image unusable: {exc}") from exc
+        engine.add_references(images)
+
+
+def _decode(engine: FadeEngine, files: list[ImageFile]) -> DecodedBatch:
+    images: list[Optional[Image.Image]] = []
+    errors: list[Optional[str]] = []
+    for file in files:
+        try:
+            images.append(load_image(file.path))
+            errors.append(None)
+        except ImageError as exc:
+            images.append(None)
+            errors.append(str(exc))
+    good = [image for image in images if image is not None]
+    return DecodedBatch(files, images, errors, engine.prepare(good) if good else None)
+
+
+def _decoded_batches(engine: FadeEngine, files: list[ImageFile], batch_size: int) -> Iterator[DecodedBatch]:
+    """Decode and preprocess upcoming batches in background threads while the model runs."""
+    batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    with ThreadPoolExecutor(max_workers=PREFETCH_BATCHES) as pool:
+        pending: list[Future] = []
+        for batch in batches[:PREFETCH_BATCHES]:
+            pending.append(pool.submit(_decode, engine, batch))
+        next_index = len(pending)
+        while pending:
+            decoded = pending.pop(0).result()
+            if next_index < len(batches):
+                pending.append(pool.submit(_decode, engine, batches[next_index]))
+                next_index += 1
+            yield decoded
+
+
+def run_detection(
+    engine: FadeEngine,
+    files: list[ImageFile],
+    output: Optional[RunOutput] = None,
+    threshold: Optional[float] = None,
+    on_row: Optional[Callable[[ResultRow], None]] = None,
+) -> RunSummary:
+    """Score every file, writing outputs as images finish. A broken image gives an error row.
+
+    On KeyboardInterrupt the rows finished so far are in the returned summary
+    (and in ``output``); the caller decides how to finish.
+    """
+    summary = RunSummary()
+    for batch in _decoded_batches(engine, files, engine.config.batch_size):
+        detections = iter(engine.detect_prepared(batch.pixels_by_size) if batch.pixels_by_size else [])
+        for file, image, error in zip(batch.files, batch.images, batch.errors):
+            if image is None:
+                row = ResultRow(path=file.relative, error=error)
+            else:
+                detection = next(detections)
+                row = ResultRow(
+                    path=file.relative,
+                    score=detection.score,
+                    language_score=detection.language_score,
+                    vision_score=detection.vision_score,
+                    verdict=verdict(detection.score, threshold),
+                )
+                if output is not None:
+                    row.map_path, row.heatmap_path = output.write_image(file.relative, image, detection)
+            summary.rows.append(row)
+            if output is not None:
+                output.add(row)
+            if on_row is not None:
+                on_row(row)
+    return summary

@@ -1,0 +1,34 @@
+"""Shared fixtures: the golden tiny model, its images and prompts, and an isolated environment."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+MODEL_CONFIG = GOLDEN / "model" / "fade-golden.json"
+WEIGHTS = GOLDEN / "model" / "fade-golden-seed0.pt"
+QUERIES = GOLDEN / "images" / "queries"
+CLS_PROMPTS = GOLDEN / "prompts" / "cls.json"
+SEG_PROMPTS = GOLDEN / "prompts" / "seg.json"
+
+# Options that make any engine command run the golden tiny model.
+TINY_MODEL_ARGS = ["--model-config", str(MODEL_CONFIG), "--weights", str(WEIGHTS), "--device", "cpu"]
+# ...and small sizes, for tests of behaviour rather than of numbers.
+FAST_ARGS = TINY_MODEL_ARGS + ["--scales", "240,320", "--cls-size", "240"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(tmp_path_factory, monkeypatch):
+    """No test touches the user's caches or the network."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("FADE_CACHE_DIR", str(cache))
+    monkeypatch.setenv("HF_HOME", str(cache / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def tiny_config():
+    from fade_cli.config import EngineConfig
+
+    return EngineConfig(model_config=str(MODEL_CONFIG), weights=str(WEIGHTS), device="cpu", class_name="widget")
