@@ -6,3 +6,21 @@ package does not import torch.
 """
 
 __version__ = "0.1.0"
+
+
+def _find_checkout_data_packages() -> None:
+    """Make ``fade_cli.prompts`` and ``fade_cli.plugins`` importable from a source checkout.
+
+    The wheel installs the top-level ``prompts/`` and ``plugins/`` folders inside
+    this package; in a checkout (``python -m fade_cli`` run from the repository
+    root) they sit beside it instead.
+    """
+    import os
+
+    here = os.path.dirname(__file__)
+    root = os.path.dirname(here)
+    if not os.path.isdir(os.path.join(here, "prompts")) and os.path.isfile(os.path.join(root, "prompts", "__init__.py")):
+        __path__.append(root)  # noqa: F821 - module attribute of a package
+
+
+_find_checkout_data_packages()

@@ -17,6 +17,7 @@ from PIL import Image
 from fade_cli.config import EngineConfig, VisionPreset
 from fade_cli.engine.fusion import average_over_sizes, fuse_maps, patch_scores_to_grid
 from fade_cli.engine.gem import GemVisionEncoder, VisionFeatures
+from fade_cli.engine import text_cache
 from fade_cli.engine.memory_bank import MemoryBank
 from fade_cli.engine.model import LoadedModel, load_model
 from fade_cli.engine.preprocess import batch_to_tensor
@@ -66,6 +67,23 @@ class FadeEngine:
         loaded = loaded or load_model(config)
         cls_classifier, seg_classifier = encode_prompt_sets(loaded, config, cls_prompts, seg_prompts)
         return cls(loaded, config, cls_classifier, seg_classifier)
+
+    @classmethod
+    def from_saved(
+        cls,
+        loaded: LoadedModel,
+        config: EngineConfig,
+        cls_classifier_2d: torch.Tensor,
+        seg_classifier_2d: torch.Tensor,
+        bank: MemoryBank,
+        reference_count: int,
+    ) -> "FadeEngine":
+        """An engine from saved parts (a reference bank file): no prompt or reference is encoded again."""
+        validate_config(config)
+        engine = cls(loaded, config, cls_classifier_2d, seg_classifier_2d)
+        engine.bank = bank
+        engine.reference_count = reference_count
+        return engine
 
     @property
     def preset(self) -> VisionPreset:
@@ -141,13 +159,27 @@ def validate_config(config: EngineConfig) -> None:
 def encode_prompt_sets(
     loaded: LoadedModel, config: EngineConfig, cls_prompts: PromptSet, seg_prompts: PromptSet
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fill the class name as configured and encode both sets: two (2, D) classifiers."""
+    """Fill the class name as configured and encode both sets: two (2, D) classifiers.
+
+    Encoded sets are cached on disk, so a repeated run does not run the text tower.
+    """
     cls_name = config.class_name if config.cls_use_classname else "object"
     seg_name = config.class_name if config.seg_use_classname else "object"
-    model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
-    cls_classifier = text_classifier(model, tokenizer, cls_prompts.filled(cls_name), config.text_template, device)
-    seg_classifier = text_classifier(model, tokenizer, seg_prompts.filled(seg_name), config.text_template, device)
-    return cls_classifier, seg_classifier
+    return (
+        _cached_classifier(loaded, config, cls_prompts.filled(cls_name)),
+        _cached_classifier(loaded, config, seg_prompts.filled(seg_name)),
+    )
+
+
+def _cached_classifier(loaded: LoadedModel, config: EngineConfig, prompts: PromptSet) -> torch.Tensor:
+    directory = text_cache.text_cache_dir(config.cache_dir)
+    key = text_cache.classifier_key(loaded.identity, config.text_template, prompts.normal, prompts.abnormal)
+    cached = text_cache.load_cached(directory, key)
+    if cached is not None:
+        return cached
+    classifier = text_classifier(loaded.model, loaded.tokenizer, prompts, config.text_template, loaded.device)
+    text_cache.store(directory, key, classifier)
+    return classifier
 
 
 def _sizes_to_encode(config: EngineConfig) -> list[int]:

@@ -20,6 +20,33 @@ def wrap_prompts(prompts: tuple[str, ...], template: str) -> list[str]:
     return [template.replace("{}", p, 1) for p in prompts]
 
 
+def _can_trim_padding(model: torch.nn.Module) -> bool:
+    return (
+        getattr(model, "text_pool_type", None) == "argmax"
+        and getattr(model, "attn_mask", None) is not None
+        and hasattr(model, "positional_embedding")
+        and hasattr(model, "token_embedding")
+    )
+
+
+def _encode_trimmed(model: torch.nn.Module, tokens_bl: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` on tokens cut after the longest sentence's end token.
+
+    CLIP's text tower is causal and pools at the end token, so the padding after
+    it cannot change the result; skipping it makes prompt encoding several times
+    faster (prompts are ~15 of 77 tokens).
+    """
+    length = int(tokens_bl.argmax(dim=-1).max()) + 1
+    tokens_bl = tokens_bl[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens_bl).to(cast_dtype) + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), tokens_bl.argmax(dim=-1)]
+    projection = model.text_projection
+    return projection(x) if isinstance(projection, torch.nn.Linear) else x @ projection
+
+
 @torch.no_grad()
 def encode_sentences(
     model: torch.nn.Module, tokenizer: Callable, sentences: list[str], device: torch.device
@@ -28,7 +55,8 @@ def encode_sentences(
     chunks = []
     for start in range(0, len(sentences), TEXT_BATCH):
         tokens = tokenizer(sentences[start : start + TEXT_BATCH]).to(device)
-        chunks.append(F.normalize(model.encode_text(tokens).float(), dim=-1))
+        features = _encode_trimmed(model, tokens) if _can_trim_padding(model) else model.encode_text(tokens)
+        chunks.append(F.normalize(features.float(), dim=-1))
     return torch.cat(chunks)
 
 

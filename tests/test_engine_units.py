@@ -1,0 +1,129 @@
+"""Engine parts checked against direct, unoptimised formulas (independent of the golden files)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fade_cli.engine import text as text_module
+from fade_cli.engine.gem import GemVisionEncoder, resample_positional_embedding
+from fade_cli.engine.memory_bank import MemoryBank, top_k_similarity
+
+
+def _tiny_vit(ls_init_value=None, layers=4, width=64, heads=2):
+    from open_clip.transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(image_size=64, patch_size=16, width=width, layers=layers, heads=heads, mlp_ratio=2.0,
+                             ls_init_value=ls_init_value, output_dim=24).eval()
+
+
+def _naive_gem_reference(visual, pixels, depth, iters):
+    """GEM written with explicit attention matrices, straight from FADE_SPEC section 2."""
+    x = visual.conv1(pixels).flatten(2).transpose(1, 2)
+    grid = int(x.shape[1] ** 0.5)
+    x = torch.cat([visual.class_embedding.expand(x.shape[0], 1, -1), x], dim=1)
+    x = visual.ln_pre(x + resample_positional_embedding(visual.positional_embedding, grid))
+    blocks = list(visual.transformer.resblocks)
+    first_gem = len(blocks) - (depth - 1)
+    g = None
+    for i, block in enumerate(blocks):
+        if i == first_gem:
+            g = x
+        h = block.ln_1(x)
+        attn = block.attn
+        b, n, w = h.shape
+        heads, hd = attn.num_heads, w // attn.num_heads
+        q, k, v = [t.view(b, n, heads, hd).transpose(1, 2) for t in F.linear(h, attn.in_proj_weight, attn.in_proj_bias).chunk(3, -1)]
+        if g is not None:
+            t = (h.norm(dim=-1).mean(dim=1) * hd ** -0.5).view(b, 1, 1, 1)
+            outs = []
+            for z in (q, k, v):
+                for _ in range(iters):
+                    z = F.normalize(z, dim=-1)
+                    z = torch.softmax(t * z @ z.transpose(-1, -2), dim=-1) @ z
+                z = F.normalize(z, dim=-1)
+                outs.append(torch.softmax(t * z @ z.transpose(-1, -2), dim=-1) @ v)
+            o = (sum(outs) / 3).transpose(1, 2).reshape(b, n, w)
+            g = g + block.ls_1(attn.out_proj(o))
+        a = torch.softmax(q @ k.transpose(-1, -2) * hd ** -0.5, dim=-1) @ v
+        x = x + block.ls_1(attn.out_proj(a.transpose(1, 2).reshape(b, n, w)))
+        x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    project = lambda t: F.normalize(visual.ln_post(t) @ visual.proj, dim=-1)
+    return project(x), project(g)
+
+
+@pytest.mark.parametrize("ls_init_value, depth, iters, size", [(None, 3, 1, 64), (0.5, 4, 2, 96), (None, 2, 0, 48)])
+def test_gem_encoder_matches_explicit_attention(ls_init_value, depth, iters, size):
+    visual = _tiny_vit(ls_init_value)
+    pixels = torch.randn(2, 3, size, size)
+    features = GemVisionEncoder(visual, depth=depth, iters=iters)(pixels)
+    with torch.no_grad():
+        clip_tokens, gem_tokens = _naive_gem_reference(visual, pixels, depth, iters)
+    torch.testing.assert_close(features.clip_cls_bd, clip_tokens[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(features.clip_patches_bnd, clip_tokens[:, 1:], atol=1e-5, rtol=0)
+    torch.testing.assert_close(features.gem_patches_bnd, gem_tokens[:, 1:], atol=1e-5, rtol=0)
+    assert features.grid == size // 16
+
+
+def test_positional_embedding_keeps_class_position_and_size():
+    pos = torch.randn(1 + 4 * 4, 8)
+    resized = resample_positional_embedding(pos, 7)
+    assert resized.shape == (1 + 49, 8)
+    assert torch.equal(resized[0], pos[0])
+    assert resample_positional_embedding(pos, 4) is pos
+
+
+def test_top_k_similarity_chunks_agree_with_full_matrix(monkeypatch):
+    torch.manual_seed(1)
+    queries = F.normalize(torch.randn(50, 16), dim=-1)
+    bank = F.normalize(torch.randn(300, 16), dim=-1)
+    full = (queries @ bank.T).topk(3, dim=1).values
+    monkeypatch.setattr("fade_cli.engine.memory_bank.QUERY_CHUNK", 7)
+    monkeypatch.setattr("fade_cli.engine.memory_bank.BANK_CHUNK", 64)
+    torch.testing.assert_close(top_k_similarity(queries, bank, 3), full)
+
+
+def test_memory_bank_uses_second_neighbour_with_query_patches():
+    patches = F.normalize(torch.randn(1, 5, 4), dim=-1)
+    bank = MemoryBank()
+    # Only the query itself: the 1st neighbour of each patch is itself, so the 2nd must be used.
+    distances = bank.patch_distances(64, patches, use_query=True)
+    sims = patches[0] @ patches[0].T
+    expected = 0.5 * (1 - sims.topk(2, dim=1).values[:, 1])
+    torch.testing.assert_close(distances[0], expected)
+    # References only: an identical reference patch gives distance 0.
+    bank.add(64, patches)
+    assert bank.patch_distances(64, patches, use_query=False).abs().max() < 1e-6
+
+
+def test_trimmed_text_encoding_equals_open_clip(tiny_config):
+    from fade_cli.engine.model import load_model
+
+    loaded = load_model(tiny_config)
+    tokens = loaded.tokenizer(["a photo of a cracked widget.", "x", "a long sentence " * 10])
+    with torch.no_grad():
+        full = loaded.model.encode_text(tokens)
+        trimmed = text_module._encode_trimmed(loaded.model, tokens)
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=0)
+
+
+def test_text_embeddings_are_cached_on_disk(tiny_config, tmp_path, monkeypatch):
+    from fade_cli.engine.detector import encode_prompt_sets
+    from fade_cli.engine.model import load_model
+    from fade_cli.prompt_set import PromptSet
+
+    config = tiny_config.replace(cache_dir=str(tmp_path))
+    loaded = load_model(config)
+    prompts = PromptSet(normal=("a good {classname}",), abnormal=("a broken {classname}",))
+    first = encode_prompt_sets(loaded, config, prompts, prompts)
+    assert len(list((tmp_path / "text-embeddings").glob("*.npy"))) == 2
+
+    def text_tower_must_not_run(*args, **kwargs):
+        raise AssertionError("text tower ran although the embeddings are cached")
+
+    monkeypatch.setattr("fade_cli.engine.detector.text_classifier", text_tower_must_not_run)
+    second = encode_prompt_sets(loaded, config, prompts, prompts)
+    torch.testing.assert_close(second[0], first[0])
+    with pytest.raises(AssertionError, match="text tower ran"):
+        encode_prompt_sets(loaded, config, PromptSet(normal=("new",), abnormal=("sentences",)), prompts)
