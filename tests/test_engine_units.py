@@ -127,3 +127,21 @@ def test_text_embeddings_are_cached_on_disk(tiny_config, tmp_path, monkeypatch):
     torch.testing.assert_close(second[0], first[0])
     with pytest.raises(AssertionError, match="text tower ran"):
         encode_prompt_sets(loaded, config, PromptSet(normal=("new",), abnormal=("sentences",)), prompts)
+
+
+def test_cached_prompts_load_only_the_vision_tower(tiny_config, tmp_path):
+    from PIL import Image
+
+    from conftest import QUERIES
+    from fade_cli.engine.detector import FadeEngine
+
+    config = tiny_config.replace(cache_dir=str(tmp_path), seg_sizes=(240,))
+    image = Image.open(sorted(QUERIES.glob("*.png"))[0])
+    first = FadeEngine.from_config(config)
+    assert first.loaded.has_text_tower
+    second = FadeEngine.from_config(config)
+    assert not second.loaded.has_text_tower
+    assert all(p.is_meta for p in second.loaded.model.transformer.parameters())
+    [a], [b] = first.detect([image]), second.detect([image])
+    assert a.score == b.score
+    assert (a.anomaly_map == b.anomaly_map).all()

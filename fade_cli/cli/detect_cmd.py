@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 from typing import Any, Optional
 
@@ -14,7 +15,10 @@ from fade_cli.cli.options import (
     pop_engine_options,
     prompt_sets_from_options,
 )
-from fade_cli.cli.reporting import RowPrinter, progress_bar, stderr_console
+from fade_cli.bank.calibration import DEFAULT_MARGIN
+from fade_cli.cli.engine_setup import bank_thresholds, calibrate_references, calibrated_thresholds
+from fade_cli.cli.engine_setup import engine_for_bank, load_run_bank
+from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bar, stderr_console
 from fade_cli.errors import FadeError, InputError
 
 
@@ -25,6 +29,14 @@ from fade_cli.errors import FadeError, InputError
               help="Output folder for results.csv/.jsonl, maps/ and heatmaps/.")
 @click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
 @click.option("--threshold", type=float, help="Score at or above which an image is NG; gives verdicts and exit code 1.")
+@click.option("--pixel-threshold", type=float,
+              help="Map value at or above which a pixel is defective: masks/ and defect regions for NG images.")
+@click.option("--bank", "bank_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Saved reference bank (`fade bank build`): model, settings, references and thresholds.")
+@click.option("--calibrate", is_flag=True,
+              help="Set the thresholds from --refs alone (leave-one-out); --threshold/--pixel-threshold win.")
+@click.option("--margin", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_MARGIN, show_default=True,
+              help="With --calibrate: threshold = margin x the highest leave-one-out reference score.")
 @click.option("--map-size", type=click.IntRange(min=1), help="Save maps as N x N [default: the image's own size].")
 @click.option("--heatmaps/--no-heatmaps", default=True, show_default=True, help="Write heatmap images.")
 @click.option("--maps/--no-maps", default=True, show_default=True, help="Write raw .npy maps.")
@@ -35,34 +47,52 @@ from fade_cli.errors import FadeError, InputError
 @click.pass_context
 def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional[Path], overwrite: bool,
            threshold: Optional[float], map_size: Optional[int], heatmaps: bool, maps: bool, output_format: str,
-           quiet: bool, **kwargs: Any) -> None:
+           quiet: bool, pixel_threshold: Optional[float], bank_path: Optional[Path], calibrate: bool, margin: float,
+           **kwargs: Any) -> None:
     """Score every image under IMAGES (a folder, searched recursively, or one file).
 
     Without --refs the run is zero-shot; with --refs it is few-shot, using the
     good images as a memory bank. Scores are in [0, 1]; higher is more anomalous.
 
+    With --bank the model, settings, references and thresholds come from a
+    saved bank; engine options that contradict it are refused.
+
     \b
       fade detect ./images --class screw --out run1
       fade detect ./images --refs ./good --class screw --threshold 0.5 --format jsonl
+      fade detect ./images --refs ./good --class screw --calibrate --out run1
+      fade detect ./incoming --bank screw.fadebank --out run1
     """
-    from fade_cli.io.images import discover_images
+    from fade_cli.io.images import require_images
     from fade_cli.io.outputs import RunOutput, refuse_existing_results
 
     options = pop_engine_options(kwargs)
-    config = engine_config_from_options(options)
-    cls_prompts, seg_prompts = prompt_sets_from_options(options)
-    files = discover_images(images, exclude=out)
-    if not files:
-        raise InputError(f"no image files under {images}")
-    ref_files = discover_images(refs) if refs is not None else []
-    if refs is not None and not ref_files:
-        raise InputError(f"no image files under {refs}")
+    saved_bank, config, cls_prompts, seg_prompts = None, None, None, None
+    if bank_path is not None:
+        saved_bank, config = load_run_bank(ctx, bank_path, options, refs, calibrate)
+    else:
+        config = engine_config_from_options(options)
+        cls_prompts, seg_prompts = prompt_sets_from_options(options)
+    if calibrate and refs is None:
+        raise InputError("--calibrate needs --refs: the good images to calibrate on")
+    console = stderr_console()
+    warn = functools.partial(print_warning, console)
+    files = require_images(images, exclude=out, on_skip=warn)
+    ref_files = require_images(refs, on_skip=warn) if refs is not None else []
     if out is not None and not overwrite:
         refuse_existing_results(out)
 
+    if saved_bank is not None:
+        engine = _guard(lambda: engine_for_bank(saved_bank, config, str(bank_path), console, quiet))
+        chosen = bank_thresholds(saved_bank, str(bank_path), threshold, pixel_threshold)
+    else:
+        engine = _build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet)
+        calibration = _guard(lambda: calibrate_references(engine, ref_files, margin, console, quiet)) if calibrate else None
+        chosen = calibrated_thresholds(calibration, threshold, pixel_threshold) if calibration else None
+    if chosen is not None:
+        threshold, pixel_threshold = chosen.thresholds.image, chosen.thresholds.pixel
+        console.print(chosen.report, markup=False, highlight=False, soft_wrap=True)
     printer = RowPrinter(output_format, threshold is not None)
-    console = stderr_console()
-    engine = _build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet)
     output = RunOutput(out, overwrite=overwrite, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps) if out else None
     summary_rows = []
     try:
@@ -70,14 +100,16 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
             def on_row(row):
                 summary_rows.append(row)
                 if row.error:
-                    console.print(f"[yellow]warning:[/] {row.error}", highlight=False)
+                    print_warning(console, row.error)
                 printer.row(row)
                 advance()
 
-            _run(engine, files, output, threshold, on_row)
+            _run(engine, files, output, threshold, on_row, pixel_threshold)
     except KeyboardInterrupt:
         _finish(output)
-        console.print(f"Interrupted after {len(summary_rows)} of {len(files)} images; their results are saved.")
+        printer.finish(summary_rows)
+        saved = f"; their results are in {out}" if out else ""
+        console.print(f"Interrupted after {len(summary_rows)} of {len(files)} images{saved}.", markup=False)
         ctx.exit(130)
     except BaseException:
         _finish(output)
@@ -101,10 +133,10 @@ def _build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet):
     return engine
 
 
-def _run(engine, files, output, threshold, on_row) -> None:
+def _run(engine, files, output, threshold, on_row, pixel_threshold=None) -> None:
     from fade_cli.runner import run_detection
 
-    _guard(lambda: run_detection(engine, files, output, threshold, on_row))
+    _guard(lambda: run_detection(engine, files, output, threshold, on_row, pixel_threshold))
 
 
 def _guard(action):

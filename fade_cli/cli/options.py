@@ -24,8 +24,9 @@ from fade_cli.prompt_set import PromptSet, load_prompt_set
 ENGINE_OPTION_NAMES = (
     "model", "pretrained", "weights", "model_config", "cache_dir", "device", "precision",
     "class_name", "scales", "cls_size", "text_template", "prompts", "cls_prompts", "seg_prompts",
+    "prompt_generator",
     "cls_classname", "seg_classname", "gem_depth", "gem_iters", "gem_temperature", "vision_feature",
-    "vision_multiplier", "vision_weight", "use_query", "image_score", "batch_size",
+    "vision_multiplier", "vision_weight", "use_query", "image_score", "batch_size", "offline",
 )
 
 
@@ -36,6 +37,15 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> 
         return parse_sizes(value)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
+
+
+def _offline(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    """Runs while parsing, before the command imports anything that reads HF_HUB_OFFLINE."""
+    if value:
+        from fade_cli.model_cache import go_offline
+
+        go_offline()
+    return value
 
 
 def _existing_file() -> click.Path:
@@ -65,6 +75,9 @@ ENGINE_OPTIONS = [
     click.option("--prompts", type=_existing_file(), help="Prompt set JSON for both stages."),
     click.option("--cls-prompts", type=_existing_file(), help="Prompt set JSON for the image score."),
     click.option("--seg-prompts", type=_existing_file(), help="Prompt set JSON for the anomaly map."),
+    click.option("--prompt-generator", metavar="NAME",
+                 help="Generate the prompt sets for --class with this generator and its defaults (see `fade prompts "
+                      "generators`; local plugins from $FADE_PLUGINS_DIR); prompt files win over it."),
     click.option("--cls-classname/--no-cls-classname", default=True, show_default=True,
                  help="Fill {classname} with --class in image-score prompts (else 'object')."),
     click.option("--seg-classname/--no-seg-classname", default=False, show_default=True,
@@ -86,6 +99,8 @@ ENGINE_OPTIONS = [
                       "mean few-shot]."),
     click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Images per forward pass."),
+    click.option("--offline", is_flag=True, is_eager=True, callback=_offline,
+                 help="Never use the network: models must be in the cache (sets HF_HUB_OFFLINE=1)."),
 ]
 
 
@@ -129,10 +144,16 @@ def engine_config_from_options(options: dict[str, Any]) -> EngineConfig:
 
 
 def prompt_sets_from_options(options: dict[str, Any]) -> tuple[Optional[PromptSet], Optional[PromptSet]]:
-    """(classification, segmentation) prompt sets from files; None means the built-in default."""
+    """(classification, segmentation) prompt sets from files, else from --prompt-generator; None: built-in default."""
     both = load_prompt_set(options["prompts"]) if options["prompts"] else None
     cls_set = load_prompt_set(options["cls_prompts"]) if options["cls_prompts"] else both
     seg_set = load_prompt_set(options["seg_prompts"]) if options["seg_prompts"] else both
+    if options["prompt_generator"] and (cls_set is None or seg_set is None):
+        from fade_cli.prompting import generate_prompt_set
+
+        generated = generate_prompt_set(options["prompt_generator"], options["class_name"])
+        cls_set = cls_set if cls_set is not None else generated
+        seg_set = seg_set if seg_set is not None else generated
     return cls_set, seg_set
 
 

@@ -3,17 +3,18 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import sys
 from typing import Callable, Iterator, Optional
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.progress import TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from fade_cli.io.outputs import FIELDS, ResultRow
+from fade_cli.io.outputs import FIELDS, ResultRow, csv_cells, json_line
 
 
 def stderr_console() -> Console:
@@ -36,6 +37,12 @@ def progress_bar(console: Console, quiet: bool, total: Optional[int], descriptio
         yield lambda: progress.advance(task)
 
 
+def print_warning(console: Console, message: str) -> None:
+    """A 'warning:' line on stderr; file names in it are shown as they are, never read as markup."""
+    safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    console.print(Text.assemble(("warning: ", "yellow"), safe), highlight=False, soft_wrap=True)
+
+
 def _fmt(value: Optional[float]) -> str:
     return "" if value is None else f"{value:.4f}"
 
@@ -50,12 +57,12 @@ class RowPrinter:
 
     def row(self, row: ResultRow) -> None:
         if self.output_format == "jsonl":
-            click.echo(json.dumps(row.to_dict(), ensure_ascii=False))
+            click.echo(json_line(row))
         elif self.output_format == "csv":
             if self._csv is None:
                 self._csv = csv.DictWriter(sys.stdout, fieldnames=FIELDS, lineterminator="\n")
                 self._csv.writeheader()
-            self._csv.writerow({k: ("" if v is None else v) for k, v in row.to_dict().items()})
+            self._csv.writerow(csv_cells(row))
             sys.stdout.flush()
 
     def finish(self, rows: list[ResultRow]) -> None:
@@ -69,7 +76,7 @@ class RowPrinter:
         if self.with_verdict:
             table.add_column("verdict")
         for row in rows:
-            cells = [row.path, _fmt(row.score), _fmt(row.language_score), _fmt(row.vision_score)]
+            cells = [escape(csv_cells(row)["path"]), _fmt(row.score), _fmt(row.language_score), _fmt(row.vision_score)]
             if self.with_verdict:
                 cells.append({"NG": "[bold red]NG[/]", "OK": "[green]OK[/]"}.get(row.verdict or "", ""))
             if row.error:

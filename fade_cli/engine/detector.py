@@ -19,7 +19,7 @@ from fade_cli.engine.fusion import average_over_sizes, fuse_maps, patch_scores_t
 from fade_cli.engine.gem import GemVisionEncoder, VisionFeatures
 from fade_cli.engine import text_cache
 from fade_cli.engine.memory_bank import MemoryBank
-from fade_cli.engine.model import LoadedModel, load_model
+from fade_cli.engine.model import LoadedModel, load_model, resolve_model_source
 from fade_cli.engine.preprocess import batch_to_tensor
 from fade_cli.engine.result import Detection
 from fade_cli.engine.text import abnormal_probability, text_classifier
@@ -64,7 +64,12 @@ class FadeEngine:
             default_cls, default_seg = default_prompt_sets()
             cls_prompts = cls_prompts or default_cls
             seg_prompts = seg_prompts or default_seg
-        loaded = loaded or load_model(config)
+        if loaded is None:
+            source = resolve_model_source(config)
+            cached = cached_prompt_classifiers(source.identity, config, cls_prompts, seg_prompts)
+            loaded = load_model(config, source, text_tower=cached is None)
+            if cached is not None:
+                return cls(loaded, config, *cached)
         cls_classifier, seg_classifier = encode_prompt_sets(loaded, config, cls_prompts, seg_prompts)
         return cls(loaded, config, cls_classifier, seg_classifier)
 
@@ -102,7 +107,9 @@ class FadeEngine:
 
         CPU work only, safe to run in a background thread while the model runs.
         """
-        return {size: batch_to_tensor(images, size) for size in _sizes_to_encode(self.config)}
+        pin = self.device.type == "cuda"
+        tensors = {size: batch_to_tensor(images, size) for size in _sizes_to_encode(self.config)}
+        return {size: t.pin_memory() for size, t in tensors.items()} if pin else tensors
 
     def detect(self, images: list[Image.Image]) -> list[Detection]:
         """Score a batch of images (one forward pass per size for the whole batch)."""
@@ -156,30 +163,45 @@ def validate_config(config: EngineConfig) -> None:
         raise InputError("--batch-size must be at least 1")
 
 
+def _filled_prompt_sets(config: EngineConfig, cls_prompts: PromptSet, seg_prompts: PromptSet) -> list[PromptSet]:
+    """{classname} filled as configured: the class name, or 'object'."""
+    cls_name = config.class_name if config.cls_use_classname else "object"
+    seg_name = config.class_name if config.seg_use_classname else "object"
+    return [cls_prompts.filled(cls_name), seg_prompts.filled(seg_name)]
+
+
+def _cache_key(identity: dict, config: EngineConfig, prompts: PromptSet) -> str:
+    return text_cache.classifier_key(identity, config.text_template, prompts.normal, prompts.abnormal)
+
+
+def cached_prompt_classifiers(
+    identity: dict, config: EngineConfig, cls_prompts: PromptSet, seg_prompts: PromptSet
+) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    """Both (2, D) classifiers from the on-disk cache, or None if either is missing."""
+    directory = text_cache.text_cache_dir(config.cache_dir)
+    found = [
+        text_cache.load_cached(directory, _cache_key(identity, config, prompts))
+        for prompts in _filled_prompt_sets(config, cls_prompts, seg_prompts)
+    ]
+    return None if any(f is None for f in found) else (found[0], found[1])
+
+
 def encode_prompt_sets(
     loaded: LoadedModel, config: EngineConfig, cls_prompts: PromptSet, seg_prompts: PromptSet
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fill the class name as configured and encode both sets: two (2, D) classifiers.
-
-    Encoded sets are cached on disk, so a repeated run does not run the text tower.
-    """
-    cls_name = config.class_name if config.cls_use_classname else "object"
-    seg_name = config.class_name if config.seg_use_classname else "object"
-    return (
-        _cached_classifier(loaded, config, cls_prompts.filled(cls_name)),
-        _cached_classifier(loaded, config, seg_prompts.filled(seg_name)),
-    )
-
-
-def _cached_classifier(loaded: LoadedModel, config: EngineConfig, prompts: PromptSet) -> torch.Tensor:
+    """Encode both prompt sets into (2, D) classifiers, through the on-disk cache."""
     directory = text_cache.text_cache_dir(config.cache_dir)
-    key = text_cache.classifier_key(loaded.identity, config.text_template, prompts.normal, prompts.abnormal)
-    cached = text_cache.load_cached(directory, key)
-    if cached is not None:
-        return cached
-    classifier = text_classifier(loaded.model, loaded.tokenizer, prompts, config.text_template, loaded.device)
-    text_cache.store(directory, key, classifier)
-    return classifier
+    classifiers = []
+    for prompts in _filled_prompt_sets(config, cls_prompts, seg_prompts):
+        key = _cache_key(loaded.identity, config, prompts)
+        classifier = text_cache.load_cached(directory, key)
+        if classifier is None:
+            if not loaded.has_text_tower:
+                raise RuntimeError("the text tower was not loaded, but prompt embeddings are missing from the cache")
+            classifier = text_classifier(loaded.model, loaded.tokenizer, prompts, config.text_template, loaded.device)
+            text_cache.store(directory, key, classifier)
+        classifiers.append(classifier)
+    return classifiers[0], classifiers[1]
 
 
 def _sizes_to_encode(config: EngineConfig) -> list[int]:
@@ -204,17 +226,19 @@ def _assemble(
         scores = (language_scores + vision_scores) / 2
     scores = scores.clamp(0.0, 1.0)
 
-    results = []
-    for i in range(len(language_scores)):
-        results.append(
-            Detection(
-                score=float(scores[i]),
-                language_score=float(language_scores[i]),
-                vision_score=None if vision_scores is None else float(vision_scores[i]),
-                anomaly_map=fused[i].clamp(0.0, 1.0).cpu().numpy().astype(np.float32),
-                language_map=language_map[i].cpu().numpy().astype(np.float32),
-                vision_map=None if vision_map is None else vision_map[i].cpu().numpy().astype(np.float32),
-                fused_map=fused[i].cpu().numpy().astype(np.float32),
-            )
+    # One transfer per tensor for the whole batch, not one per image.
+    host = lambda t: None if t is None else t.float().cpu().numpy()  # noqa: E731
+    scores_np, language_np, vision_np = host(scores), host(language_scores), host(vision_scores)
+    fused_np, language_map_np, vision_map_np = host(fused), host(language_map), host(vision_map)
+    return [
+        Detection(
+            score=float(scores_np[i]),
+            language_score=float(language_np[i]),
+            vision_score=None if vision_np is None else float(vision_np[i]),
+            anomaly_map=np.clip(fused_np[i], 0.0, 1.0),
+            language_map=language_map_np[i],
+            vision_map=None if vision_map_np is None else vision_map_np[i],
+            fused_map=fused_np[i],
         )
-    return results
+        for i in range(len(scores_np))
+    ]

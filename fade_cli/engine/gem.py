@@ -126,13 +126,13 @@ class GemVisionEncoder(nn.Module):
         return F.normalize(projected.float(), dim=-1)
 
 
-def _split_heads(block: nn.Module, h_bnw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One shared qkv projection, split into (B, heads, N, head_dim) tensors."""
+def _split_heads(block: nn.Module, h_bnw: torch.Tensor) -> torch.Tensor:
+    """One shared qkv projection: (3, B, heads, N, head_dim), q, k, v on the first axis."""
     attn: nn.MultiheadAttention = block.attn
     batch, tokens, width = h_bnw.shape
     qkv = F.linear(h_bnw, attn.in_proj_weight, attn.in_proj_bias)
     qkv = qkv.view(batch, tokens, 3, attn.num_heads, width // attn.num_heads).permute(2, 0, 3, 1, 4)
-    return qkv[0], qkv[1], qkv[2]
+    return qkv
 
 
 def _merge_heads(block: nn.Module, o_bhnd: torch.Tensor) -> torch.Tensor:
@@ -151,24 +151,30 @@ def _plain_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _mlp_residual(block, x)
 
 
-def _self_self_attention(z: torch.Tensor, v: torch.Tensor, inv_temp: torch.Tensor, iters: int) -> torch.Tensor:
-    """GEM's self-self attention of one of q, k, v, applied to the values.
+def _self_self_attention(qkv_sbhnd: torch.Tensor, v: torch.Tensor, inv_temp: torch.Tensor, iters: int) -> torch.Tensor:
+    """GEM's self-self attention of q, k and v, each applied to the values, averaged.
 
-    The per-image inverse temperature is folded into the queries so that the
-    fused attention kernel can be used with scale 1.
+    ``qkv_sbhnd`` is q, k and v stacked on a first axis of 3; they go through the
+    attention kernel as one batch of 3B. The per-image inverse temperature is
+    folded into the queries so that the fused kernel can run with scale 1.
     """
+    batch = v.shape[0]
+    z = qkv_sbhnd.flatten(0, 1)
+    inv_temp = inv_temp.repeat(3, 1, 1, 1) if inv_temp.dim() == 4 else inv_temp
     for _ in range(iters):
         z = F.normalize(z, dim=-1)
         z = F.scaled_dot_product_attention(z * inv_temp, z, z, scale=1.0)
     z = F.normalize(z, dim=-1)
-    return F.scaled_dot_product_attention(z * inv_temp, z, v, scale=1.0)
+    out = F.scaled_dot_product_attention(z * inv_temp, z, v.repeat(3, 1, 1, 1), scale=1.0)
+    return out.view(3, batch, *out.shape[1:]).mean(dim=0)
 
 
 def _two_stream_block(
     block: nn.Module, x: torch.Tensor, g: torch.Tensor, iters: int, temperature: Optional[float]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     h = block.ln_1(x)
-    q, k, v = _split_heads(block, h)
+    qkv = _split_heads(block, h)
+    q, k, v = qkv[0], qkv[1], qkv[2]
     head_dim = q.shape[-1]
     if temperature is None:
         inv_temp = h.norm(dim=-1).mean(dim=1) * head_dim**-0.5
@@ -176,7 +182,7 @@ def _two_stream_block(
     else:
         inv_temp = torch.tensor(temperature, dtype=q.dtype, device=q.device)
 
-    gem_out = sum(_self_self_attention(z, v, inv_temp, iters) for z in (q, k, v)) / 3
+    gem_out = _self_self_attention(qkv, v, inv_temp, iters)
     g = g + block.ls_1(_merge_heads(block, gem_out))
 
     x = x + block.ls_1(_merge_heads(block, F.scaled_dot_product_attention(q, k, v)))

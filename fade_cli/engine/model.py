@@ -29,6 +29,7 @@ class LoadedModel:
     tokenizer: Callable[[list[str]], torch.Tensor]
     device: torch.device
     identity: dict[str, Any]
+    has_text_tower: bool = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -98,39 +99,112 @@ def _offline_message(config: EngineConfig, cache_dir: Optional[str], reason: Exc
     )
 
 
-def load_model(config: EngineConfig) -> LoadedModel:
-    """Build the model described by ``config`` on its device, in eval mode."""
+@dataclass(frozen=True)
+class ModelSource:
+    """Which architecture and which weights: known before anything is loaded."""
+
+    name: str
+    pretrained: str  # a tag, or a checkpoint file path
+    is_file: bool
+    identity: dict[str, Any]
+
+
+def resolve_model_source(config: EngineConfig) -> ModelSource:
+    """Validate the model options and say what will be loaded (identity for caches and bank files)."""
     import open_clip
 
-    model_name = register_model_config(config.model_config) if config.model_config else config.model
-    if model_name not in open_clip.list_models():
-        raise InputError(
-            f"unknown model architecture {model_name!r}; see `fade models list`, or give --model-config FILE.json"
-        )
-    device = resolve_device(config.device)
-    cache_dir = config.cache_dir or default_cache_dir()
+    name = register_model_config(config.model_config) if config.model_config else config.model
+    if name not in open_clip.list_models():
+        raise InputError(f"unknown model architecture {name!r}; see `fade models list`, or give --model-config FILE.json")
     if config.weights:
         if not os.path.isfile(config.weights):
             raise InputError(f"weights file not found: {config.weights}")
-        source, identity_source = config.weights, {"weights_sha256": file_sha256(config.weights)}
-    elif config.pretrained:
-        source, identity_source = config.pretrained, {"pretrained": config.pretrained}
-    else:
-        raise InputError(f"{model_name}: give --pretrained TAG or --weights FILE (fade never runs random weights)")
+        return ModelSource(name, config.weights, True, {"model": name, "weights_sha256": file_sha256(config.weights)})
+    if not config.pretrained:
+        raise InputError(f"{name}: give --pretrained TAG or --weights FILE (fade never runs random weights)")
+    if os.path.isfile(config.pretrained):
+        return ModelSource(name, config.pretrained, True, {"model": name, "weights_sha256": file_sha256(config.pretrained)})
+    known = open_clip.list_pretrained_tags_by_model(name)
+    if config.pretrained not in known:
+        raise InputError(f"unknown pretrained tag {config.pretrained!r} for {name} (known: {', '.join(known) or 'none'})")
+    return ModelSource(name, config.pretrained, False, {"model": name, "pretrained": config.pretrained})
 
-    if not config.weights and config.pretrained not in open_clip.list_pretrained_tags_by_model(model_name):
-        if not os.path.isfile(config.pretrained):
-            known = ", ".join(open_clip.list_pretrained_tags_by_model(model_name)) or "none"
-            raise InputError(f"unknown pretrained tag {config.pretrained!r} for {model_name} (known: {known})")
+
+def load_model(config: EngineConfig, source: Optional[ModelSource] = None, text_tower: bool = True) -> LoadedModel:
+    """Build the model described by ``config`` on its device, in eval mode.
+
+    With ``text_tower=False`` only the vision tower's weights are read (the text
+    tower stays an empty shell on the meta device): for runs whose prompt
+    embeddings are already cached.
+    """
+    import open_clip
+
+    source = source or resolve_model_source(config)
+    device = resolve_device(config.device)
+    cache_dir = config.cache_dir or default_cache_dir()
+    model = None
+    if not text_tower:
+        model = _vision_tower_only(source, cache_dir, device)
+    if model is None:
+        model = _full_model(config, source, cache_dir, device)
+        text_tower = True
+    model.eval()
+    return LoadedModel(
+        model=model,
+        tokenizer=open_clip.get_tokenizer(source.name),
+        device=device,
+        identity=source.identity,
+        has_text_tower=text_tower,
+    )
+
+
+def _full_model(config: EngineConfig, source: ModelSource, cache_dir: Optional[str], device: torch.device):
+    import open_clip
+
     try:
-        model = open_clip.create_model(
-            model_name, pretrained=source, device=device, cache_dir=cache_dir, require_pretrained=True
+        return open_clip.create_model(
+            source.name, pretrained=source.pretrained, device=device, cache_dir=cache_dir, require_pretrained=True
         )
     except RuntimeError as exc:
-        if config.weights:
-            raise ModelError(f"cannot load weights {config.weights} into {model_name}: {exc}") from exc
+        if source.is_file:
+            raise ModelError(f"cannot load weights {source.pretrained} into {source.name}: {exc}") from exc
         raise ModelError(_offline_message(config, cache_dir, exc)) from exc
-    model.eval()
-    tokenizer = open_clip.get_tokenizer(model_name)
-    identity = {"model": model_name, **identity_source}
-    return LoadedModel(model=model, tokenizer=tokenizer, device=device, identity=identity)
+
+
+def _vision_tower_only(source: ModelSource, cache_dir: Optional[str], device: torch.device):
+    """The CLIP model with only its vision weights loaded, or None where the checkpoint is in
+    a form this fast path does not know (the caller then loads the full model)."""
+    import open_clip
+    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+    tag_cfg = {} if source.is_file else get_pretrained_cfg(source.name, source.pretrained)
+    try:
+        checkpoint = source.pretrained if source.is_file else download_pretrained(tag_cfg, cache_dir=cache_dir)
+        visual_state = _visual_state_dict(str(checkpoint))
+        with torch.device("meta"):
+            model = open_clip.create_model(
+                source.name, pretrained=None, device="meta", force_quick_gelu=bool(tag_cfg.get("quick_gelu", False))
+            )
+        model.visual.load_state_dict(visual_state, strict=True, assign=True)
+    except (RuntimeError, OSError, KeyError, ValueError):
+        return None
+    model.visual.to(device)
+    return model
+
+
+def _visual_state_dict(checkpoint: str) -> dict[str, torch.Tensor]:
+    """Read only the ``visual.*`` tensors of a checkpoint (memory-mapped, so the rest is never read)."""
+    prefix = "visual."
+    if checkpoint.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(checkpoint, framework="pt") as handle:
+            return {k[len(prefix):]: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)}
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    visual = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not visual:
+        raise KeyError("no visual.* weights in the checkpoint")
+    return visual

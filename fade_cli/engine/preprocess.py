@@ -11,7 +11,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     """Square bicubic resize (PIL, antialiased), to [0, 1], CLIP normalisation: (3, size, size)."""
-    resized = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")  # no full-size copy of a large RGB photo
+    resized = rgb.resize((size, size), Image.Resampling.BICUBIC)
     array = np.asarray(resized, dtype=np.float32) / 255.0
     mean = np.asarray(CLIP_MEAN, dtype=np.float32)
     std = np.asarray(CLIP_STD, dtype=np.float32)

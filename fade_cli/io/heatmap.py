@@ -27,6 +27,7 @@ COLORMAP = np.stack(
 
 OVERLAY_ALPHA = 0.5
 SCALE_WIDTH_FRACTION = 0.06
+COLORIZE_BAND_PIXELS = 1 << 20
 
 
 def upsample_map(map_hw: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -39,9 +40,16 @@ def upsample_map(map_hw: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def colorize(map_hw: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] to RGB uint8 (H, W, 3); values outside are clipped."""
-    index = np.clip(map_hw * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return COLORMAP[index]
+    """Map values in [0, 1] to RGB uint8 (H, W, 3); values outside are clipped.
+
+    Works in bands of rows, so a large photo's map is never copied as floats or as indices.
+    """
+    colours = np.empty((*map_hw.shape, 3), dtype=np.uint8)
+    rows = max(1, COLORIZE_BAND_PIXELS // max(1, map_hw.shape[-1]))
+    for top in range(0, map_hw.shape[0], rows):
+        band = map_hw[top : top + rows]
+        colours[top : top + rows] = COLORMAP[np.clip(band * 255.0 + 0.5, 0, 255).astype(np.uint8)]
+    return colours
 
 
 def overlay(image: Image.Image, map_hw: np.ndarray) -> Image.Image:
@@ -49,7 +57,8 @@ def overlay(image: Image.Image, map_hw: np.ndarray) -> Image.Image:
     colours = Image.fromarray(colorize(map_hw), mode="RGB")
     if colours.size != image.size:
         colours = colours.resize(image.size, Image.Resampling.BILINEAR)
-    blended = Image.blend(image.convert("RGB"), colours, OVERLAY_ALPHA)
+    blended = Image.blend(image if image.mode == "RGB" else image.convert("RGB"), colours, OVERLAY_ALPHA)
+    del colours  # one image-sized buffer fewer while the canvas is built
     return _with_colour_scale(blended)
 
 

@@ -2,15 +2,21 @@
 
 Decoding follows what a person sees: EXIF orientation applied, greyscale,
 palette, CMYK, 16-bit and alpha images turned into 8-bit RGB. A file that cannot
-be decoded raises :class:`ImageError` for that file only.
+be decoded raises :class:`ImageError` for that file only, with a message that
+says why (empty, truncated, not an image, permission denied, symbolic link loop).
+
+Memory: a decoded image is held once, as 8-bit RGB; no full-size copy is made
+when the file already decodes to upright RGB. The engine only ever sees the
+resized copies it asks for (``fade_cli.engine.preprocess``).
 """
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,6 +26,10 @@ from fade_cli.errors import ImageError, InputError
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 # Large inspection photos are legitimate; only refuse sizes that look like decompression bombs.
 Image.MAX_IMAGE_PIXELS = 400_000_000
+
+# Called with a one-line message when discovery has to skip something (an unreadable sub-folder).
+SkipHandler = Callable[[str], None]
+Excluded = Union[None, Path, Iterable[Optional[Path]]]
 
 
 @dataclass(frozen=True)
@@ -34,61 +44,125 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 
 
-def discover_images(root: Path, exclude: Optional[Path] = None) -> list[ImageFile]:
+def discover_images(root: Path, exclude: Excluded = None, on_skip: Optional[SkipHandler] = None) -> list[ImageFile]:
     """All image files under ``root`` (or ``root`` itself), sorted by relative path.
 
-    Symlinked folders are followed once; loops are skipped. ``exclude`` (the
-    output folder, when it lies inside the input) is never scanned.
+    Symlinked folders are followed once; loops are skipped. ``exclude`` (a path
+    or several: the output folder, a --move-to folder) is never scanned. A
+    sub-folder that cannot be read is reported to ``on_skip`` (default: a Python
+    warning) and the rest is still found, so one bad folder does not stop a run.
     """
-    if not root.exists():
-        raise InputError(f"no such file or folder: {root}")
+    _check_root(root)
     if root.is_file():
         if not is_image_file(root):
             raise InputError(f"{root} is not an image file ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return [ImageFile(root, root.name)]
-    if not os.access(root, os.R_OK | os.X_OK):
-        raise InputError(f"cannot read folder {root}: permission denied")
-    files = [ImageFile(p, p.relative_to(root).as_posix()) for p in _walk(root, exclude)]
+    report = on_skip or (lambda message: warnings.warn(message, stacklevel=3))
+    files = [ImageFile(p, p.relative_to(root).as_posix()) for p in _walk(root, exclude, report) if is_image_file(p)]
     return sorted(files, key=lambda f: f.relative)
 
 
-def _walk(root: Path, exclude: Optional[Path]) -> Iterator[Path]:
+def require_images(root: Path, exclude: Excluded = None, on_skip: Optional[SkipHandler] = None) -> list[ImageFile]:
+    """:func:`discover_images`, raising a helpful :class:`InputError` when nothing is found."""
+    files = discover_images(root, exclude, on_skip)
+    if not files:
+        raise InputError(_no_images_message(root, exclude))
+    return files
+
+
+def _check_root(root: Path) -> None:
+    if root.is_symlink() and not root.exists():
+        raise InputError(f"{root} is a broken symbolic link or a symbolic link loop")
+    if not root.exists():
+        raise InputError(f"no such file or folder: {root}")
+    if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
+        raise InputError(f"cannot read folder {root}: permission denied")
+
+
+def _as_paths(exclude: Excluded) -> list[Path]:
+    if exclude is None:
+        return []
+    if isinstance(exclude, (str, os.PathLike)):
+        return [Path(exclude)]
+    return [Path(path) for path in exclude if path is not None]
+
+
+def _walk(root: Path, exclude: Excluded, report: SkipHandler) -> Iterator[Path]:
+    """Every file under ``root``, each real folder visited once, excluded folders left out."""
+    excluded = {os.path.realpath(path) for path in _as_paths(exclude)}
     seen: set[str] = set()
-    excluded = os.path.realpath(exclude) if exclude else None
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+
+    def unreadable(exc: OSError) -> None:
+        report(f"skipped folder {exc.filename}: {_reason(exc)}")
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
         real = os.path.realpath(dirpath)
-        if real in seen or real == excluded:
+        if real in seen or real in excluded:
             dirnames[:] = []
             continue
         seen.add(real)
         dirnames.sort()
         for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if is_image_file(path):
-                yield path
+            yield Path(dirpath) / name
+
+
+def _no_images_message(root: Path, exclude: Excluded) -> str:
+    """Say whether the folder is empty or holds only other kinds of files, and which kinds are read."""
+    others = sorted(p.relative_to(root).as_posix() for p in _walk(root, exclude, lambda _: None))
+    kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+    if not others:
+        return f"no image files under {root}: the folder is empty"
+    shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+    return f"no image files under {root}: it holds {len(others)} other file(s) ({shown}); fade reads {kinds}"
+
 
 
 def load_image(path: Path) -> Image.Image:
     """Decode one image to 8-bit RGB as displayed (EXIF orientation applied)."""
     try:
+        if os.stat(path).st_size == 0:
+            raise ImageError(f"{path}: empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
                 opened.load()
-                image = ImageOps.exif_transpose(opened)
-    except FileNotFoundError as exc:
-        raise ImageError(f"{path}: file not found") from exc
-    except PermissionError as exc:
-        raise ImageError(f"{path}: permission denied") from exc
+                ImageOps.exif_transpose(opened, in_place=True)
+                image = to_rgb8(opened)
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{path}: not a readable image") from exc
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path}: not a readable image (unknown format or not an image)") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path}: image too large ({exc})") from exc
+    except OSError as exc:
+        raise ImageError(f"{path}: {_reason(exc)}") from exc
+    except (SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot decode image ({exc})") from exc
-    return to_rgb8(image)
+    # A memory-mapped image would break if the file changed under it: keep a private copy.
+    return image.copy() if image.readonly else image
+
+
+def _reason(exc: OSError) -> str:
+    """A short, user-facing reason for an operating-system or decoder error."""
+    reasons = {
+        errno.ENOENT: "file not found (deleted, or a broken symbolic link)",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ELOOP: "symbolic link loop",
+        errno.EISDIR: "is a folder",
+    }
+    if exc.errno in reasons:
+        return reasons[exc.errno]
+    if "truncated" in str(exc).lower():
+        return f"truncated image ({exc})"
+    return f"cannot decode image ({exc.strerror or exc})"
 
 
 def to_rgb8(image: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB, scaling 16- and 32-bit data instead of clipping it."""
+    """Convert any PIL mode to 8-bit RGB, scaling 16- and 32-bit data instead of clipping it.
+
+    An image that is already RGB is returned as it is (no copy).
+    """
+    if image.mode == "RGB":
+        return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0

@@ -6,6 +6,12 @@ kept, so ``a.png`` and ``a.jpg`` never collide)::
     OUT/results.csv  OUT/results.jsonl
     OUT/maps/<relative path>.npy       float32 map
     OUT/heatmaps/<relative path>.png   image with the map overlaid
+    OUT/masks/<relative path>.png      binary defect mask (0/255), with a pixel threshold
+
+With a pixel threshold, ``regions`` lists the defects of an image: 8-connected
+areas of the mask, each ``{"bbox": [x0, y0, x1, y1], "area": pixels, "peak": max
+map value}`` (``bbox`` as PIL's crop box: x1, y1 exclusive). In results.csv that
+list is one JSON-encoded cell.
 
 Every file is written under a temporary name and renamed into place, so a
 crash, a full disk or Ctrl-C never leaves a half-written file. Rows are also
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -46,6 +53,8 @@ class ResultRow:
     verdict: Optional[str] = None
     map_path: Optional[str] = None
     heatmap_path: Optional[str] = None
+    mask_path: Optional[str] = None
+    regions: Optional[list[dict]] = None
     error: Optional[str] = None
 
     def to_dict(self) -> dict:
@@ -75,8 +84,32 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+            raise OutputError(f"cannot write {path}: {describe_write_failure(exc)}") from exc
         raise
+
+
+def describe_write_failure(exc: OSError) -> str:
+    """Why a write failed, for the user; a full disk says so plainly."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk is full (no space left on device); free some space and run again"
+    return str(exc.strerror or exc)
+
+
+def json_line(row: ResultRow) -> str:
+    """One JSON line; a file name that is not valid UTF-8 is written as JSON escapes, never a crash."""
+    text = json.dumps(row.to_dict(), ensure_ascii=False)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def csv_cells(row: ResultRow) -> dict:
+    """A row's CSV cells: empty for missing values, undecodable file names shown with backslash escapes."""
+    def cell(value):
+        if value is None:
+            return ""
+        if isinstance(value, (list, dict)):
+            return json.dumps(value, separators=(",", ":"))
+        return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else value
+    return {key: cell(value) for key, value in row.to_dict().items()}
 
 
 def rows_to_csv(rows: Iterable[ResultRow]) -> bytes:
@@ -84,12 +117,12 @@ def rows_to_csv(rows: Iterable[ResultRow]) -> bytes:
     writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if v is None else v) for k, v in row.to_dict().items()})
+        writer.writerow(csv_cells(row))
     return buffer.getvalue().encode("utf-8")
 
 
 def rows_to_jsonl(rows: Iterable[ResultRow]) -> bytes:
-    return "".join(json.dumps(row.to_dict(), ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    return "".join(json_line(row) + "\n" for row in rows).encode("utf-8")
 
 
 def refuse_existing_results(out_dir: Path) -> None:
@@ -101,13 +134,16 @@ def refuse_existing_results(out_dir: Path) -> None:
         )
 
 
-class RunOutput:
-    """Writes one run's outputs into ``out_dir``; refuses to clobber earlier results unless asked."""
+class ImageWriter:
+    """Writes the files of each image (map, heatmap, mask) into ``out_dir``.
+
+    :class:`RunOutput` (``fade detect``) and the results log of ``fade watch`` add
+    the results tables on top of it.
+    """
 
     def __init__(
         self,
         out_dir: Path,
-        overwrite: bool = False,
         map_size: Optional[int] = None,
         save_maps: bool = True,
         save_heatmaps: bool = True,
@@ -116,14 +152,6 @@ class RunOutput:
         self.map_size = map_size
         self.save_maps = save_maps
         self.save_heatmaps = save_heatmaps
-        if not overwrite:
-            refuse_existing_results(out_dir)
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            self._partial = open(out_dir / PARTIAL_FILE, "w", encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from exc
-        self.rows: list[ResultRow] = []
 
     def write_image(self, relative: str, image: Image.Image, detection: Detection) -> tuple[Optional[str], Optional[str]]:
         """Save the map and the heatmap of one image; returns their paths relative to the output folder."""
@@ -140,19 +168,56 @@ class RunOutput:
             atomic_write(self.out_dir / heat_rel, lambda handle: picture.save(handle, format="PNG"))
         return map_rel, heat_rel
 
+    def write_mask(self, relative: str, mask_hw: np.ndarray) -> str:
+        """Save a boolean defect mask as a 0/255 PNG; returns its path relative to the output folder."""
+        mask_rel = f"masks/{relative}.png"
+        picture = Image.fromarray(mask_hw.astype(np.uint8) * 255)  # 2-D uint8: mode L
+        atomic_write(self.out_dir / mask_rel, lambda handle: picture.save(handle, format="PNG"))
+        return mask_rel
+
+
+class RunOutput(ImageWriter):
+    """Writes one run's outputs into ``out_dir``; refuses to clobber earlier results unless asked."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        overwrite: bool = False,
+        map_size: Optional[int] = None,
+        save_maps: bool = True,
+        save_heatmaps: bool = True,
+    ):
+        super().__init__(out_dir, map_size, save_maps, save_heatmaps)
+        if not overwrite:
+            refuse_existing_results(out_dir)
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self._partial = open(out_dir / PARTIAL_FILE, "w", encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from exc
+        self.rows: list[ResultRow] = []
+
     def add(self, row: ResultRow) -> None:
         """Record a finished image (also appended to the partial file at once)."""
         self.rows.append(row)
         try:
-            self._partial.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+            self._partial.write(json_line(row) + "\n")
             self._partial.flush()
         except OSError as exc:
-            raise OutputError(f"cannot write {self.out_dir / PARTIAL_FILE}: {exc.strerror or exc}") from exc
+            raise OutputError(f"cannot write {self.out_dir / PARTIAL_FILE}: {describe_write_failure(exc)}") from exc
 
     def finish(self) -> None:
-        """Write results.csv and results.jsonl atomically and drop the partial file."""
-        self._partial.close()
-        atomic_write(self.out_dir / "results.jsonl", lambda h: h.write(rows_to_jsonl(self.rows)))
-        atomic_write(self.out_dir / "results.csv", lambda h: h.write(rows_to_csv(self.rows)))
+        """Write results.csv and results.jsonl atomically and drop the partial file.
+
+        If that fails (a full disk), the partial file is kept: it holds every finished row.
+        """
+        try:
+            self._partial.close()
+            atomic_write(self.out_dir / "results.jsonl", lambda h: h.write(rows_to_jsonl(self.rows)))
+            atomic_write(self.out_dir / "results.csv", lambda h: h.write(rows_to_csv(self.rows)))
+        except (OSError, OutputError) as exc:
+            reason = describe_write_failure(exc) if isinstance(exc, OSError) else str(exc)
+            kept = self.out_dir / PARTIAL_FILE
+            raise OutputError(f"{reason}; the {len(self.rows)} finished row(s) are kept in {kept}") from exc
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.out_dir / PARTIAL_FILE)

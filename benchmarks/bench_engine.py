@@ -1,0 +1,131 @@
+"""Speed and memory of the FADE engine: prints numbers, asserts nothing.
+
+    python benchmarks/bench_engine.py --arch tiny                      # golden tiny model, CPU
+    python benchmarks/bench_engine.py --arch published --images 3      # ViT-B-16-plus-240, random weights
+    python benchmarks/bench_engine.py --arch published --device cuda --batch-sizes 1,8,32 --precisions fp32,bf16
+
+The published architecture runs with random weights here (weights cannot be
+downloaded in every environment); speed does not depend on the weights' values.
+End-to-end time includes JPEG decoding and resizing (in background threads, as
+`fade detect` does), the forward passes at every size, the memory bank search,
+fusion, and copying maps back to the host.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = REPO / "tests" / "fixtures" / "golden" / "model"
+EXAMPLES = REPO / "examples" / "cookie" / "cookie"
+
+
+def build_loaded_model(arch: str, device: torch.device):
+    import open_clip
+
+    from fade_cli.engine.model import LoadedModel, register_model_config
+
+    if arch == "tiny":
+        name = register_model_config(str(GOLDEN / "fade-golden.json"))
+        model = open_clip.create_model(name, pretrained=str(GOLDEN / "fade-golden-seed0.pt"))
+    else:
+        name = "ViT-B-16-plus-240"
+        torch.manual_seed(0)
+        model = open_clip.create_model(name, pretrained=None)
+    model = model.to(device).eval()
+    return LoadedModel(model, open_clip.get_tokenizer(name), device, {"model": name, "benchmark": arch})
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def query_files(count: int):
+    from fade_cli.io.images import discover_images
+
+    files = discover_images(EXAMPLES / "test")
+    return list(itertools.islice(itertools.cycle(files), count))
+
+
+def time_text(loaded, config) -> float:
+    from fade_cli.engine.detector import FadeEngine
+
+    start = time.perf_counter()
+    FadeEngine.from_config(config, loaded=loaded)
+    return time.perf_counter() - start
+
+
+def time_run(engine, files, device) -> float:
+    from fade_cli.runner import run_detection
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    run_detection(engine, files)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=["tiny", "published"], default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, default=4, help="queries per measurement")
+    parser.add_argument("--batch-sizes", default="1")
+    parser.add_argument("--precisions", default="fp32")
+    parser.add_argument("--scales", default="240,448,896")
+    parser.add_argument("--shots", type=int, default=1, help="references (0: zero-shot)")
+    parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products on CUDA")
+    args = parser.parse_args()
+
+    from fade_cli.config import EngineConfig, parse_sizes
+    from fade_cli.engine.detector import FadeEngine
+    from fade_cli.io.images import load_image
+
+    device = torch.device(args.device)
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    loaded = build_loaded_model(args.arch, device)
+    base = EngineConfig(device=args.device, seg_sizes=parse_sizes(args.scales), class_name="cookie")
+
+    with torch.no_grad():
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as cache:
+            cold = time_text(loaded, base.replace(cache_dir=cache))
+            warm = time_text(loaded, base.replace(cache_dir=cache))
+    print(json.dumps({"machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+                      "arch": args.arch, "scales": args.scales, "shots": args.shots}))
+    print(f"text encoding: {cold:.2f} s first run, {warm:.3f} s cached")
+
+    references = [load_image(f.path) for f in query_files(args.shots)] if args.shots else []
+    for precision, batch_size in itertools.product(args.precisions.split(","), map(int, args.batch_sizes.split(","))):
+        config = base.replace(precision=precision, batch_size=batch_size)
+        engine = FadeEngine.from_config(config, loaded=loaded)
+        if references:
+            engine.add_references(references)
+        time_run(engine, query_files(batch_size), device)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        count = max(args.images, batch_size)
+        seconds = time_run(engine, query_files(count), device)
+        print(f"{precision:5s} batch {batch_size:3d}: {count / seconds:8.2f} images/s  {seconds / count:8.3f} s/image  "
+              f"peak memory {peak_memory_mb(device):8.0f} MB")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""A saved reference bank: everything `fade detect` needs besides the model weights.
+
+What a bank file holds (format ``fade-bank`` version 1, see ``container.py`` for the bytes):
+
+metadata (JSON)
+    ``format``, ``version``, ``fade_version``; ``model``: the model identity (architecture,
+    pretrained tag or weights SHA-256, custom config SHA-256); ``config``: the full engine
+    config (the fields that only say how a machine runs it, device, batch size and cache
+    folder, are stored at their defaults); ``prompts``: the classification and segmentation
+    prompt sets as given (``{classname}`` unfilled); ``references``: the reference files
+    (relative path and SHA-256) in bank order; ``patch_dtype``; ``thresholds``: image and
+    pixel threshold and where they came from; ``calibration``: the leave-one-out statistic.
+tensors
+    ``patches.<size>`` (M, D) reference patch embeddings per segmentation size, the
+    feature the few-shot preset uses, float32 (or float16 when built with ``--dtype
+    float16``: half the size, scores differ in the 3rd-4th decimal); ``text.cls`` and
+    ``text.seg`` (2, D) float32: the encoded prompt ensembles [normal, abnormal].
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from fade_cli import __version__
+from fade_cli.bank.calibration import Calibration, Thresholds
+from fade_cli.bank.container import BankFileError, decode_container, encode_container
+from fade_cli.config import EngineConfig
+from fade_cli.errors import InputError
+from fade_cli.prompt_set import PromptSet, prompt_set_from_dict
+
+FORMAT_NAME = "fade-bank"
+FORMAT_VERSION = 1
+PATCH_DTYPES = {"float32": np.float32, "float16": np.float16}
+# How a machine runs the engine, not what it computes: never taken from a bank.
+RUNTIME_DEFAULTS = {"device": "auto", "batch_size": 1, "cache_dir": None}
+
+
+@dataclass
+class ReferenceBank:
+    """The content of a bank file (see the module docstring); arrays are float32 numpy."""
+
+    config: EngineConfig
+    identity: dict[str, Any]
+    cls_prompts: PromptSet
+    seg_prompts: PromptSet
+    cls_classifier_2d: np.ndarray
+    seg_classifier_2d: np.ndarray
+    patches_by_size: dict[int, np.ndarray]
+    references: list[dict[str, str]]
+    patch_dtype: str = "float32"
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    calibration: Optional[Calibration] = None
+
+    @property
+    def reference_count(self) -> int:
+        return len(self.references)
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.cls_classifier_2d.shape[1])
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "fade_version": __version__,
+            "model": self.identity,
+            "config": self.config.to_dict(),
+            "prompts": {"cls": self.cls_prompts.to_json_dict(), "seg": self.seg_prompts.to_json_dict()},
+            "references": self.references,
+            "patch_dtype": self.patch_dtype,
+            "thresholds": asdict(self.thresholds),
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+        }
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        dtype = PATCH_DTYPES[self.patch_dtype]
+        tensors = {f"patches.{size}": p.astype(dtype, copy=False) for size, p in self.patches_by_size.items()}
+        tensors["text.cls"] = self.cls_classifier_2d.astype(np.float32, copy=False)
+        tensors["text.seg"] = self.seg_classifier_2d.astype(np.float32, copy=False)
+        return tensors
+
+    def to_bytes(self) -> bytes:
+        """The file content; the same bank always gives the same bytes."""
+        return encode_container(self.metadata(), self.tensors())
+
+
+def storable_config(config: EngineConfig) -> EngineConfig:
+    """The config as a bank stores it: machine-specific runtime fields at their defaults."""
+    return config.replace(**RUNTIME_DEFAULTS)
+
+
+def model_identity(config: EngineConfig, loaded_identity: dict[str, Any]) -> dict[str, Any]:
+    """The loaded model's identity, plus the hash of a custom architecture file when one was used."""
+    from fade_cli.engine.model import file_sha256
+
+    identity = dict(loaded_identity)
+    if config.model_config:
+        identity["model_config_sha256"] = file_sha256(config.model_config)
+    return identity
+
+
+def save_bank(bank: ReferenceBank, path: Path) -> int:
+    """Write the bank atomically (a temporary file renamed into place); returns its size in bytes."""
+    from fade_cli.io.outputs import atomic_write
+
+    content = bank.to_bytes()
+    atomic_write(path, lambda handle: handle.write(content))
+    return len(content)
+
+
+def load_bank(path: Union[str, Path]) -> ReferenceBank:
+    """Read and check a bank file; any problem is a :class:`BankFileError` (exit code 2)."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise BankFileError(f"bank file not found: {source}") from exc
+    except OSError as exc:
+        raise BankFileError(f"cannot read bank file {source}: {exc.strerror or exc}") from exc
+    metadata, tensors = decode_container(raw, source)
+    _check_format(metadata, source)
+    try:
+        return _bank_from_parts(metadata, tensors, source)
+    except (KeyError, TypeError, ValueError, InputError) as exc:
+        raise BankFileError(f"{source}: malformed bank content ({exc})") from exc
+
+
+def _check_format(metadata: dict[str, Any], source: str) -> None:
+    if metadata.get("format") != FORMAT_NAME:
+        raise BankFileError(f"{source} is not a fade bank file (format {metadata.get('format')!r})")
+    version = metadata.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise BankFileError(
+            f"{source} uses bank format version {version}, newer than this fade ({__version__}) reads "
+            f"(version {FORMAT_VERSION}); upgrade fade or rebuild the bank"
+        )
+
+
+def _bank_from_parts(metadata: dict[str, Any], tensors: dict[str, np.ndarray], source: str) -> ReferenceBank:
+    config = EngineConfig.from_dict(metadata["config"])
+    patches = {int(name.split(".", 1)[1]): array for name, array in tensors.items() if name.startswith("patches.")}
+    if sorted(patches) != sorted(set(config.seg_sizes)):
+        raise ValueError(f"patch sizes {sorted(patches)} do not match the config's sizes {list(config.seg_sizes)}")
+    bank = ReferenceBank(
+        config=config,
+        identity=dict(metadata["model"]),
+        cls_prompts=prompt_set_from_dict(metadata["prompts"]["cls"], f"{source} (cls prompts)"),
+        seg_prompts=prompt_set_from_dict(metadata["prompts"]["seg"], f"{source} (seg prompts)"),
+        cls_classifier_2d=tensors["text.cls"].astype(np.float32, copy=False),
+        seg_classifier_2d=tensors["text.seg"].astype(np.float32, copy=False),
+        patches_by_size={size: array.astype(np.float32, copy=False) for size, array in patches.items()},
+        references=[dict(ref) for ref in metadata["references"]],
+        patch_dtype=str(metadata["patch_dtype"]),
+        thresholds=Thresholds(**metadata["thresholds"]),
+        calibration=Calibration.from_dict(metadata["calibration"]) if metadata.get("calibration") else None,
+    )
+    _check_shapes(bank)
+    return bank
+
+
+def _check_shapes(bank: ReferenceBank) -> None:
+    dim = bank.embedding_dim
+    if bank.patch_dtype not in PATCH_DTYPES:
+        raise ValueError(f"unknown patch dtype {bank.patch_dtype!r}")
+    if bank.cls_classifier_2d.shape != (2, dim) or bank.seg_classifier_2d.shape != (2, dim):
+        raise ValueError("text classifiers must both be (2, D)")
+    if bank.reference_count < 1:
+        raise ValueError("a bank needs at least one reference")
+    for size, patches in bank.patches_by_size.items():
+        if patches.ndim != 2 or patches.shape[1] != dim or patches.shape[0] % bank.reference_count:
+            raise ValueError(f"patches at size {size} have shape {patches.shape}, not (references x N, {dim})")

@@ -1,0 +1,107 @@
+"""Thresholds from good references alone: the statistic and what is recorded of it.
+
+Each reference is scored against a memory bank of the *other* references, exactly
+as ``fade detect`` would score a new photo. Those scores are what good parts look
+like to the engine; a defect should score above all of them. The statistic is
+
+    image threshold = min(1, margin x the highest reference score)
+    pixel threshold = min(1, margin x the highest map value over all references)
+
+with ``margin`` 1.1 by default. Leave-one-out scores are slightly pessimistic (a
+bank of N-1 references, not N), which errs towards fewer false rejects. The scoring
+itself is in ``leave_one_out.py``; this module does not import torch.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from fade_cli.errors import InputError
+
+STATISTIC = "max_times_margin"
+DEFAULT_MARGIN = 1.1
+MIN_REFERENCES = 2
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Leave-one-out scores of the references and the thresholds taken from them."""
+
+    margin: float
+    files: tuple[str, ...]
+    image_scores: tuple[float, ...]
+    pixel_maxima: tuple[float, ...]
+    statistic: str = STATISTIC
+
+    @property
+    def image_threshold(self) -> float:
+        return min(1.0, self.margin * max(self.image_scores))
+
+    @property
+    def pixel_threshold(self) -> float:
+        return min(1.0, self.margin * max(self.pixel_maxima))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.update(image_threshold=self.image_threshold, pixel_threshold=self.pixel_threshold)
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Calibration":
+        if data.get("statistic") != STATISTIC:
+            raise ValueError(f"unknown calibration statistic {data.get('statistic')!r}")
+        return cls(
+            margin=float(data["margin"]),
+            files=tuple(str(f) for f in data["files"]),
+            image_scores=tuple(float(s) for s in data["image_scores"]),
+            pixel_maxima=tuple(float(s) for s in data["pixel_maxima"]),
+        )
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Image and pixel thresholds, each with where it came from: "calibrated" or "given"."""
+
+    image: Optional[float] = None
+    pixel: Optional[float] = None
+    image_source: Optional[str] = None
+    pixel_source: Optional[str] = None
+
+
+def choose_thresholds(
+    calibration: Optional[Calibration], image: Optional[float] = None, pixel: Optional[float] = None
+) -> Thresholds:
+    """Thresholds the user gave win; the calibrated ones fill the rest (none without a calibration)."""
+    calibrated_image = calibration.image_threshold if calibration else None
+    calibrated_pixel = calibration.pixel_threshold if calibration else None
+    return Thresholds(
+        image=image if image is not None else calibrated_image,
+        pixel=pixel if pixel is not None else calibrated_pixel,
+        image_source=_source(image, calibrated_image),
+        pixel_source=_source(pixel, calibrated_pixel),
+    )
+
+
+def _source(given: Optional[float], calibrated: Optional[float]) -> Optional[str]:
+    if given is not None:
+        return "given"
+    return "calibrated" if calibrated is not None else None
+
+
+def check_margin(margin: float) -> None:
+    if not margin > 0:
+        raise InputError(f"the calibration margin must be positive, not {margin}")
+
+
+def describe_thresholds(thresholds: Thresholds, calibration: Optional[Calibration]) -> str:
+    """One line for people: each threshold, where it came from, and the statistic behind the calibrated ones."""
+    parts = []
+    for name, value, origin in (("image", thresholds.image, thresholds.image_source),
+                                ("pixel", thresholds.pixel, thresholds.pixel_source)):
+        parts.append(f"{name} threshold {value:.4f} ({origin})" if value is not None else f"no {name} threshold")
+    text = ", ".join(parts)
+    if calibration is not None:
+        text += (f"; statistic: {calibration.margin:g} x max over {len(calibration.files)} leave-one-out "
+                 f"reference scores (max image score {max(calibration.image_scores):.4f}, "
+                 f"max pixel {max(calibration.pixel_maxima):.4f})")
+    return text

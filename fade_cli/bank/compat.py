@@ -1,0 +1,109 @@
+"""Is this bank usable with this model and these settings? Messages say what differs.
+
+A bank's embeddings only mean something for the exact model that made them, so the
+model is checked twice: the files the user points at before anything is loaded
+(cheap, clear message), and the identity of the model actually loaded afterwards
+(catches a weights file replaced in place).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from fade_cli.bank.bank import ReferenceBank
+from fade_cli.errors import InputError
+
+SHORT_HASH = 12
+
+
+class BankMismatchError(InputError):
+    """The bank was built with another model or other settings than the run asks for."""
+
+
+def describe_identity(identity: dict[str, Any]) -> str:
+    """``ViT-B-16-plus-240 (pretrained laion400m_e31)`` or ``name (weights sha256 1a2b...)``."""
+    parts = []
+    if identity.get("pretrained"):
+        parts.append(f"pretrained {identity['pretrained']}")
+    if identity.get("weights_sha256"):
+        parts.append(f"weights sha256 {identity['weights_sha256'][:SHORT_HASH]}...")
+    if identity.get("model_config_sha256"):
+        parts.append(f"config sha256 {identity['model_config_sha256'][:SHORT_HASH]}...")
+    return f"{identity.get('model')} ({', '.join(parts)})" if parts else str(identity.get("model"))
+
+
+def model_file_contradictions(
+    bank: ReferenceBank,
+    model: Optional[str] = None,
+    pretrained: Optional[str] = None,
+    weights: Optional[str] = None,
+    model_config: Optional[str] = None,
+) -> list[str]:
+    """What the model options the user gave (None = not given) contradict in the bank's model identity."""
+    from fade_cli.engine.model import file_sha256
+
+    identity, problems = bank.identity, []
+    if model_config is not None:
+        if Path(model_config).stem != identity.get("model"):
+            problems.append(f"--model-config {model_config} is architecture {Path(model_config).stem!r}")
+        elif file_sha256(model_config) != identity.get("model_config_sha256"):
+            problems.append(f"--model-config {model_config} differs from the architecture file the bank was built with")
+    if model is not None and model_config is None and model != identity.get("model"):
+        problems.append(f"--model {model}")
+    if pretrained is not None and pretrained != identity.get("pretrained"):
+        problems.append(f"--pretrained {pretrained}")
+    if weights is not None:
+        digest = file_sha256(weights)
+        if digest != identity.get("weights_sha256"):
+            problems.append(f"--weights {weights} (sha256 {digest[:SHORT_HASH]}...)")
+    return problems
+
+
+def model_files_for_bank(
+    bank: ReferenceBank, weights: Optional[str], model_config: Optional[str]
+) -> tuple[Optional[str], Optional[str]]:
+    """The weights and architecture files to load: those given, else those the bank was built with."""
+    identity = bank.identity
+    if weights is None and identity.get("weights_sha256"):
+        weights = _recorded_file(bank.config.weights, "weights file", identity["weights_sha256"], "--weights")
+    if model_config is None and identity.get("model_config_sha256"):
+        model_config = _recorded_file(
+            bank.config.model_config, "architecture file", identity["model_config_sha256"], "--model-config"
+        )
+    return weights, model_config
+
+
+def _recorded_file(path: Optional[str], what: str, digest: str, option: str) -> str:
+    if path and os.path.isfile(path):
+        return path
+    raise InputError(
+        f"the bank was built with the {what} {path} (sha256 {digest[:SHORT_HASH]}...), which is not on this "
+        f"machine; copy it here and pass {option} FILE"
+    )
+
+
+def check_loaded_model(bank: ReferenceBank, loaded_identity: dict[str, Any], source: str) -> None:
+    """Refuse to run a bank with any model but the one that built it."""
+    if loaded_identity != bank.identity:
+        raise BankMismatchError(
+            f"{source} was built with the model {describe_identity(bank.identity)}, but this run loaded "
+            f"{describe_identity(loaded_identity)}; use the bank's model or rebuild the bank with `fade bank build`"
+        )
+
+
+def check_embedding_dim(bank: ReferenceBank, model_dim: int, source: str) -> None:
+    if model_dim != bank.embedding_dim:
+        raise BankMismatchError(
+            f"{source} holds {bank.embedding_dim}-dimensional embeddings, the model makes {model_dim}-dimensional ones"
+        )
+
+
+def setting_differences(saved: Any, requested: Any, fields: Iterable[str]) -> dict[str, tuple[Any, Any]]:
+    """{field: (bank value, requested value)} for the named fields that differ (configs or presets)."""
+    differences = {}
+    for name in fields:
+        bank_value, asked = getattr(saved, name), getattr(requested, name)
+        if bank_value != asked:
+            differences[name] = (bank_value, asked)
+    return differences

@@ -1,0 +1,152 @@
+"""`fade bank`: build a reference bank once, then run `fade detect --bank` on the station."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from fade_cli.bank.bank import FORMAT_VERSION, ReferenceBank, load_bank, save_bank
+from fade_cli.bank.calibration import DEFAULT_MARGIN, MIN_REFERENCES, choose_thresholds, describe_thresholds
+from fade_cli.bank.compat import describe_identity
+from fade_cli.cli.exit_codes import EXIT_CODES_HELP
+from fade_cli.cli.options import engine_config_from_options, engine_options, pop_engine_options
+from fade_cli.cli.options import prompt_sets_from_options
+from fade_cli.errors import InputError
+
+BANK_SUFFIX = ".fadebank"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def bank() -> None:
+    """Build and inspect saved reference banks.
+
+    A bank holds the reference embeddings, prompts, settings, model identity and
+    calibrated thresholds, so a station runs without the reference images:
+
+    \b
+      fade bank build ./good --class screw --out screw.fadebank
+      fade bank info screw.fadebank
+      fade detect ./incoming --bank screw.fadebank --out results
+    """
+
+
+@bank.command("build", epilog=EXIT_CODES_HELP)
+@click.argument("refs", type=click.Path(path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
+              help=f"Bank file to write (by convention *{BANK_SUFFIX}).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bank file.")
+@click.option("--threshold", type=float, help="Image threshold to store instead of the calibrated one.")
+@click.option("--pixel-threshold", type=float, help="Pixel threshold to store instead of the calibrated one.")
+@click.option("--margin", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_MARGIN, show_default=True,
+              help="Calibration: threshold = margin x the highest leave-one-out reference score.")
+@click.option("--dtype", "patch_dtype", type=click.Choice(["float32", "float16"]), default="float32",
+              show_default=True, help="Storage of the reference patches; float16 halves the file, scores move slightly.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@engine_options
+def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[float],
+                  pixel_threshold: Optional[float], margin: float, patch_dtype: str, quiet: bool,
+                  **kwargs: Any) -> None:
+    """Encode the good images under REFS into a bank file, with calibrated thresholds.
+
+    Every reference is scored against a bank of the others (leave-one-out); the
+    image and pixel thresholds are MARGIN x the highest of those scores. This needs
+    at least two references; --threshold / --pixel-threshold set them by hand.
+    Building twice from the same images and options gives the same file.
+
+    \b
+      fade bank build ./good --class screw --out screw.fadebank
+      fade bank build ./good --class screw --scales 240,448 --margin 1.2 --out screw.fadebank
+    """
+    from fade_cli.bank.engine_bridge import bank_from_engine
+    from fade_cli.cli.detect_cmd import _build_engine, _guard
+    from fade_cli.cli.engine_setup import calibrate_references
+    from fade_cli.cli.reporting import print_warning, stderr_console
+    from fade_cli.io.images import discover_images
+    from fade_cli.prompt_set import default_prompt_sets
+
+    options = pop_engine_options(kwargs)
+    config = engine_config_from_options(options)
+    default_cls, default_seg = default_prompt_sets()
+    cls_prompts, seg_prompts = prompt_sets_from_options(options)
+    cls_prompts, seg_prompts = cls_prompts or default_cls, seg_prompts or default_seg
+    _check_out(out, overwrite)
+    ref_files = discover_images(refs)
+    if not ref_files:
+        raise InputError(f"no image files under {refs}")
+
+    console = stderr_console()
+    engine = _build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet)
+    calibration = None
+    if len(ref_files) >= MIN_REFERENCES:
+        calibration = _guard(lambda: calibrate_references(engine, ref_files, margin, console, quiet))
+    else:
+        print_warning(console, f"thresholds are calibrated from at least {MIN_REFERENCES} references; this bank "
+                               "has one, so it stores only the thresholds given with --threshold/--pixel-threshold")
+    thresholds = choose_thresholds(calibration, threshold, pixel_threshold)
+    saved = bank_from_engine(engine, cls_prompts, seg_prompts, ref_files, patch_dtype, thresholds, calibration)
+    size = save_bank(saved, out)
+    click.echo(f"Wrote {out}: {len(ref_files)} reference(s), sizes {_sizes(saved.patches_by_size)}, "
+               f"{patch_dtype}, {_megabytes(size)}")
+    click.echo(f"Thresholds: {describe_thresholds(thresholds, calibration)}")
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give a file name such as {out / ('refs' + BANK_SUFFIX)}")
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists; choose another --out or pass --overwrite")
+
+
+def _sizes(patches_by_size: dict) -> str:
+    return ",".join(str(size) for size in sorted(patches_by_size))
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
+@bank.command("info")
+@click.argument("bank_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people; json: the bank's metadata and tensor shapes.")
+def info_command(bank_file: Path, output_format: str) -> None:
+    """Check BANK_FILE (format, checksum) and show what it holds.
+
+    \b
+      fade bank info screw.fadebank
+      fade bank info screw.fadebank --format json | jq .thresholds
+    """
+    saved = load_bank(bank_file)
+    size = bank_file.stat().st_size
+    if output_format == "json":
+        shapes = {name: list(array.shape) for name, array in sorted(saved.tensors().items())}
+        click.echo(json.dumps({**saved.metadata(), "tensors": shapes, "file_size": size}, indent=2, ensure_ascii=False))
+        return
+    for label, value in _info_lines(saved, bank_file, size):
+        click.echo(f"{label + ':':<13}{value}")
+
+
+def _info_lines(saved: ReferenceBank, bank_file: Path, size: int) -> list[tuple[str, str]]:
+    config, preset = saved.config, saved.config.preset(has_references=True)
+    patches = ", ".join(f"{s}: {a.shape[0]} x {a.shape[1]}" for s, a in sorted(saved.patches_by_size.items()))
+    lines = [
+        ("file", f"{bank_file} ({_megabytes(size)}, format version {FORMAT_VERSION}, checksum OK)"),
+        ("model", describe_identity(saved.identity)),
+        ("class", config.class_name),
+        ("sizes", f"image score {config.cls_size}, maps {_sizes(saved.patches_by_size)}"),
+        ("patches", f"{patches} ({preset.feature} features, stored as {saved.patch_dtype})"),
+        ("vision", f"multiplier {preset.multiplier:g}, weight {preset.weight:g}, "
+                   f"query patches {'on' if preset.use_query else 'off'}, image score {preset.image_score}"),
+        ("prompts", f"image score {len(saved.cls_prompts.normal)} normal / {len(saved.cls_prompts.abnormal)} abnormal, "
+                    f"maps {len(saved.seg_prompts.normal)} normal / {len(saved.seg_prompts.abnormal)} abnormal, "
+                    f"template {config.text_template!r}"),
+        ("references", ", ".join(ref["path"] for ref in saved.references)),
+        ("thresholds", describe_thresholds(saved.thresholds, saved.calibration)),
+    ]
+    if saved.calibration is not None:
+        calibration = saved.calibration
+        for path, score, peak in zip(calibration.files, calibration.image_scores, calibration.pixel_maxima):
+            lines.append(("  left out", f"{path}: score {score:.4f}, max pixel {peak:.4f}"))
+    return lines

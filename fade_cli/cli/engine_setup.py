@@ -1,0 +1,153 @@
+"""Setting up the engine of a run from a saved bank, and thresholds from a bank or a calibration.
+
+Shared by the commands that score images (`detect`, `watch`). Nothing here imports
+torch at module level.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+from click.core import ParameterSource
+from rich.console import Console
+
+from fade_cli.bank.bank import ReferenceBank, load_bank
+from fade_cli.bank.calibration import Calibration, Thresholds, choose_thresholds, describe_thresholds
+from fade_cli.bank.compat import BankMismatchError, describe_identity, model_file_contradictions
+from fade_cli.bank.compat import model_files_for_bank, setting_differences
+from fade_cli.cli.options import ENGINE_OPTION_NAMES, engine_config_from_options, prompt_sets_from_options
+from fade_cli.cli.reporting import progress_bar
+from fade_cli.config import EngineConfig
+from fade_cli.errors import InputError
+
+# How this machine runs the engine: always taken from the command line, never from a bank.
+RUNTIME_OPTIONS = ("device", "batch_size", "cache_dir", "precision", "offline")
+MODEL_OPTIONS = ("model", "pretrained", "weights", "model_config")
+PROMPT_OPTIONS = ("prompts", "cls_prompts", "seg_prompts", "prompt_generator")
+# Engine options whose EngineConfig field has another name; the others share theirs.
+OPTION_FIELDS = {"scales": "seg_sizes", "cls_classname": "cls_use_classname", "seg_classname": "seg_use_classname"}
+CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(EngineConfig))
+# Vision options whose "not given" means the preset: compared as the run would use them.
+PRESET_FIELDS = {"vision_feature": "feature", "vision_multiplier": "multiplier", "vision_weight": "weight",
+                 "use_query": "use_query", "image_score": "image_score"}
+
+
+def given_engine_options(ctx: click.Context) -> set[str]:
+    """The engine options the user actually set (command line or environment), not defaults."""
+    given = set()
+    for name in ENGINE_OPTION_NAMES:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+            given.add(name)
+    return given
+
+
+def load_run_bank(
+    ctx: click.Context, bank_path: Path, options: dict[str, Any], refs: Optional[Path], calibrate: bool
+) -> tuple[ReferenceBank, EngineConfig]:
+    """Read a bank for a run and the config to run it with; contradicting options are refused (exit 2)."""
+    if refs is not None:
+        raise InputError("--bank already holds the reference images; drop --refs (or drop --bank)")
+    if calibrate:
+        raise InputError("--calibrate needs --refs; a bank is calibrated when it is built (`fade bank build`)")
+    bank = load_bank(bank_path)
+    given = given_engine_options(ctx)
+    problems = _contradictions(ctx, bank, options, given)
+    if problems:
+        raise BankMismatchError(
+            f"options contradict the bank {bank_path}: {'; '.join(problems)}. The bank sets the model and the "
+            "settings: drop these options, or rebuild the bank with them (`fade bank build`)"
+        )
+    weights, model_config = model_files_for_bank(bank, options["weights"], options["model_config"])
+    runtime = {name: options[name] for name in ("device", "batch_size", "cache_dir")}
+    if "precision" in given:
+        runtime["precision"] = options["precision"]
+    return bank, bank.config.replace(weights=weights, model_config=model_config, **runtime)
+
+
+def _contradictions(ctx: click.Context, bank: ReferenceBank, options: dict[str, Any], given: set[str]) -> list[str]:
+    model_given = {name: options[name] for name in MODEL_OPTIONS if name in given}
+    problems = [f"{text} (the bank's model: {describe_identity(bank.identity)})"
+                for text in model_file_contradictions(bank, **model_given)]
+    problems += _setting_problems(ctx, bank, engine_config_from_options(options), given)
+    if given & set(PROMPT_OPTIONS):
+        problems += _prompt_problems(bank, options)
+    return problems
+
+
+def _setting_problems(ctx: click.Context, bank: ReferenceBank, requested: EngineConfig, given: set[str]) -> list[str]:
+    """Settings given that differ from the bank's; vision settings are compared as the few-shot run uses them."""
+    names = [name for name in ENGINE_OPTION_NAMES if name in given]
+    plain = {OPTION_FIELDS.get(name, name): name for name in names if OPTION_FIELDS.get(name, name) in CONFIG_FIELDS
+             and name not in PRESET_FIELDS and name not in RUNTIME_OPTIONS + MODEL_OPTIONS}
+    preset = {PRESET_FIELDS[name]: name for name in names if name in PRESET_FIELDS}
+    differences = [(plain, setting_differences(bank.config, requested, plain)),
+                   (preset, setting_differences(bank.config.preset(True), requested.preset(True), preset))]
+    return [f"{_flag(ctx, option[field], asked)} (the bank: {_flag(ctx, option[field], saved)})"
+            for option, found in differences for field, (saved, asked) in found.items()]
+
+
+def _prompt_problems(bank: ReferenceBank, options: dict[str, Any]) -> list[str]:
+    cls_set, seg_set = prompt_sets_from_options(options)
+    problems = []
+    if cls_set is not None and cls_set != bank.cls_prompts:
+        problems.append("the classification prompts given differ from the bank's")
+    if seg_set is not None and seg_set != bank.seg_prompts:
+        problems.append("the segmentation prompts given differ from the bank's")
+    return problems
+
+
+def _flag(ctx: click.Context, name: str, value: Any) -> str:
+    """How the option would be written on the command line, e.g. ``--scales 240,320``."""
+    param = next(p for p in ctx.command.params if p.name == name)
+    if isinstance(value, bool) and getattr(param, "secondary_opts", None):
+        return param.opts[0] if value else param.secondary_opts[0]
+    shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+    return f"{param.opts[0]} {shown}"
+
+
+def engine_for_bank(bank: ReferenceBank, config: EngineConfig, source: str, console: Console, quiet: bool):
+    """Load the bank's model and rebuild the engine from the bank (no text or reference encoding)."""
+    from fade_cli.bank.engine_bridge import engine_from_bank
+    from fade_cli.engine.model import load_model
+
+    busy = console.status("Loading model...") if not quiet and console.is_terminal else contextlib.nullcontext()
+    with busy:
+        return engine_from_bank(bank, load_model(config), config, source)
+
+
+def calibrate_references(engine, ref_files: list, margin: float, console: Console, quiet: bool) -> Calibration:
+    """Leave-one-out over the references already in ``engine``, with a progress bar."""
+    from fade_cli.bank.leave_one_out import leave_one_out
+
+    with progress_bar(console, quiet, total=len(ref_files), description="Calibrating (leave-one-out)") as advance:
+        return leave_one_out(engine, ref_files, margin, on_done=advance)
+
+
+@dataclass(frozen=True)
+class RunThresholds:
+    """The thresholds a run uses and one line saying where they came from."""
+
+    thresholds: Thresholds
+    report: str
+
+
+def bank_thresholds(bank: ReferenceBank, source: str, image: Optional[float], pixel: Optional[float]) -> RunThresholds:
+    """The bank's thresholds, each replaced by the one given on the command line."""
+    saved = bank.thresholds
+    chosen = Thresholds(
+        image=image if image is not None else saved.image,
+        pixel=pixel if pixel is not None else saved.pixel,
+        image_source="given" if image is not None else saved.image_source,
+        pixel_source="given" if pixel is not None else saved.pixel_source,
+    )
+    return RunThresholds(chosen, f"Thresholds of the bank {source}: {describe_thresholds(chosen, bank.calibration)}")
+
+
+def calibrated_thresholds(calibration: Calibration, image: Optional[float], pixel: Optional[float]) -> RunThresholds:
+    chosen = choose_thresholds(calibration, image, pixel)
+    return RunThresholds(chosen, f"Thresholds from the references: {describe_thresholds(chosen, calibration)}")

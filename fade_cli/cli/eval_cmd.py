@@ -1,0 +1,227 @@
+"""`fade eval`: the field's benchmark metrics on MVTec-AD, VisA or labelled folders.
+
+The numbers come from :mod:`fade_cli.evaluation`; this module parses options,
+shows progress and writes the report.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+from click.core import ParameterSource
+
+from fade_cli.cli.options import (
+    engine_config_from_options,
+    engine_options,
+    pop_engine_options,
+    prompt_sets_from_options,
+)
+from fade_cli.errors import InputError
+
+EVAL_EXIT_CODES_HELP = """\b
+Exit codes:
+  0    done
+  2    usage or input error (malformed dataset, too few good images for --shots, existing report)
+  3    failure while running (model, memory)
+  130  interrupted (with --out, the report holds the finished runs)"""
+
+
+def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of non-negative integers")
+    seeds = tuple(int(part) for part in parts)
+    if len(set(seeds)) != len(seeds):
+        raise click.BadParameter(f"{value!r} repeats a seed")
+    return seeds
+
+
+def _classes(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[tuple[str, ...]]:
+    if value is None:
+        return None
+    names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    if not names:
+        raise click.BadParameter("no class name given")
+    return names
+
+
+@click.command(epilog=EVAL_EXIT_CODES_HELP)
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--dataset", "layout", type=click.Choice(["auto", "mvtec", "visa", "folder"]), default="auto",
+              show_default=True, help="Layout of ROOT; auto: visa when ROOT/split_csv/1cls.csv exists, else mvtec.")
+@click.option("--classes", callback=_classes, help="Comma-separated classes to evaluate [default: all].")
+@click.option("--shots", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Reference images per class, drawn from its good training images; 0 is zero-shot.")
+@click.option("--seeds", callback=_seeds, default="0", show_default=True,
+              help="Seeds of the reference draw, comma-separated: one run per seed (k-shot only).")
+@click.option("--eval-size", type=click.IntRange(min=8), default=448, show_default=True,
+              help="Maps and masks are compared at N x N pixels.")
+@click.option("--quantize-8bit", is_flag=True,
+              help="Quantise maps to 8 bits before upsampling, as the published pipeline did.")
+@click.option("--mask-suffix", help="folder layout: masks are ground_truth/<defect>/<name><SUFFIX>.<image ext> "
+                                    "[default: _mask].")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="Write metrics.json, metrics.csv, metrics.md and scores.csv into this folder.")
+@click.option("--overwrite", is_flag=True, help="Replace a report already in --out.")
+@click.option("--save-worst", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Heatmaps of the N worst-scored images of each class (and seed) into OUT/worst/.")
+@click.option("--save-maps", is_flag=True, help="Every eval-size map, as scored, as float32 .npy into OUT/maps/.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@engine_options
+@click.pass_context
+def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[tuple[str, ...]], shots: int,
+                 seeds: tuple[int, ...], eval_size: int, quantize_8bit: bool, mask_suffix: Optional[str],
+                 out: Optional[Path], overwrite: bool, save_worst: int, save_maps: bool, quiet: bool,
+                 **kwargs: Any) -> None:
+    """Benchmark FADE on the labelled dataset at ROOT.
+
+    Image AUROC, AUPR and F1-max; pixel AUROC and F1-max; AUPRO up to FPR 0.3:
+    per class, then the mean over classes; with several --seeds, mean and
+    standard deviation over the seeds of the drawn reference shots. Each class's
+    folder name goes into the prompts unless --class is given. The engine options
+    are those of `fade detect`: both score an image identically.
+
+    \b
+      fade eval ./mvtec --dataset mvtec --shots 1 --seeds 0,1,2 --out ./eval-1shot
+      fade eval ./visa --dataset visa --shots 0
+      fade eval ./my_parts --dataset folder --classes screw,nut --shots 4
+    """
+    from fade_cli.cli.reporting import stderr_console
+    from fade_cli.evaluation.datasets import DEFAULT_MASK_SUFFIX, detect_layout, load_dataset
+    from fade_cli.evaluation.plan import EvalSettings, plan_runs
+
+    options = pop_engine_options(kwargs)
+    if (save_worst or save_maps) and out is None:
+        raise click.UsageError("--save-worst and --save-maps write into --out DIR; give --out")
+    if mask_suffix is not None and layout != "folder":
+        raise click.BadParameter("only the folder layout takes a mask suffix", param_hint="--mask-suffix")
+    explicit_class = ctx.get_parameter_source("class_name") not in (ParameterSource.DEFAULT, None)
+    settings = EvalSettings(shots=shots, seeds=seeds, eval_size=eval_size, quantize_8bit=quantize_8bit,
+                            prompt_class=options["class_name"] if explicit_class else None)
+    if layout == "auto":
+        layout = detect_layout(root)
+    dataset = load_dataset(root, layout, classes, mask_suffix or DEFAULT_MASK_SUFFIX)
+    runs = plan_runs(dataset, settings)  # fails now, not after hours, when a class lacks good images
+    if out is not None and not overwrite:
+        _refuse_existing_report(out)
+
+    console = stderr_console()
+    if shots == 0 and len(seeds) > 1:
+        console.print("note: --seeds has no effect with --shots 0 (zero-shot is deterministic): one run per class")
+    prompt_source = _prompt_source(options)
+    evaluator = _load_evaluator(engine_config_from_options(options), prompt_source, settings, console, quiet)
+    results, worst, interrupted = _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet)
+    if results:
+        _report(results, evaluator, root, layout, dataset, out, worst, interrupted, _prompt_origins(options))
+    ctx.exit(130 if interrupted else 0)
+
+
+def _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet):
+    """Evaluate every planned run; on Ctrl-C keep the finished ones. Returns (results, worst, interrupted)."""
+    results, worst = [], {}
+    try:
+        for index, run in enumerate(runs, start=1):
+            result = _evaluate_run(evaluator, run, f"{run.label} [{index}/{len(runs)}]", out, save_maps,
+                                   console, quiet)
+            results.append(result)
+            if save_worst:
+                worst[(result.class_name, result.seed)] = _save_worst(result, save_worst, out)
+    except KeyboardInterrupt:
+        console.print(f"Interrupted after {len(results)} of {len(runs)} run(s).")
+        return results, worst, True
+    return results, worst, False
+
+
+def _refuse_existing_report(out: Path) -> None:
+    from fade_cli.evaluation.report import REPORT_FILES
+
+    existing = [name for name in REPORT_FILES if (out / name).exists()]
+    if existing:
+        raise InputError(
+            f"{out} already holds a report ({', '.join(existing)}); choose another --out or pass --overwrite"
+        )
+
+
+def _prompt_source(options: dict[str, Any]):
+    """Prompt sets per class name, read like `fade detect` reads them for --class NAME.
+
+    Prompt files are read (and checked) now, before the model is loaded; a
+    --prompt-generator runs once per class name, when that class is reached.
+    """
+    fixed = prompt_sets_from_options({**options, "prompt_generator": None})
+    if not options["prompt_generator"] or (fixed[0] is not None and fixed[1] is not None):
+        return lambda name: fixed
+    return lambda name: prompt_sets_from_options({**options, "class_name": name})
+
+
+def _load_evaluator(config, prompt_source, settings, console, quiet):
+    from fade_cli.cli.detect_cmd import _guard
+    from fade_cli.evaluation.evaluate import Evaluator
+
+    status = console.status("Loading model...") if not quiet and console.is_terminal else contextlib.nullcontext()
+    with status:
+        return _guard(lambda: Evaluator(config, prompt_source, settings))
+
+
+def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet):
+    from fade_cli.cli.detect_cmd import _guard
+    from fade_cli.cli.reporting import progress_bar
+    from fade_cli.evaluation.report import save_eval_map
+
+    def on_eval_map(planned, sample, scores):
+        save_eval_map(out, planned.seed, sample.relative, scores)
+
+    sink = on_eval_map if save_maps else None
+    with progress_bar(console, quiet, total=len(run.split.test), description=description) as advance:
+        result = _guard(lambda: evaluator.evaluate(run, on_image=advance, on_eval_map=sink))
+    if result.missing_masks:
+        console.print(f"[yellow]warning:[/] {run.label}: {len(result.missing_masks)} defective image(s) "
+                      f"without a mask, left out of the pixel metrics (first: {result.missing_masks[0]})",
+                      highlight=False)
+    return result
+
+
+def _save_worst(result, count: int, out: Path) -> list[dict]:
+    from fade_cli.evaluation.report import run_folder
+    from fade_cli.evaluation.worst import write_worst_heatmaps
+
+    folder = out / "worst" / run_folder(result.seed) / result.class_name
+    return write_worst_heatmaps(result.records, count, folder, out)
+
+
+def _title(root: Path, layout: str, settings, interrupted: bool) -> str:
+    mode = "zero-shot" if settings.shots == 0 else f"{settings.shots}-shot"
+    seeds = "" if settings.shots == 0 else f", seeds {','.join(map(str, settings.seeds))}"
+    spread = " (mean ± std over seeds)" if settings.shots and len(settings.seeds) > 1 else ""
+    maps = ", 8-bit maps" if settings.quantize_8bit else ""
+    partial = " - INTERRUPTED, finished runs only" if interrupted else ""
+    return f"fade eval {root} ({layout}): {mode}{seeds}, eval size {settings.eval_size}{maps}, in %{spread}{partial}"
+
+
+def _prompt_origins(options: dict[str, Any]) -> dict[str, str]:
+    """Where each stage's prompts came from, in the order `prompt_sets_from_options` prefers them."""
+    fallback = f"generator {options['prompt_generator']}" if options["prompt_generator"] else "built-in"
+    return {
+        "classification": str(options["cls_prompts"] or options["prompts"] or fallback),
+        "segmentation": str(options["seg_prompts"] or options["prompts"] or fallback),
+    }
+
+
+def _report(results, evaluator, root, layout, dataset, out, worst, interrupted, prompt_origins) -> None:
+    from fade_cli.evaluation.report import markdown_table, write_report
+    from fade_cli.evaluation.summary import summarise
+
+    summary = summarise(results)
+    title = _title(root, layout, evaluator.settings, interrupted)
+    click.echo(f"{title}\n\n{markdown_table(summary)}", nl=False)
+    if out is None:
+        return
+    context = {
+        "dataset": {"root": str(root), "layout": layout, "classes": [split.name for split in dataset]},
+        "complete": not interrupted,
+        **evaluator.describe(),
+    }
+    context["prompts"]["sources"] = prompt_origins
+    write_report(out, results, summary, context, title, worst)

@@ -1,0 +1,143 @@
+"""`fade watch`: score images as they arrive in a folder, each once, across restarts."""
+from __future__ import annotations
+
+import contextlib
+import functools
+import signal
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import click
+
+from fade_cli.cli.options import engine_config_from_options, engine_options, pop_engine_options
+from fade_cli.cli.options import prompt_sets_from_options
+from fade_cli.cli.reporting import RowPrinter, print_warning, stderr_console
+
+WATCH_EXIT_CODES_HELP = """\b
+Exit codes:
+  0    stopped by SIGTERM (a service stop), or --once done and no image NG
+  1    --once done, at least one image NG (with a threshold)
+  2    usage or input error (bad option, missing folder, results of another run in --out)
+  3    failure while running (model, memory, disk full)
+  130  stopped by Ctrl-C"""
+
+
+@click.command(epilog=WATCH_EXIT_CODES_HELP)
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Output folder: results.jsonl (appended), watch-state.jsonl, heatmaps/, maps/.")
+@click.option("--refs", type=click.Path(path_type=Path), help="Folder of known-good images: few-shot mode.")
+@click.option("--bank", "bank_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Saved reference bank (`fade bank build`): model, settings, references and thresholds.")
+@click.option("--move-to", type=click.Path(path_type=Path, file_okay=False),
+              help="Move each scored file here (sub-folders mirrored; a name already there gets .2, .3...).")
+@click.option("--threshold", type=float, help="Score at or above which an image is NG.")
+@click.option("--pixel-threshold", type=float,
+              help="Map value at or above which a pixel is defective: masks/ and defect regions for NG images.")
+@click.option("--settle", type=click.FloatRange(min=0), default=2.0, show_default=True,
+              help="Seconds a file's size and time must stay unchanged before it is scored.")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+              help="Seconds between two looks at the folder.")
+@click.option("--once", is_flag=True, help="Score what is in the folder (once complete), then exit.")
+@click.option("--map-size", type=click.IntRange(min=1), help="Save maps as N x N [default: the image's own size].")
+@click.option("--heatmaps/--no-heatmaps", default=True, show_default=True, help="Write heatmap images.")
+@click.option("--maps/--no-maps", default=False, show_default=True,
+              help="Write raw .npy maps (off by default: months of full-size float maps fill a disk).")
+@click.option("--format", "output_format", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
+              help="stdout: one line per scored image.")
+@click.option("-q", "--quiet", is_flag=True, help="No status messages on stderr (warnings still appear).")
+@engine_options
+@click.pass_context
+def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], bank_path: Optional[Path],
+          move_to: Optional[Path], threshold: Optional[float], pixel_threshold: Optional[float], settle: float,
+          interval: float, once: bool, map_size: Optional[int], heatmaps: bool, maps: bool, output_format: str,
+          quiet: bool, **kwargs: Any) -> None:
+    """Score every image that arrives under FOLDER, once, and append its row to OUT/results.jsonl.
+
+    A file is scored when complete: its size and modification time stayed the
+    same for --settle seconds. Files whose name or folder starts with '.' are
+    ignored, so a writer can upload under a hidden name and rename when done.
+    OUT/watch-state.jsonl records the files scored (path, size, time): after a
+    restart nothing is scored twice. Runs until Ctrl-C or SIGTERM (or --once).
+
+    \b
+      fade watch ./incoming --bank screw.fadebank --out ./results --move-to ./done
+      fade watch ./incoming --refs ./good --class screw --threshold 0.6 --out ./results
+      fade watch ./incoming --bank screw.fadebank --out ./results --once
+    """
+    from fade_cli.watch import FolderWatcher, ResultsLog
+
+    options = pop_engine_options(kwargs)
+    console = stderr_console()
+    warn = functools.partial(print_warning, console)
+    watcher = FolderWatcher(folder, out, settle_s=settle, move_to=move_to, warn=warn)
+    engine, threshold, pixel_threshold = _engine(ctx, options, refs, bank_path, threshold, pixel_threshold,
+                                                 console, quiet)
+    output = ResultsLog(out, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps)
+    printer = RowPrinter(output_format, threshold is not None)
+    rows = []
+
+    def on_row(row) -> None:
+        rows.append(row)
+        if row.error:
+            warn(row.error)
+        printer.row(row)
+
+    if not quiet:
+        console.print(f"Watching {folder} (results in {out}); Ctrl-C to stop.", markup=False, highlight=False, soft_wrap=True)
+    with _sigterm_as_interrupt() as stop:
+        try:
+            _watch(engine, watcher, output, threshold, pixel_threshold, on_row, interval, once)
+        except KeyboardInterrupt:
+            console.print(f"Stopped after scoring {len(rows)} image(s).", markup=False, highlight=False, soft_wrap=True)
+            ctx.exit(0 if stop["by_sigterm"] else 130)
+    if not quiet:
+        console.print(f"Scored {len(rows)} image(s).", markup=False, highlight=False, soft_wrap=True)
+    ctx.exit(1 if any(row.verdict == "NG" for row in rows) else 0)
+
+
+def _engine(ctx, options, refs, bank_path, threshold, pixel_threshold, console, quiet):
+    """The engine and the thresholds of the watch: from a bank, or from the options (and --refs)."""
+    from fade_cli.cli.detect_cmd import _build_engine, _guard
+    from fade_cli.cli.engine_setup import bank_thresholds, engine_for_bank, load_run_bank
+    from fade_cli.io.images import require_images
+
+    if bank_path is not None:
+        saved_bank, config = load_run_bank(ctx, bank_path, options, refs, calibrate=False)
+        engine = _guard(lambda: engine_for_bank(saved_bank, config, str(bank_path), console, quiet))
+        chosen = bank_thresholds(saved_bank, str(bank_path), threshold, pixel_threshold)
+        if not quiet:
+            console.print(chosen.report, markup=False, highlight=False, soft_wrap=True)
+        return engine, chosen.thresholds.image, chosen.thresholds.pixel
+    config = engine_config_from_options(options)
+    cls_prompts, seg_prompts = prompt_sets_from_options(options)
+    ref_files = require_images(refs, on_skip=functools.partial(print_warning, console)) if refs is not None else []
+    return _build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet), threshold, pixel_threshold
+
+
+def _watch(engine, watcher, output, threshold, pixel_threshold, on_row, interval, once) -> None:
+    from fade_cli.cli.detect_cmd import _guard
+    from fade_cli.watch import watch_folder
+
+    _guard(lambda: watch_folder(engine, watcher, output, threshold, pixel_threshold, on_row,
+                                interval_s=interval, stop_when_idle=once))
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[dict]:
+    """SIGTERM (a service manager stopping fade) stops the watch as Ctrl-C does; the exit code tells them apart."""
+    stop = {"by_sigterm": False}
+
+    def handler(signum, frame):
+        stop["by_sigterm"] = True
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (fade used as a library): leave signals alone
+        previous = None
+    try:
+        yield stop
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

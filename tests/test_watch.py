@@ -1,0 +1,270 @@
+"""`fade watch`: complete files only, each scored once across restarts, --move-to, and the command line.
+
+The watcher is driven with a fake clock and a fake sleep, so no test waits for
+real time and every loop stops after a fixed number of polls.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import GOLDEN, MODEL_CONFIG, QUERIES, TINY_MODEL_ARGS, WEIGHTS
+from fade_cli.cli import cli
+from fade_cli.errors import InputError
+from fade_cli.io.outputs import ResultRow
+from fade_cli.watch import FolderWatcher, ResultsLog, StabilityTracker, watch_folder
+from fade_cli.watch_log import STATE_FILE, Signature, drop_torn_tail
+
+ARGS = TINY_MODEL_ARGS + ["--scales", "240", "--cls-size", "240"]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from fade_cli.config import EngineConfig
+    from fade_cli.engine import FadeEngine
+
+    config = EngineConfig(model_config=str(MODEL_CONFIG), weights=str(WEIGHTS), device="cpu",
+                          seg_sizes=(240,), cls_size=240)
+    return FadeEngine.from_config(config)
+
+
+class FakeTime:
+    """A clock that only moves when the watcher sleeps; ``on_sleep`` hooks run at each sleep."""
+
+    def __init__(self):
+        self.now = 1000.0
+        self.on_sleep = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        for hook in self.on_sleep:
+            hook(self.now)
+
+
+def picture(path: Path, shade: int = 90) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 24), (shade, shade, shade)).save(path)
+
+
+def rows_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text("utf-8").splitlines()]
+
+
+def state_of(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / STATE_FILE).read_text("utf-8").splitlines()]
+
+
+def start(folder: Path, out: Path, clock: FakeTime, settle_s: float = 0.0, move_to=None, warn=None):
+    """What a (re)start of the watch does: open the results log, then the watcher (which repairs the state)."""
+    return FolderWatcher(folder, out, settle_s=settle_s, move_to=move_to, warn=warn, clock=clock), ResultsLog(out)
+
+
+def test_a_growing_file_is_scored_once_it_stops_changing(engine, tmp_path):
+    folder, out, clock = tmp_path / "in", tmp_path / "out", FakeTime()
+    folder.mkdir()
+    source = tmp_path / "photo.png"
+    picture(source)
+    data = source.read_bytes()
+    chunks = [data[: len(data) // 3], data[len(data) // 3 : 2 * len(data) // 3], data[2 * len(data) // 3 :]]
+    target = folder / "photo.png"
+    target.write_bytes(chunks[0])
+    written = {"done_at": None}
+
+    def keep_writing(now):  # the camera writes a chunk every 2 s, with a new modification time
+        if now in (1002.0, 1004.0):
+            with open(target, "ab") as handle:
+                handle.write(chunks[1 if now == 1002.0 else 2])
+            os.utime(target, ns=(int(now * 1e9), int(now * 1e9)))
+            written["done_at"] = now
+
+    clock.on_sleep.append(keep_writing)
+    scored_at = []
+    watcher, log = start(folder, out, clock, settle_s=3.0)
+    count = watch_folder(engine, watcher, log, on_row=lambda row: scored_at.append(clock.now),
+                         interval_s=1.0, max_polls=12, sleep=clock.sleep)
+
+    assert count == 1
+    [row] = rows_of(out)
+    assert row["path"] == "photo.png" and row["error"] is None and 0.0 <= row["score"] <= 1.0
+    assert scored_at[0] >= written["done_at"] + 3.0  # never before it was complete and settled
+
+
+def test_stability_needs_the_same_signature_for_the_settle_time():
+    clock = FakeTime()
+    tracker = StabilityTracker(settle_s=2.0, clock=clock)
+    entry = lambda size: {"a.png": ("FILE", Signature(size, 7))}  # noqa: E731
+    assert tracker.update(entry(10)) == []  # first sight
+    clock.now += 5
+    assert tracker.update(entry(20)) == []  # grew: the clock starts again
+    clock.now += 1
+    assert tracker.update(entry(20)) == []  # only 1 s unchanged
+    clock.now += 1
+    assert tracker.update(entry(20)) == [("FILE", Signature(20, 7))]
+    assert tracker.update({}) == [] and tracker.waiting == 0  # gone: forgotten
+
+
+def test_restart_never_scores_a_file_twice(engine, tmp_path):
+    folder, out, clock = tmp_path / "in", tmp_path / "out", FakeTime()
+    picture(folder / "a.png")
+    picture(folder / "sub dir" / "b.png", 120)
+    watcher, log = start(folder, out, clock)
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 2
+
+    watcher, log = start(folder, out, clock)  # restart
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 0
+    picture(folder / "c.png", 150)
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 1
+
+    assert sorted(row["path"] for row in rows_of(out)) == ["a.png", "c.png", "sub dir/b.png"]
+    assert sorted(entry["path"] for entry in state_of(out)) == ["a.png", "c.png", "sub dir/b.png"]
+
+
+def test_move_to_moves_scored_files_and_never_overwrites(engine, tmp_path):
+    folder, out, done, clock = tmp_path / "in", tmp_path / "out", tmp_path / "done", FakeTime()
+    picture(folder / "a.png")
+    picture(folder / "bad.png")
+    (folder / "bad.png").write_bytes(b"not an image")
+    picture(folder / "sub" / "b.png")
+    picture(done / "a.png", 200)  # a file of the same name moved there earlier
+    watcher, log = start(folder, out, clock, move_to=done)
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 3
+
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == []
+    assert sorted(p.relative_to(done).as_posix() for p in done.rglob("*") if p.is_file()) == [
+        "a.2.png", "a.png", "bad.png", "sub/b.png"]
+    assert Image.open(done / "a.png").getpixel((0, 0)) == (200, 200, 200)  # the earlier one is untouched
+    errors = {row["path"]: row["error"] for row in rows_of(out)}
+    assert errors["a.png"] is None and "not a readable image" in errors["bad.png"]
+
+    picture(folder / "a.png", 60)  # the camera's counter starts again: a new file, same name
+    watcher, log = start(folder, out, clock, move_to=done)
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 1
+    assert (done / "a.3.png").exists()
+    heatmaps = sorted(row["heatmap_path"] for row in rows_of(out) if row["path"] == "a.png")
+    assert heatmaps == ["heatmaps/a.png.2.png", "heatmaps/a.png.png"]  # both kept
+    assert state_of(out) == [state_of(out)[-1]]  # moved files are forgotten at restart; the state stays small
+
+
+def test_a_crash_between_the_row_and_the_state_is_repaired(tmp_path):
+    folder, out, clock = tmp_path / "in", tmp_path / "out", FakeTime()
+    picture(folder / "a.png")
+    picture(folder / "b.png")
+    watcher, log = start(folder, out, clock)
+    watcher.poll()
+    assert sorted(f.relative for f in watcher.poll()) == ["a.png", "b.png"]
+    log.add(ResultRow(path="a.png", score=0.1))
+    watcher.mark_done("a.png")
+    log.add(ResultRow(path="b.png", score=0.2))  # ...and the power goes before b.png is recorded
+    with open(out / "results.jsonl", "a") as handle:
+        handle.write('{"path": "c.png", "sco')  # a torn line from another crash
+
+    watcher, log = start(folder, out, clock)
+    assert [row["path"] for row in rows_of(out)] == ["a.png", "b.png"]  # the torn line is cut off
+    watcher.poll()
+    assert watcher.poll() == [] and watcher.waiting == 0
+    assert sorted(entry["path"] for entry in state_of(out)) == ["a.png", "b.png"]
+
+
+def test_hidden_files_and_the_output_folder_inside_are_ignored(tmp_path):
+    folder, clock = tmp_path / "in", FakeTime()
+    picture(folder / ".upload-in-progress.png")
+    picture(folder / ".cache" / "x.png")
+    picture(folder / "ok.png")
+    watcher, _ = start(folder, folder / "results", clock)
+    picture(folder / "results" / "heatmaps" / "ok.png.png")
+    watcher.poll()
+    assert [f.relative for f in watcher.poll()] == ["ok.png"]
+
+
+def test_results_of_another_run_and_bad_folders_are_refused(tmp_path):
+    clock = FakeTime()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "detect-run").mkdir()
+    (tmp_path / "detect-run" / "results.csv").write_text("path\n")
+    with pytest.raises(InputError, match="holds results of another run"):
+        start(tmp_path / "in", tmp_path / "detect-run", clock)
+    with pytest.raises(InputError, match="no such folder"):
+        start(tmp_path / "nope", tmp_path / "out", clock)
+    with pytest.raises(InputError, match="--move-to must differ"):
+        start(tmp_path / "in", tmp_path / "out", clock, move_to=tmp_path / "in")
+
+
+def test_torn_tail_is_dropped_and_whole_lines_kept(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c"')
+    drop_torn_tail(path)
+    assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+    drop_torn_tail(path)
+    assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n'
+    path.write_bytes(b"no newline at all")
+    drop_torn_tail(path)
+    assert path.read_bytes() == b""
+
+
+def test_watch_command_with_a_bank_moves_files_and_resumes(tmp_path):
+    bank = tmp_path / "widget.fadebank"
+    built = CliRunner().invoke(cli, ["bank", "build", str(GOLDEN / "images" / "refs2"), "--out", str(bank),
+                                     "--class", "widget", "--threshold", "0.0", "-q", *ARGS])
+    assert built.exit_code == 0, built.output
+    folder, out, done = tmp_path / "incoming", tmp_path / "results", tmp_path / "done"
+    folder.mkdir()
+    shutil.copy(QUERIES / "good_a.png", folder / "good a.png")
+    shutil.copy(QUERIES / "cracked_a.png", folder / "cracked.png")
+    args = ["watch", str(folder), "--bank", str(bank), "--out", str(out), "--move-to", str(done), "--once",
+            "--settle", "0", "--interval", "0.05", "--device", "cpu"]
+
+    first = CliRunner().invoke(cli, args, catch_exceptions=False)
+
+    assert first.exit_code == 1, first.output  # --once: NG at threshold 0 from the bank
+    printed = [json.loads(line) for line in first.stdout.splitlines()]
+    assert sorted(row["path"] for row in printed) == ["cracked.png", "good a.png"]
+    assert all(row["verdict"] == "NG" for row in printed) and printed == rows_of(out)
+    assert sorted(p.name for p in done.iterdir()) == ["cracked.png", "good a.png"]
+    again = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert again.exit_code == 0 and again.stdout == "" and len(rows_of(out)) == 2
+
+
+@pytest.mark.parametrize("stop, exit_code", [("ctrl-c", 130), ("sigterm", 0)])
+def test_watch_command_stops_cleanly(tmp_path, monkeypatch, stop, exit_code):
+    import fade_cli.watch
+
+    def stopped(*args, **kwargs):
+        if stop == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fade_cli.watch, "watch_folder", stopped)
+    (tmp_path / "in").mkdir()
+    previous = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(cli, ["watch", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *ARGS])
+    assert result.exit_code == exit_code and "Stopped after scoring 0 image(s)" in result.stderr
+    assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_full_disk_while_appending_a_row_leaves_no_half_line(tmp_path, monkeypatch):
+    import errno
+
+    import fade_cli.watch_log
+    from fade_cli.io.outputs import OutputError
+
+    log = ResultsLog(tmp_path / "out")
+    log.add(ResultRow(path="a.png", score=0.5))
+    before = (tmp_path / "out" / "results.jsonl").read_bytes()
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fade_cli.watch_log.os, "fsync", no_space)
+    with pytest.raises(OutputError, match="the disk is full"):
+        log.add(ResultRow(path="b.png", score=0.7))
+    assert (tmp_path / "out" / "results.jsonl").read_bytes() == before
