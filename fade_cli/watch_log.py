@@ -16,7 +16,8 @@ from PIL import Image
 
 from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
-from fade_cli.io.outputs import ImageWriter, OutputError, ResultRow, atomic_write, describe_write_failure, json_line
+from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
+from fade_cli.io.outputs import ImageWriter, ResultRow, json_line
 
 RESULTS_FILE = "results.jsonl"
 STATE_FILE = "watch-state.jsonl"

@@ -255,7 +255,7 @@ def test_full_disk_while_appending_a_row_leaves_no_half_line(tmp_path, monkeypat
     import errno
 
     import fade_cli.watch_log
-    from fade_cli.io.outputs import OutputError
+    from fade_cli.io.atomic import OutputError
 
     log = ResultsLog(tmp_path / "out")
     log.add(ResultRow(path="a.png", score=0.5))

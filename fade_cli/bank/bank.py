@@ -105,7 +105,7 @@ def model_identity(config: EngineConfig, loaded_identity: dict[str, Any]) -> dic
 
 def save_bank(bank: ReferenceBank, path: Path) -> int:
     """Write the bank atomically (a temporary file renamed into place); returns its size in bytes."""
-    from fade_cli.io.outputs import atomic_write
+    from fade_cli.io.atomic import atomic_write
 
     content = bank.to_bytes()
     atomic_write(path, lambda handle: handle.write(content))

@@ -13,7 +13,7 @@ from typing import Optional
 import click
 
 from fade_cli import __version__
-from fade_cli.cli.exit_codes import EXIT_CODES_HELP, FAILURE
+from fade_cli.cli.exit_codes import EXIT_CODES_HELP, FAILURE, INTERRUPTED
 from fade_cli.errors import FadeError
 
 # name -> (module, attribute, one-line help shown by `fade --help`)
@@ -51,6 +51,10 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except FadeError as exc:
             raise ReportedError(str(exc), exc.exit_code) from exc
+        except KeyboardInterrupt:
+            # Commands that score images catch Ctrl-C themselves to save what is done; this is the rest.
+            click.echo("Interrupted.", err=True)
+            raise click.exceptions.Exit(INTERRUPTED) from None
         except MemoryError as exc:
             raise ReportedError("out of memory; try fewer --scales or a smaller --batch-size", FAILURE) from exc
 

@@ -60,7 +60,7 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
       fade bank build ./good --class screw --scales 240,448 --margin 1.2 --out screw.fadebank
     """
     from fade_cli.bank.engine_bridge import bank_from_engine
-    from fade_cli.cli.detect_cmd import _build_engine, _guard
+    from fade_cli.cli.engine_setup import build_engine, guard_engine_failures
     from fade_cli.cli.engine_setup import calibrate_references
     from fade_cli.cli.reporting import print_warning, stderr_console
     from fade_cli.io.images import discover_images
@@ -77,10 +77,10 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
         raise InputError(f"no image files under {refs}")
 
     console = stderr_console()
-    engine = _build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet)
+    engine = build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet)
     calibration = None
     if len(ref_files) >= MIN_REFERENCES:
-        calibration = _guard(lambda: calibrate_references(engine, ref_files, margin, console, quiet))
+        calibration = guard_engine_failures(lambda: calibrate_references(engine, ref_files, margin, console, quiet))
     else:
         print_warning(console, f"thresholds are calibrated from at least {MIN_REFERENCES} references; this bank "
                                "has one, so it stores only the thresholds given with --threshold/--pixel-threshold")

@@ -1,14 +1,13 @@
 """`fade detect`: score a folder of images, zero-shot or few-shot."""
 from __future__ import annotations
 
-import contextlib
 import functools
 from pathlib import Path
 from typing import Any, Optional
 
 import click
 
-from fade_cli.cli.exit_codes import EXIT_CODES_HELP, NG, OK
+from fade_cli.cli.exit_codes import EXIT_CODES_HELP, INTERRUPTED, NG, OK
 from fade_cli.cli.options import (
     engine_config_from_options,
     engine_options,
@@ -17,9 +16,9 @@ from fade_cli.cli.options import (
 )
 from fade_cli.bank.calibration import DEFAULT_MARGIN
 from fade_cli.cli.engine_setup import bank_thresholds, calibrate_references, calibrated_thresholds
-from fade_cli.cli.engine_setup import engine_for_bank, load_run_bank
+from fade_cli.cli.engine_setup import build_engine, engine_for_bank, guard_engine_failures, load_run_bank
 from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bar, stderr_console
-from fade_cli.errors import FadeError, InputError
+from fade_cli.errors import InputError
 
 
 @click.command(epilog=EXIT_CODES_HELP)
@@ -65,6 +64,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     """
     from fade_cli.io.images import require_images
     from fade_cli.io.outputs import RunOutput, refuse_existing_results
+    from fade_cli.runner import run_detection
 
     options = pop_engine_options(kwargs)
     saved_bank, config, cls_prompts, seg_prompts = None, None, None, None
@@ -83,11 +83,11 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
         refuse_existing_results(out)
 
     if saved_bank is not None:
-        engine = _guard(lambda: engine_for_bank(saved_bank, config, str(bank_path), console, quiet))
+        engine = guard_engine_failures(lambda: engine_for_bank(saved_bank, config, str(bank_path), console, quiet))
         chosen = bank_thresholds(saved_bank, str(bank_path), threshold, pixel_threshold)
     else:
-        engine = _build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet)
-        calibration = _guard(lambda: calibrate_references(engine, ref_files, margin, console, quiet)) if calibrate else None
+        engine = build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet)
+        calibration = guard_engine_failures(lambda: calibrate_references(engine, ref_files, margin, console, quiet)) if calibrate else None
         chosen = calibrated_thresholds(calibration, threshold, pixel_threshold) if calibration else None
     if chosen is not None:
         threshold, pixel_threshold = chosen.thresholds.image, chosen.thresholds.pixel
@@ -104,13 +104,13 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
                 printer.row(row)
                 advance()
 
-            _run(engine, files, output, threshold, on_row, pixel_threshold)
+            guard_engine_failures(lambda: run_detection(engine, files, output, threshold, on_row, pixel_threshold))
     except KeyboardInterrupt:
         _finish(output)
         printer.finish(summary_rows)
         saved = f"; their results are in {out}" if out else ""
         console.print(f"Interrupted after {len(summary_rows)} of {len(files)} images{saved}.", markup=False)
-        ctx.exit(130)
+        ctx.exit(INTERRUPTED)
     except BaseException:
         _finish(output)
         raise
@@ -119,36 +119,6 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     if all(row.error for row in summary_rows):
         raise InputError("no image could be read")
     ctx.exit(NG if any(row.verdict == "NG" for row in summary_rows) else OK)
-
-
-def _build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet):
-    from fade_cli.engine import FadeEngine
-    from fade_cli.runner import load_references
-
-    with console.status("Loading model and encoding prompts...") if not quiet and console.is_terminal else contextlib.nullcontext():
-        engine = _guard(lambda: FadeEngine.from_config(config, cls_prompts, seg_prompts))
-    if ref_files:
-        with progress_bar(console, quiet, total=None, description=f"Encoding {len(ref_files)} reference(s)"):
-            _guard(lambda: load_references(engine, ref_files, config.batch_size))
-    return engine
-
-
-def _run(engine, files, output, threshold, on_row, pixel_threshold=None) -> None:
-    from fade_cli.runner import run_detection
-
-    _guard(lambda: run_detection(engine, files, output, threshold, on_row, pixel_threshold))
-
-
-def _guard(action):
-    """Turn torch's memory and runtime failures into a FadeError with exit code 3."""
-    try:
-        return action()
-    except FadeError:
-        raise
-    except RuntimeError as exc:
-        if "out of memory" in str(exc).lower():
-            raise FadeError("out of memory; try --batch-size 1, fewer --scales or --device cpu") from exc
-        raise FadeError(f"the engine failed: {exc}") from exc
 
 
 def _finish(output) -> None:

@@ -5,7 +5,6 @@ torch at module level.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,9 +19,9 @@ from fade_cli.bank.calibration import Calibration, Thresholds, choose_thresholds
 from fade_cli.bank.compat import BankMismatchError, describe_identity, model_file_contradictions
 from fade_cli.bank.compat import model_files_for_bank, setting_differences
 from fade_cli.cli.options import ENGINE_OPTION_NAMES, engine_config_from_options, prompt_sets_from_options
-from fade_cli.cli.reporting import progress_bar
+from fade_cli.cli.reporting import progress_bar, status_line
 from fade_cli.config import EngineConfig
-from fade_cli.errors import InputError
+from fade_cli.errors import FadeError, InputError
 
 # How this machine runs the engine: always taken from the command line, never from a bank.
 RUNTIME_OPTIONS = ("device", "batch_size", "cache_dir", "precision", "offline")
@@ -115,7 +114,7 @@ def engine_for_bank(bank: ReferenceBank, config: EngineConfig, source: str, cons
     from fade_cli.bank.engine_bridge import engine_from_bank
     from fade_cli.engine.model import load_model
 
-    busy = console.status("Loading model...") if not quiet and console.is_terminal else contextlib.nullcontext()
+    busy = status_line(console, quiet, "Loading model...")
     with busy:
         return engine_from_bank(bank, load_model(config), config, source)
 
@@ -151,3 +150,28 @@ def bank_thresholds(bank: ReferenceBank, source: str, image: Optional[float], pi
 def calibrated_thresholds(calibration: Calibration, image: Optional[float], pixel: Optional[float]) -> RunThresholds:
     chosen = choose_thresholds(calibration, image, pixel)
     return RunThresholds(chosen, f"Thresholds from the references: {describe_thresholds(chosen, calibration)}")
+
+
+def build_engine(config: EngineConfig, cls_prompts, seg_prompts, ref_files: list, console: Console, quiet: bool):
+    """Load the model, encode the prompts and the references, with a status line and a progress bar."""
+    from fade_cli.engine import FadeEngine
+    from fade_cli.runner import load_references
+
+    with status_line(console, quiet, "Loading model and encoding prompts..."):
+        engine = guard_engine_failures(lambda: FadeEngine.from_config(config, cls_prompts, seg_prompts))
+    if ref_files:
+        with progress_bar(console, quiet, total=None, description=f"Encoding {len(ref_files)} reference(s)"):
+            guard_engine_failures(lambda: load_references(engine, ref_files, config.batch_size))
+    return engine
+
+
+def guard_engine_failures(action):
+    """Turn torch's memory and runtime failures into a FadeError with exit code 3."""
+    try:
+        return action()
+    except FadeError:
+        raise
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower():
+            raise FadeError("out of memory; try --batch-size 1, fewer --scales or --device cpu") from exc
+        raise FadeError(f"the engine failed: {exc}") from exc

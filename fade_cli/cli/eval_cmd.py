@@ -5,7 +5,6 @@ shows progress and writes the report.
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,6 +17,7 @@ from fade_cli.cli.options import (
     pop_engine_options,
     prompt_sets_from_options,
 )
+from fade_cli.cli.exit_codes import INTERRUPTED, OK
 from fade_cli.errors import InputError
 
 EVAL_EXIT_CODES_HELP = """\b
@@ -115,7 +115,7 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
     results, worst, interrupted = _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet)
     if results:
         _report(results, evaluator, root, layout, dataset, out, worst, interrupted, _prompt_origins(options))
-    ctx.exit(130 if interrupted else 0)
+    ctx.exit(INTERRUPTED if interrupted else OK)
 
 
 def _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet):
@@ -157,16 +157,16 @@ def _prompt_source(options: dict[str, Any]):
 
 
 def _load_evaluator(config, prompt_source, settings, console, quiet):
-    from fade_cli.cli.detect_cmd import _guard
+    from fade_cli.cli.engine_setup import guard_engine_failures
+    from fade_cli.cli.reporting import status_line
     from fade_cli.evaluation.evaluate import Evaluator
 
-    status = console.status("Loading model...") if not quiet and console.is_terminal else contextlib.nullcontext()
-    with status:
-        return _guard(lambda: Evaluator(config, prompt_source, settings))
+    with status_line(console, quiet, "Loading model..."):
+        return guard_engine_failures(lambda: Evaluator(config, prompt_source, settings))
 
 
 def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet):
-    from fade_cli.cli.detect_cmd import _guard
+    from fade_cli.cli.engine_setup import guard_engine_failures
     from fade_cli.cli.reporting import progress_bar
     from fade_cli.evaluation.report import save_eval_map
 
@@ -175,7 +175,7 @@ def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet):
 
     sink = on_eval_map if save_maps else None
     with progress_bar(console, quiet, total=len(run.split.test), description=description) as advance:
-        result = _guard(lambda: evaluator.evaluate(run, on_image=advance, on_eval_map=sink))
+        result = guard_engine_failures(lambda: evaluator.evaluate(run, on_image=advance, on_eval_map=sink))
     if result.missing_masks:
         console.print(f"[yellow]warning:[/] {run.label}: {len(result.missing_masks)} defective image(s) "
                       f"without a mask, left out of the pixel metrics (first: {result.missing_masks[0]})",

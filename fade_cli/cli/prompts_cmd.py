@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 import click
 
-from fade_cli.errors import FadeError, InputError
+from fade_cli.errors import InputError
 from fade_cli.prompt_set import PLACEHOLDER, STATES, PromptSet, load_prompt_set
 from fade_cli.prompting import (
     DEFAULT_GENERATOR,
@@ -162,11 +162,9 @@ def _write(prompt_set: PromptSet, out: Optional[Path]) -> None:
     if out is None:
         click.echo(text, nl=False)
         return
-    try:
-        with click.open_file(str(out), "w", encoding="utf-8", atomic=True) as handle:
-            handle.write(text)
-    except OSError as exc:
-        raise FadeError(f"cannot write {out}: {exc.strerror or exc}") from exc
+    from fade_cli.io.atomic import atomic_write
+
+    atomic_write(out, lambda handle: handle.write(text.encode("utf-8")))
 
 
 class _TerminalReporter:

@@ -43,6 +43,11 @@ def print_warning(console: Console, message: str) -> None:
     console.print(Text.assemble(("warning: ", "yellow"), safe), highlight=False, soft_wrap=True)
 
 
+def status_line(console: Console, quiet: bool, text: str) -> contextlib.AbstractContextManager:
+    """A spinner with ``text`` on stderr while a slow step runs; nothing when quiet or not a terminal."""
+    return console.status(text) if not quiet and console.is_terminal else contextlib.nullcontext()
+
+
 def _fmt(value: Optional[float]) -> str:
     return "" if value is None else f"{value:.4f}"
 

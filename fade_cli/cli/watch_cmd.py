@@ -11,6 +11,7 @@ import click
 
 from fade_cli.cli.options import engine_config_from_options, engine_options, pop_engine_options
 from fade_cli.cli.options import prompt_sets_from_options
+from fade_cli.cli.exit_codes import INTERRUPTED, OK
 from fade_cli.cli.reporting import RowPrinter, print_warning, stderr_console
 
 WATCH_EXIT_CODES_HELP = """\b
@@ -90,7 +91,7 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
             _watch(engine, watcher, output, threshold, pixel_threshold, on_row, interval, once)
         except KeyboardInterrupt:
             console.print(f"Stopped after scoring {len(rows)} image(s).", markup=False, highlight=False, soft_wrap=True)
-            ctx.exit(0 if stop["by_sigterm"] else 130)
+            ctx.exit(OK if stop["by_sigterm"] else INTERRUPTED)
     if not quiet:
         console.print(f"Scored {len(rows)} image(s).", markup=False, highlight=False, soft_wrap=True)
     ctx.exit(1 if any(row.verdict == "NG" for row in rows) else 0)
@@ -98,13 +99,13 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
 
 def _engine(ctx, options, refs, bank_path, threshold, pixel_threshold, console, quiet):
     """The engine and the thresholds of the watch: from a bank, or from the options (and --refs)."""
-    from fade_cli.cli.detect_cmd import _build_engine, _guard
+    from fade_cli.cli.engine_setup import build_engine, guard_engine_failures
     from fade_cli.cli.engine_setup import bank_thresholds, engine_for_bank, load_run_bank
     from fade_cli.io.images import require_images
 
     if bank_path is not None:
         saved_bank, config = load_run_bank(ctx, bank_path, options, refs, calibrate=False)
-        engine = _guard(lambda: engine_for_bank(saved_bank, config, str(bank_path), console, quiet))
+        engine = guard_engine_failures(lambda: engine_for_bank(saved_bank, config, str(bank_path), console, quiet))
         chosen = bank_thresholds(saved_bank, str(bank_path), threshold, pixel_threshold)
         if not quiet:
             console.print(chosen.report, markup=False, highlight=False, soft_wrap=True)
@@ -112,14 +113,14 @@ def _engine(ctx, options, refs, bank_path, threshold, pixel_threshold, console, 
     config = engine_config_from_options(options)
     cls_prompts, seg_prompts = prompt_sets_from_options(options)
     ref_files = require_images(refs, on_skip=functools.partial(print_warning, console)) if refs is not None else []
-    return _build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet), threshold, pixel_threshold
+    return build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet), threshold, pixel_threshold
 
 
 def _watch(engine, watcher, output, threshold, pixel_threshold, on_row, interval, once) -> None:
-    from fade_cli.cli.detect_cmd import _guard
+    from fade_cli.cli.engine_setup import guard_engine_failures
     from fade_cli.watch import watch_folder
 
-    _guard(lambda: watch_folder(engine, watcher, output, threshold, pixel_threshold, on_row,
+    guard_engine_failures(lambda: watch_folder(engine, watcher, output, threshold, pixel_threshold, on_row,
                                 interval_s=interval, stop_when_idle=once))
 
 

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from fade_cli import __version__
 from fade_cli.evaluation.summary import METRICS, Aggregate, Metrics, Summary
-from fade_cli.io.outputs import atomic_write
+from fade_cli.io.atomic import atomic_write
 
 if TYPE_CHECKING:
     from fade_cli.evaluation.evaluate import ImageRecord, RunResult

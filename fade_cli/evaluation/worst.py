@@ -22,7 +22,7 @@ from fade_cli.evaluation.evaluate import ImageRecord
 from fade_cli.evaluation.masks import load_mask
 from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import load_image
-from fade_cli.io.outputs import atomic_write
+from fade_cli.io.atomic import atomic_write
 
 OUTLINE_COLOUR = (255, 255, 255)
 

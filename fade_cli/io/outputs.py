@@ -22,20 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import io
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
 import numpy as np
 from PIL import Image
 
 from fade_cli.engine.result import Detection
-from fade_cli.errors import FadeError, InputError
+from fade_cli.errors import InputError
+from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
 from fade_cli.io.heatmap import overlay, upsample_map
 
 RESULT_FILES = ("results.csv", "results.jsonl")
@@ -62,37 +61,6 @@ class ResultRow:
 
 
 FIELDS = list(ResultRow.__dataclass_fields__)
-
-
-class OutputError(FadeError):
-    """Writing results failed (disk full, permissions)."""
-
-    exit_code = 3
-
-
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {path}: {describe_write_failure(exc)}") from exc
-        raise
-
-
-def describe_write_failure(exc: OSError) -> str:
-    """Why a write failed, for the user; a full disk says so plainly."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "the disk is full (no space left on device); free some space and run again"
-    return str(exc.strerror or exc)
 
 
 def json_line(row: ResultRow) -> str:
