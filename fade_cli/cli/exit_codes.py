@@ -8,8 +8,8 @@ INTERRUPTED = 130  # Ctrl-C; commands that score images save the finished result
 
 EXIT_CODES_HELP = """\b
 Exit codes:
-  0  done, no image NG
-  1  done, at least one image NG (with --threshold)
-  2  usage or input error
-  3  failure while running (model, memory)
+  0    done, no image NG
+  1    done, at least one image NG (with --threshold)
+  2    usage or input error
+  3    failure while running (model, memory)
   130  interrupted (Ctrl-C); finished results are saved"""
