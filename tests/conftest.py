@@ -1,6 +1,7 @@
 """Shared fixtures: the golden tiny model, its images and prompts, and an isolated environment."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ WEIGHTS = GOLDEN / "model" / "fade-golden-seed0.pt"
 QUERIES = GOLDEN / "images" / "queries"
 CLS_PROMPTS = GOLDEN / "prompts" / "cls.json"
 SEG_PROMPTS = GOLDEN / "prompts" / "seg.json"
+
+# The golden cases also run on a GPU: FADE_TEST_DEVICE=cuda pytest tests/test_golden.py
+GOLDEN_DEVICE = os.environ.get("FADE_TEST_DEVICE", "cpu")
 
 # Options that make any engine command run the golden tiny model.
 TINY_MODEL_ARGS = ["--model-config", str(MODEL_CONFIG), "--weights", str(WEIGHTS), "--device", "cpu"]

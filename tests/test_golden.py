@@ -20,9 +20,10 @@ CASES = {"zero_shot": None, "one_shot": "refs1", "two_shot": "refs2"}
 def golden_model():
     from fade_cli.config import EngineConfig
     from fade_cli.engine.model import load_model
-    from conftest import MODEL_CONFIG, WEIGHTS
+    from conftest import GOLDEN_DEVICE, MODEL_CONFIG, WEIGHTS
 
-    config = EngineConfig(model_config=str(MODEL_CONFIG), weights=str(WEIGHTS), device="cpu", class_name="widget")
+    config = EngineConfig(model_config=str(MODEL_CONFIG), weights=str(WEIGHTS), device=GOLDEN_DEVICE,
+                          class_name="widget")
     return config, load_model(config)
 
 
