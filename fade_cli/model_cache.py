@@ -18,6 +18,7 @@ from typing import Optional
 
 from fade_cli.errors import InputError, ModelError
 
+CACHE_ENV = "FADE_CACHE_DIR"
 OFFLINE_ENV = "HF_HUB_OFFLINE"
 URL_CACHE_FALLBACK = "~/.cache/clip"
 
@@ -36,17 +37,29 @@ def is_offline() -> bool:
     return bool(constants.is_offline_mode())
 
 
+def default_cache_dir() -> Optional[str]:
+    """FADE_CACHE_DIR when set; otherwise None, which lets open_clip use the Hugging Face cache."""
+    return os.environ.get(CACHE_ENV) or None
+
+
+def describe_cache_dir(cache_dir: Optional[str]) -> str:
+    if cache_dir:
+        return cache_dir
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
+        return "~/.cache/huggingface/hub"
+
+
 def cache_dir(explicit: Optional[str] = None) -> Optional[str]:
     """The folder fade passes to open_clip; None means the Hugging Face hub cache."""
-    from fade_cli.engine.model import default_cache_dir
-
     return explicit or default_cache_dir()
 
 
 def cache_location(explicit: Optional[str] = None) -> str:
     """The cache folder as a path people can copy."""
-    from fade_cli.engine.model import describe_cache_dir
-
     return describe_cache_dir(cache_dir(explicit))
 
 

@@ -11,7 +11,7 @@ import torch
 
 # Query patches per chunk; a chunk's similarity block is CHUNK x bank size floats.
 QUERY_CHUNK = 1024
-BANK_CHUNK = 65536
+BANK_CHUNK = 16384
 
 
 def top_k_similarity(queries_nd: torch.Tensor, bank_md: torch.Tensor, k: int) -> torch.Tensor:

@@ -17,8 +17,8 @@ import torch
 
 from fade_cli.config import EngineConfig
 from fade_cli.errors import InputError, ModelError
+from fade_cli.model_cache import CACHE_ENV, default_cache_dir, describe_cache_dir
 
-CACHE_ENV = "FADE_CACHE_DIR"
 
 
 @dataclass
@@ -42,22 +42,6 @@ def resolve_device(name: str) -> torch.device:
         return torch.device(name)
     except RuntimeError as exc:
         raise InputError(f"unknown device {name!r}: use auto, cpu or cuda") from exc
-
-
-def default_cache_dir() -> Optional[str]:
-    """FADE_CACHE_DIR when set; otherwise None, which lets open_clip use the Hugging Face cache."""
-    return os.environ.get(CACHE_ENV) or None
-
-
-def describe_cache_dir(cache_dir: Optional[str]) -> str:
-    if cache_dir:
-        return cache_dir
-    try:
-        from huggingface_hub import constants
-
-        return str(constants.HF_HUB_CACHE)
-    except ImportError:  # pragma: no cover - open_clip depends on huggingface_hub
-        return "~/.cache/huggingface/hub"
 
 
 def file_sha256(path: str) -> str:

@@ -19,13 +19,14 @@ import numpy as np
 import torch
 
 from fade_cli import __version__
+from fade_cli.model_cache import default_cache_dir
 
 CACHE_SUBDIR = "text-embeddings"
 
 
 def text_cache_dir(cache_dir: Optional[str]) -> Path:
     """``<cache>/text-embeddings`` with cache = --cache-dir, $FADE_CACHE_DIR or ~/.cache/fade."""
-    root = cache_dir or os.environ.get("FADE_CACHE_DIR") or os.path.join(Path.home(), ".cache", "fade")
+    root = cache_dir or default_cache_dir() or os.path.join(Path.home(), ".cache", "fade")
     return Path(root) / CACHE_SUBDIR
 
 
