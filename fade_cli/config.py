@@ -17,6 +17,8 @@ DEFAULT_SEG_SIZES = (240, 448, 896)
 DEFAULT_CLS_SIZE = 240
 
 FeatureKind = Literal["clip", "gem"]
+# How the image score is made: the language score, the vision score (max of the vision map), or their mean.
+ImageScoreKind = Literal["language", "vision", "mean"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class VisionPreset:
     multiplier: float
     weight: float
     use_query: bool
-    image_score: Literal["language", "mean"]
+    image_score: ImageScoreKind
 
 
 # Published settings (FADE_SPEC sections 5 and 6).
@@ -66,7 +68,7 @@ class EngineConfig:
     vision_multiplier: Optional[float] = None
     vision_weight: Optional[float] = None
     use_query: Optional[bool] = None
-    image_score: Optional[Literal["language", "mean"]] = None
+    image_score: Optional[ImageScoreKind] = None
 
     batch_size: int = 1
 

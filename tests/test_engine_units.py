@@ -145,3 +145,52 @@ def test_cached_prompts_load_only_the_vision_tower(tiny_config, tmp_path):
     [a], [b] = first.detect([image]), second.detect([image])
     assert a.score == b.score
     assert (a.anomaly_map == b.anomaly_map).all()
+
+
+@pytest.mark.parametrize("image_score", ["language", "vision", "mean"])
+def test_image_score_modes(tiny_config, image_score):
+    from PIL import Image
+
+    from conftest import GOLDEN, QUERIES
+    from fade_cli.engine.detector import FadeEngine
+
+    config = tiny_config.replace(seg_sizes=(240,), image_score=image_score)
+    engine = FadeEngine.from_config(config)
+    engine.add_references([Image.open(sorted((GOLDEN / "images" / "refs1").glob("*.png"))[0])])
+    [result] = engine.detect([Image.open(sorted(QUERIES.glob("*.png"))[0])])
+    expected = {"language": result.language_score, "vision": result.vision_score,
+                "mean": (result.language_score + result.vision_score) / 2}[image_score]
+    assert result.score == pytest.approx(min(max(expected, 0.0), 1.0), abs=1e-6)
+    assert result.vision_score == pytest.approx(float(result.vision_map.max()), abs=1e-6)
+
+
+def test_other_architecture_patch_14_with_sizes_not_divisible(tmp_path):
+    """A ViT with 14-pixel patches at 240 px (17 x 17 patches, 2 px unused) and 448 px (32 x 32)."""
+    import json
+
+    import open_clip
+    from PIL import Image
+
+    from conftest import QUERIES
+    from fade_cli.config import EngineConfig
+    from fade_cli.engine.detector import FadeEngine
+
+    config_path = tmp_path / "tiny-vit-14.json"
+    config_path.write_text(json.dumps({
+        "embed_dim": 16,
+        "vision_cfg": {"image_size": 224, "layers": 3, "width": 32, "head_width": 16, "patch_size": 14},
+        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1},
+    }))
+    open_clip.add_model_config(config_path)
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny-vit-14.pt"
+    torch.save(open_clip.create_model("tiny-vit-14").state_dict(), weights)
+
+    config = EngineConfig(model_config=str(config_path), weights=str(weights), device="cpu", cls_size=240,
+                          seg_sizes=(240, 448), gem_depth=3, cache_dir=str(tmp_path / "cache"))
+    engine = FadeEngine.from_config(config)
+    engine.add_references([Image.open(sorted(QUERIES.glob("*.png"))[2])])
+    [result] = engine.detect([Image.open(sorted(QUERIES.glob("*.png"))[0])])
+    assert result.anomaly_map.shape == (32, 32)
+    assert 0.0 <= result.score <= 1.0
+    assert engine.bank.patches_by_size[240].shape == (17 * 17, 16)

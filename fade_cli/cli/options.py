@@ -94,9 +94,9 @@ ENGINE_OPTIONS = [
                  help="Weight of the vision map in the fusion [default: 0.5 zero-shot, 0.85 few-shot]."),
     click.option("--use-query/--no-use-query", default=None,
                  help="Add the query's own patches to the bank (2nd neighbour) [default: on zero-shot, off few-shot]."),
-    click.option("--image-score", type=click.Choice(["language", "mean"]),
-                 help="Image score: language only, or mean of language and vision [default: language zero-shot, "
-                      "mean few-shot]."),
+    click.option("--image-score", type=click.Choice(["language", "vision", "mean"]),
+                 help="Image score: the language score, the vision score (max of the vision map), or their mean "
+                      "[default: language zero-shot, mean few-shot]."),
     click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Images per forward pass."),
     click.option("--offline", is_flag=True, is_eager=True, callback=_offline,

@@ -222,6 +222,8 @@ def _assemble(
         vision_scores = vision_map.flatten(1).amax(dim=1)
     if vision_scores is None or preset.image_score == "language":
         scores = language_scores
+    elif preset.image_score == "vision":
+        scores = vision_scores
     else:
         scores = (language_scores + vision_scores) / 2
     scores = scores.clamp(0.0, 1.0)
