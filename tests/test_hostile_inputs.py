@@ -153,7 +153,7 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     [
         ("L", 200, (200, 200, 200)),
         ("RGBA", (200, 40, 10, 255), (200, 40, 10)),
-        ("RGBA", (200, 40, 10, 0), (0, 0, 0)),  # transparent shows as black
+        ("RGBA", (200, 40, 10, 0), (200, 40, 10)),  # alpha dropped, as the published pipeline does
         ("LA", (90, 255), (90, 90, 90)),
         ("P", 3, None),  # palette: whatever colour index 3 is, as RGB
     ],

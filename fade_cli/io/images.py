@@ -170,9 +170,6 @@ def to_rgb8(image: Image.Image) -> Image.Image:
             peak = max(float(array.max()), 1e-12) if array.max() > 1.0 else 1.0
         grey = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(grey, mode="L").convert("RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent areas are shown on black, as most viewers of inspection images do.
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+    # Alpha is dropped, keeping the colour under it: what PIL's RGB conversion, and so the
+    # published pipeline, does (FADE_SPEC section 1: "decode to RGB").
     return image.convert("RGB")
