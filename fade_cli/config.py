@@ -71,6 +71,7 @@ class EngineConfig:
     image_score: Optional[ImageScoreKind] = None
 
     batch_size: int = 1
+    compile: bool = False
 
     def preset(self, has_references: bool) -> VisionPreset:
         """The published preset for this run with the user's overrides applied."""

@@ -1,6 +1,7 @@
 """Engine parts checked against direct, unoptimised formulas (independent of the golden files)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -194,3 +195,19 @@ def test_other_architecture_patch_14_with_sizes_not_divisible(tmp_path):
     assert result.anomaly_map.shape == (32, 32)
     assert 0.0 <= result.score <= 1.0
     assert engine.bank.patches_by_size[240].shape == (17 * 17, 16)
+
+
+@pytest.mark.slow
+def test_compiled_engine_gives_the_same_results(tiny_config):
+    """--compile (torch.compile of the vision tower) changes speed, not results (about a minute on a CPU)."""
+    from PIL import Image
+
+    from conftest import QUERIES
+    from fade_cli.engine.detector import FadeEngine
+
+    image = Image.open(sorted(QUERIES.glob("*.png"))[0])
+    config = tiny_config.replace(seg_sizes=(240,))
+    [eager] = FadeEngine.from_config(config).detect([image])
+    [compiled] = FadeEngine.from_config(config.replace(compile=True)).detect([image])
+    assert compiled.score == pytest.approx(eager.score, abs=1e-5)
+    np.testing.assert_allclose(compiled.anomaly_map, eager.anomaly_map, atol=1e-4)

@@ -24,7 +24,7 @@ from fade_cli.config import EngineConfig
 from fade_cli.errors import FadeError, InputError
 
 # How this machine runs the engine: always taken from the command line, never from a bank.
-RUNTIME_OPTIONS = ("device", "batch_size", "cache_dir", "precision", "offline")
+RUNTIME_OPTIONS = ("device", "batch_size", "cache_dir", "compile", "precision", "offline")
 MODEL_OPTIONS = ("model", "pretrained", "weights", "model_config")
 PROMPT_OPTIONS = ("prompts", "cls_prompts", "seg_prompts", "prompt_generator")
 # Engine options whose EngineConfig field has another name; the others share theirs.
@@ -62,7 +62,7 @@ def load_run_bank(
             "settings: drop these options, or rebuild the bank with them (`fade bank build`)"
         )
     weights, model_config = model_files_for_bank(bank, options["weights"], options["model_config"])
-    runtime = {name: options[name] for name in ("device", "batch_size", "cache_dir")}
+    runtime = {name: options[name] for name in ("device", "batch_size", "cache_dir", "compile")}
     if "precision" in given:
         runtime["precision"] = options["precision"]
     return bank, bank.config.replace(weights=weights, model_config=model_config, **runtime)

@@ -26,7 +26,7 @@ ENGINE_OPTION_NAMES = (
     "class_name", "scales", "cls_size", "text_template", "prompts", "cls_prompts", "seg_prompts",
     "prompt_generator",
     "cls_classname", "seg_classname", "gem_depth", "gem_iters", "gem_temperature", "vision_feature",
-    "vision_multiplier", "vision_weight", "use_query", "image_score", "batch_size", "offline",
+    "vision_multiplier", "vision_weight", "use_query", "image_score", "batch_size", "compile", "offline",
 )
 
 
@@ -99,6 +99,9 @@ ENGINE_OPTIONS = [
                       "[default: language zero-shot, mean few-shot]."),
     click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
                  help="Images per forward pass."),
+    click.option("--compile", is_flag=True,
+                 help="Compile the vision tower with torch.compile: faster on a GPU for long runs; the first batch "
+                      "at each size waits for the compilation (about a minute)."),
     click.option("--offline", is_flag=True, is_eager=True, callback=_offline,
                  help="Never use the network: models must be in the cache (sets HF_HUB_OFFLINE=1)."),
 ]
@@ -140,6 +143,7 @@ def engine_config_from_options(options: dict[str, Any]) -> EngineConfig:
         use_query=options["use_query"],
         image_score=options["image_score"],
         batch_size=options["batch_size"],
+        compile=options["compile"],
     )
 
 

@@ -45,6 +45,9 @@ class FadeEngine:
         self.encoder = GemVisionEncoder(
             loaded.model.visual, depth=config.gem_depth, iters=config.gem_iters, temperature=config.gem_temperature
         )
+        if config.compile:
+            # One graph per input size; the first batch at each size pays the compilation.
+            self.encoder = torch.compile(self.encoder, dynamic=False)
         self.cls_classifier_2d = cls_classifier_2d.to(self.device)
         self.seg_classifier_2d = seg_classifier_2d.to(self.device)
         self.bank = MemoryBank()
