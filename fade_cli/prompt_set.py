@@ -107,3 +107,16 @@ def builtin_prompt_set(name: str) -> PromptSet:
 def default_prompt_sets() -> tuple[PromptSet, PromptSet]:
     """The built-in (classification, segmentation) prompt sets."""
     return builtin_prompt_set("default_classification"), builtin_prompt_set("default_segmentation")
+
+
+def with_default_prompts(
+    cls_prompts: Optional[PromptSet], seg_prompts: Optional[PromptSet]
+) -> tuple[PromptSet, PromptSet]:
+    """The given (classification, segmentation) sets, the built-in default in place of a missing one."""
+    if cls_prompts is not None and seg_prompts is not None:
+        return cls_prompts, seg_prompts
+    default_cls, default_seg = default_prompt_sets()
+    return (
+        cls_prompts if cls_prompts is not None else default_cls,
+        seg_prompts if seg_prompts is not None else default_seg,
+    )

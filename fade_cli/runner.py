@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Protocol
 
 import numpy as np
@@ -45,19 +45,6 @@ class DecodedBatch:
     images: list[Optional[Image.Image]]
     errors: list[Optional[str]]
     pixels_by_size: Optional[dict[int, torch.Tensor]]
-
-
-@dataclass
-class RunSummary:
-    rows: list[ResultRow] = field(default_factory=list)
-
-    @property
-    def ng_count(self) -> int:
-        return sum(row.verdict == NG for row in self.rows)
-
-    @property
-    def failed_count(self) -> int:
-        return sum(row.error is not None for row in self.rows)
 
 
 def verdict(score: float, threshold: Optional[float]) -> Optional[str]:
@@ -135,25 +122,23 @@ def run_detection(
     threshold: Optional[float] = None,
     on_row: Optional[Callable[[ResultRow], None]] = None,
     pixel_threshold: Optional[float] = None,
-) -> RunSummary:
+) -> None:
     """Score every file, writing outputs as images finish. A broken image gives an error row.
 
     With ``pixel_threshold``, NG images (every image when there is no ``threshold``)
     also get their defect ``regions`` and, with ``output``, a mask file.
 
-    On KeyboardInterrupt the rows finished so far are in the returned summary
-    (and in ``output``); the caller decides how to finish.
+    Each row goes to ``output`` and then ``on_row`` as soon as its image is done,
+    so on KeyboardInterrupt they hold every finished row; the caller decides how
+    to finish.
     """
-    summary = RunSummary()
     with contextlib.closing(_decoded_batches(engine, files, engine.config.batch_size)) as batches:
         for batch in batches:
             for row in _score_batch(engine, batch, output, threshold, pixel_threshold):
-                summary.rows.append(row)
                 if output is not None:
                     output.add(row)
                 if on_row is not None:
                     on_row(row)
-    return summary
 
 
 def _score_batch(

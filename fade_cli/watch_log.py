@@ -17,6 +17,7 @@ from PIL import Image
 from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
+from fade_cli.io.images import escape_undecodable
 from fade_cli.io.outputs import ImageWriter, ResultRow, json_line
 
 RESULTS_FILE = "results.jsonl"
@@ -164,7 +165,7 @@ class WatchState:
 
 def _state_line(relative: str, sig: Signature) -> str:
     """One state entry; a file name that is not valid UTF-8 is kept exactly, as JSON escapes."""
-    text = json.dumps({"path": relative, "size": sig.size, "mtime_ns": sig.mtime_ns}, ensure_ascii=False)
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return escape_undecodable(json.dumps({"path": relative, "size": sig.size, "mtime_ns": sig.mtime_ns},
+                                         ensure_ascii=False))
 
 

@@ -1,6 +1,7 @@
 """`fade bank`: build a reference bank once, then run `fade detect --bank` on the station."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -63,20 +64,15 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
     from fade_cli.cli.engine_setup import build_engine, guard_engine_failures
     from fade_cli.cli.engine_setup import calibrate_references
     from fade_cli.cli.reporting import print_warning, stderr_console
-    from fade_cli.io.images import discover_images
-    from fade_cli.prompt_set import default_prompt_sets
+    from fade_cli.io.images import require_images
+    from fade_cli.prompt_set import with_default_prompts
 
     options = pop_engine_options(kwargs)
     config = engine_config_from_options(options)
-    default_cls, default_seg = default_prompt_sets()
-    cls_prompts, seg_prompts = prompt_sets_from_options(options)
-    cls_prompts, seg_prompts = cls_prompts or default_cls, seg_prompts or default_seg
+    cls_prompts, seg_prompts = with_default_prompts(*prompt_sets_from_options(options))
     _check_out(out, overwrite)
-    ref_files = discover_images(refs)
-    if not ref_files:
-        raise InputError(f"no image files under {refs}")
-
     console = stderr_console()
+    ref_files = require_images(refs, on_skip=functools.partial(print_warning, console))
     engine = build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet)
     calibration = None
     if len(ref_files) >= MIN_REFERENCES:

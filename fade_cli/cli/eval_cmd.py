@@ -18,7 +18,6 @@ from fade_cli.cli.options import (
     prompt_sets_from_options,
 )
 from fade_cli.cli.exit_codes import INTERRUPTED, OK
-from fade_cli.errors import InputError
 
 EVAL_EXIT_CODES_HELP = """\b
 Exit codes:
@@ -136,12 +135,9 @@ def _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet):
 
 def _refuse_existing_report(out: Path) -> None:
     from fade_cli.evaluation.report import REPORT_FILES
+    from fade_cli.io.outputs import refuse_existing_results
 
-    existing = [name for name in REPORT_FILES if (out / name).exists()]
-    if existing:
-        raise InputError(
-            f"{out} already holds a report ({', '.join(existing)}); choose another --out or pass --overwrite"
-        )
+    refuse_existing_results(out, REPORT_FILES, "a report")
 
 
 def _prompt_source(options: dict[str, Any]):
@@ -167,7 +163,7 @@ def _load_evaluator(config, prompt_source, settings, console, quiet):
 
 def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet):
     from fade_cli.cli.engine_setup import guard_engine_failures
-    from fade_cli.cli.reporting import progress_bar
+    from fade_cli.cli.reporting import print_warning, progress_bar
     from fade_cli.evaluation.report import save_eval_map
 
     def on_eval_map(planned, sample, scores):
@@ -177,9 +173,8 @@ def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet):
     with progress_bar(console, quiet, total=len(run.split.test), description=description) as advance:
         result = guard_engine_failures(lambda: evaluator.evaluate(run, on_image=advance, on_eval_map=sink))
     if result.missing_masks:
-        console.print(f"[yellow]warning:[/] {run.label}: {len(result.missing_masks)} defective image(s) "
-                      f"without a mask, left out of the pixel metrics (first: {result.missing_masks[0]})",
-                      highlight=False)
+        print_warning(console, f"{run.label}: {len(result.missing_masks)} defective image(s) without a mask, left "
+                               f"out of the pixel metrics (first: {result.missing_masks[0]})")
     return result
 
 

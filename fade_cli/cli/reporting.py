@@ -14,6 +14,7 @@ from rich.progress import TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
+from fade_cli.io.images import escape_undecodable
 from fade_cli.io.outputs import FIELDS, ResultRow, csv_cells, json_line
 
 
@@ -39,8 +40,7 @@ def progress_bar(console: Console, quiet: bool, total: Optional[int], descriptio
 
 def print_warning(console: Console, message: str) -> None:
     """A 'warning:' line on stderr; file names in it are shown as they are, never read as markup."""
-    safe = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    console.print(Text.assemble(("warning: ", "yellow"), safe), highlight=False, soft_wrap=True)
+    console.print(Text.assemble(("warning: ", "yellow"), escape_undecodable(message)), highlight=False, soft_wrap=True)
 
 
 def status_line(console: Console, quiet: bool, text: str) -> contextlib.AbstractContextManager:

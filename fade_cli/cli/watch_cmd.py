@@ -11,7 +11,7 @@ import click
 
 from fade_cli.cli.options import engine_config_from_options, engine_options, pop_engine_options
 from fade_cli.cli.options import prompt_sets_from_options
-from fade_cli.cli.exit_codes import INTERRUPTED, OK
+from fade_cli.cli.exit_codes import INTERRUPTED, NG, OK
 from fade_cli.cli.reporting import RowPrinter, print_warning, stderr_console
 
 WATCH_EXIT_CODES_HELP = """\b
@@ -94,7 +94,7 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
             ctx.exit(OK if stop["by_sigterm"] else INTERRUPTED)
     if not quiet:
         console.print(f"Scored {len(rows)} image(s).", markup=False, highlight=False, soft_wrap=True)
-    ctx.exit(1 if any(row.verdict == "NG" for row in rows) else 0)
+    ctx.exit(NG if any(row.verdict == "NG" for row in rows) else OK)
 
 
 def _engine(ctx, options, refs, bank_path, threshold, pixel_threshold, console, quiet):

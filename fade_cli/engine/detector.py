@@ -24,7 +24,7 @@ from fade_cli.engine.preprocess import batch_to_tensor
 from fade_cli.engine.result import Detection
 from fade_cli.engine.text import abnormal_probability, text_classifier
 from fade_cli.errors import InputError
-from fade_cli.prompt_set import PromptSet, default_prompt_sets
+from fade_cli.prompt_set import PromptSet, with_default_prompts
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -63,10 +63,7 @@ class FadeEngine:
     ) -> "FadeEngine":
         """Load the model and encode the prompt sets (built-in defaults when not given)."""
         validate_config(config)
-        if cls_prompts is None or seg_prompts is None:
-            default_cls, default_seg = default_prompt_sets()
-            cls_prompts = cls_prompts or default_cls
-            seg_prompts = seg_prompts or default_seg
+        cls_prompts, seg_prompts = with_default_prompts(cls_prompts, seg_prompts)
         if loaded is None:
             source = resolve_model_source(config)
             cached = cached_prompt_classifiers(source.identity, config, cls_prompts, seg_prompts)

@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from fade_cli import __version__
+from fade_cli.io.atomic import OutputError, atomic_write
 from fade_cli.model_cache import default_cache_dir
 
 CACHE_SUBDIR = "text-embeddings"
@@ -57,13 +57,6 @@ def load_cached(directory: Path, key: str) -> Optional[torch.Tensor]:
 
 def store(directory: Path, key: str, classifier_2d: torch.Tensor) -> None:
     """Best effort: a read-only or full cache folder only costs the next run the encoding time."""
-    with contextlib.suppress(OSError):
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.save(handle, classifier_2d.detach().cpu().float().numpy(), allow_pickle=False)
-            os.replace(tmp, directory / f"{key}.npy")
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+    array = classifier_2d.detach().cpu().float().numpy()
+    with contextlib.suppress(OutputError, OSError):
+        atomic_write(directory / f"{key}.npy", lambda handle: np.save(handle, array, allow_pickle=False))

@@ -15,7 +15,7 @@ import torch
 from fade_cli.config import EngineConfig
 from fade_cli.engine.detector import encode_prompt_sets
 from fade_cli.engine.model import LoadedModel
-from fade_cli.prompt_set import PromptSet, default_prompt_sets
+from fade_cli.prompt_set import PromptSet, with_default_prompts
 
 # class name -> (classification set, segmentation set); None means the built-in default.
 PromptSource = Callable[[str], tuple[Optional[PromptSet], Optional[PromptSet]]]
@@ -38,11 +38,7 @@ class ClassPrompts:
     def sets(self, name: str) -> tuple[PromptSet, PromptSet]:
         """(classification, segmentation) sets of class ``name``, built-in defaults filled in."""
         if name not in self._sets:
-            cls_set, seg_set = self.source(name)
-            if cls_set is None or seg_set is None:
-                default_cls, default_seg = default_prompt_sets()
-                cls_set, seg_set = cls_set or default_cls, seg_set or default_seg
-            self._sets[name] = (cls_set, seg_set)
+            self._sets[name] = with_default_prompts(*self.source(name))
         return self._sets[name]
 
     def classifiers(self, config: EngineConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -53,10 +53,8 @@ def colorize(map_hw: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: Image.Image, map_hw: np.ndarray) -> Image.Image:
-    """The image with the map blended over it, same size as the image, plus a colour scale on the right."""
+    """The image with ``map_hw`` (at the image's size) blended over it, plus a colour scale on the right."""
     colours = Image.fromarray(colorize(map_hw), mode="RGB")
-    if colours.size != image.size:
-        colours = colours.resize(image.size, Image.Resampling.BILINEAR)
     blended = Image.blend(image if image.mode == "RGB" else image.convert("RGB"), colours, OVERLAY_ALPHA)
     del colours  # one image-sized buffer fewer while the canvas is built
     return _with_colour_scale(blended)

@@ -40,6 +40,16 @@ class ImageFile:
     relative: str
 
 
+def escape_undecodable(text: str) -> str:
+    """``text`` with the bytes of a file name that is not valid UTF-8 as backslash escapes.
+
+    Python keeps such bytes as lone surrogates, which no UTF-8 writer accepts; this
+    makes names safe to print and to write into results, and a JSON reader gets the
+    exact name back.
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS
 

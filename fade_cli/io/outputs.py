@@ -36,6 +36,7 @@ from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
 from fade_cli.io.heatmap import overlay, upsample_map
+from fade_cli.io.images import escape_undecodable
 
 RESULT_FILES = ("results.csv", "results.jsonl")
 PARTIAL_FILE = "results.partial.jsonl"
@@ -65,8 +66,7 @@ FIELDS = list(ResultRow.__dataclass_fields__)
 
 def json_line(row: ResultRow) -> str:
     """One JSON line; a file name that is not valid UTF-8 is written as JSON escapes, never a crash."""
-    text = json.dumps(row.to_dict(), ensure_ascii=False)
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return escape_undecodable(json.dumps(row.to_dict(), ensure_ascii=False))
 
 
 def csv_cells(row: ResultRow) -> dict:
@@ -76,7 +76,7 @@ def csv_cells(row: ResultRow) -> dict:
             return ""
         if isinstance(value, (list, dict)):
             return json.dumps(value, separators=(",", ":"))
-        return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else value
+        return escape_undecodable(value) if isinstance(value, str) else value
     return {key: cell(value) for key, value in row.to_dict().items()}
 
 
@@ -93,12 +93,12 @@ def rows_to_jsonl(rows: Iterable[ResultRow]) -> bytes:
     return "".join(json_line(row) + "\n" for row in rows).encode("utf-8")
 
 
-def refuse_existing_results(out_dir: Path) -> None:
-    """Raise if ``out_dir`` already holds a run's results (no silent overwrite)."""
-    existing = [name for name in RESULT_FILES if (out_dir / name).exists()]
+def refuse_existing_results(out_dir: Path, names: Iterable[str] = RESULT_FILES, what: str = "results") -> None:
+    """Raise if ``out_dir`` already holds any of ``names`` (a run's results, an eval report): no silent overwrite."""
+    existing = [name for name in names if (out_dir / name).exists()]
     if existing:
         raise InputError(
-            f"{out_dir} already holds results ({', '.join(existing)}); choose another --out or pass --overwrite"
+            f"{out_dir} already holds {what} ({', '.join(existing)}); choose another --out or pass --overwrite"
         )
 
 
@@ -124,15 +124,19 @@ class ImageWriter:
     def write_image(self, relative: str, image: Image.Image, detection: Detection) -> tuple[Optional[str], Optional[str]]:
         """Save the map and the heatmap of one image; returns their paths relative to the output folder."""
         map_rel = heat_rel = None
+        # The image-size map serves both files; it is computed once (a 40-megapixel photo's map is 160 MB).
+        at_image_size = None
+        if self.save_heatmaps or (self.save_maps and not self.map_size):
+            at_image_size = upsample_map(detection.anomaly_map, image.height, image.width)
         if self.save_maps:
             map_rel = f"maps/{relative}.npy"
-            size = (self.map_size, self.map_size) if self.map_size else (image.height, image.width)
-            saved = upsample_map(detection.anomaly_map, *size)
+            saved = upsample_map(detection.anomaly_map, self.map_size, self.map_size) if self.map_size else at_image_size
             atomic_write(self.out_dir / map_rel, lambda handle: np.save(handle, saved, allow_pickle=False))
             del saved
         if self.save_heatmaps:
             heat_rel = f"heatmaps/{relative}.png"
-            picture = overlay(image, upsample_map(detection.anomaly_map, image.height, image.width))
+            picture = overlay(image, at_image_size)
+            del at_image_size
             atomic_write(self.out_dir / heat_rel, lambda handle: picture.save(handle, format="PNG"))
         return map_rel, heat_rel
 
