@@ -8,15 +8,9 @@ from typing import Any, Optional
 import click
 
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP, INTERRUPTED, NG, OK
-from fade_cli.cli.options import (
-    engine_config_from_options,
-    engine_options,
-    pop_engine_options,
-    prompt_sets_from_options,
-)
 from fade_cli.bank.calibration import DEFAULT_MARGIN
-from fade_cli.cli.engine_setup import bank_thresholds, calibrate_references, calibrated_thresholds
-from fade_cli.cli.engine_setup import build_engine, engine_for_bank, guard_engine_failures, load_run_bank
+from fade_cli.cli.engine_setup import guard_engine_failures, read_run_setup, start_engine
+from fade_cli.cli.options import engine_options, pop_engine_options
 from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bar, stderr_console
 from fade_cli.errors import InputError
 
@@ -67,12 +61,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     from fade_cli.runner import run_detection
 
     options = pop_engine_options(kwargs)
-    saved_bank, config, cls_prompts, seg_prompts = None, None, None, None
-    if bank_path is not None:
-        saved_bank, config = load_run_bank(ctx, bank_path, options, refs, calibrate)
-    else:
-        config = engine_config_from_options(options)
-        cls_prompts, seg_prompts = prompt_sets_from_options(options)
+    setup = read_run_setup(ctx, options, refs, bank_path, calibrate)
     if calibrate and refs is None:
         raise InputError("--calibrate needs --refs: the good images to calibrate on")
     console = stderr_console()
@@ -82,13 +71,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     if out is not None and not overwrite:
         refuse_existing_results(out)
 
-    if saved_bank is not None:
-        engine = guard_engine_failures(lambda: engine_for_bank(saved_bank, config, str(bank_path), console, quiet))
-        chosen = bank_thresholds(saved_bank, str(bank_path), threshold, pixel_threshold)
-    else:
-        engine = build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet)
-        calibration = guard_engine_failures(lambda: calibrate_references(engine, ref_files, margin, console, quiet)) if calibrate else None
-        chosen = calibrated_thresholds(calibration, threshold, pixel_threshold) if calibration else None
+    engine, chosen = start_engine(setup, ref_files, threshold, pixel_threshold, console, quiet, calibrate, margin)
     if chosen is not None:
         threshold, pixel_threshold = chosen.thresholds.image, chosen.thresholds.pixel
         console.print(chosen.report, markup=False, highlight=False, soft_wrap=True)

@@ -1,6 +1,6 @@
 """Setting up the engine of a run from a saved bank, and thresholds from a bank or a calibration.
 
-Shared by the commands that score images (`detect`, `watch`). Nothing here imports
+Shared by the commands that score images (`detect`, `watch`) and `bank build`. Nothing here imports
 torch at module level.
 """
 from __future__ import annotations
@@ -15,13 +15,14 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from fade_cli.bank.bank import ReferenceBank, load_bank
-from fade_cli.bank.calibration import Calibration, Thresholds, choose_thresholds, describe_thresholds
+from fade_cli.bank.calibration import DEFAULT_MARGIN, Calibration, Thresholds, choose_thresholds, describe_thresholds
 from fade_cli.bank.compat import BankMismatchError, describe_identity, model_file_contradictions
 from fade_cli.bank.compat import model_files_for_bank, setting_differences
 from fade_cli.cli.options import ENGINE_OPTION_NAMES, engine_config_from_options, prompt_sets_from_options
 from fade_cli.cli.reporting import progress_bar, status_line
 from fade_cli.config import EngineConfig
 from fade_cli.errors import FadeError, InputError
+from fade_cli.prompt_set import PromptSet
 
 # How this machine runs the engine: always taken from the command line, never from a bank.
 RUNTIME_OPTIONS = ("device", "batch_size", "cache_dir", "compile", "precision", "offline")
@@ -150,6 +151,52 @@ def bank_thresholds(bank: ReferenceBank, source: str, image: Optional[float], pi
 def calibrated_thresholds(calibration: Calibration, image: Optional[float], pixel: Optional[float]) -> RunThresholds:
     chosen = choose_thresholds(calibration, image, pixel)
     return RunThresholds(chosen, f"Thresholds from the references: {describe_thresholds(chosen, calibration)}")
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What a scoring run (detect, watch) is configured with: options and prompt sets, or a saved bank."""
+
+    config: EngineConfig
+    cls_prompts: Optional[PromptSet] = None
+    seg_prompts: Optional[PromptSet] = None
+    bank: Optional[ReferenceBank] = None
+    bank_path: Optional[Path] = None
+
+
+def read_run_setup(
+    ctx: click.Context, options: dict[str, Any], refs: Optional[Path], bank_path: Optional[Path], calibrate: bool
+) -> RunSetup:
+    """The run's settings, checked before any image is read or the model is loaded."""
+    if bank_path is not None:
+        bank, config = load_run_bank(ctx, bank_path, options, refs, calibrate)
+        return RunSetup(config, bank=bank, bank_path=bank_path)
+    return RunSetup(engine_config_from_options(options), *prompt_sets_from_options(options))
+
+
+def start_engine(
+    setup: RunSetup,
+    ref_files: list,
+    threshold: Optional[float],
+    pixel_threshold: Optional[float],
+    console: Console,
+    quiet: bool,
+    calibrate: bool = False,
+    margin: float = DEFAULT_MARGIN,
+) -> tuple[Any, Optional[RunThresholds]]:
+    """The engine of a run and, from its bank or a calibration on ``ref_files``, the thresholds to use.
+
+    Without a bank or a calibration the thresholds are None: the ones given stay as they are.
+    """
+    if setup.bank is not None:
+        source = str(setup.bank_path)
+        engine = guard_engine_failures(lambda: engine_for_bank(setup.bank, setup.config, source, console, quiet))
+        return engine, bank_thresholds(setup.bank, source, threshold, pixel_threshold)
+    engine = build_engine(setup.config, setup.cls_prompts, setup.seg_prompts, ref_files, console, quiet)
+    if not calibrate:
+        return engine, None
+    calibration = guard_engine_failures(lambda: calibrate_references(engine, ref_files, margin, console, quiet))
+    return engine, calibrated_thresholds(calibration, threshold, pixel_threshold)
 
 
 def build_engine(config: EngineConfig, cls_prompts, seg_prompts, ref_files: list, console: Console, quiet: bool):

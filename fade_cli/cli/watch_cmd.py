@@ -9,8 +9,7 @@ from typing import Any, Iterator, Optional
 
 import click
 
-from fade_cli.cli.options import engine_config_from_options, engine_options, pop_engine_options
-from fade_cli.cli.options import prompt_sets_from_options
+from fade_cli.cli.options import engine_options, pop_engine_options
 from fade_cli.cli.exit_codes import INTERRUPTED, NG, OK
 from fade_cli.cli.reporting import RowPrinter, print_warning, stderr_console
 
@@ -99,21 +98,17 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
 
 def _engine(ctx, options, refs, bank_path, threshold, pixel_threshold, console, quiet):
     """The engine and the thresholds of the watch: from a bank, or from the options (and --refs)."""
-    from fade_cli.cli.engine_setup import build_engine, guard_engine_failures
-    from fade_cli.cli.engine_setup import bank_thresholds, engine_for_bank, load_run_bank
+    from fade_cli.cli.engine_setup import read_run_setup, start_engine
     from fade_cli.io.images import require_images
 
-    if bank_path is not None:
-        saved_bank, config = load_run_bank(ctx, bank_path, options, refs, calibrate=False)
-        engine = guard_engine_failures(lambda: engine_for_bank(saved_bank, config, str(bank_path), console, quiet))
-        chosen = bank_thresholds(saved_bank, str(bank_path), threshold, pixel_threshold)
-        if not quiet:
-            console.print(chosen.report, markup=False, highlight=False, soft_wrap=True)
-        return engine, chosen.thresholds.image, chosen.thresholds.pixel
-    config = engine_config_from_options(options)
-    cls_prompts, seg_prompts = prompt_sets_from_options(options)
+    setup = read_run_setup(ctx, options, refs, bank_path, calibrate=False)
     ref_files = require_images(refs, on_skip=functools.partial(print_warning, console)) if refs is not None else []
-    return build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet), threshold, pixel_threshold
+    engine, chosen = start_engine(setup, ref_files, threshold, pixel_threshold, console, quiet)
+    if chosen is None:
+        return engine, threshold, pixel_threshold
+    if not quiet:
+        console.print(chosen.report, markup=False, highlight=False, soft_wrap=True)
+    return engine, chosen.thresholds.image, chosen.thresholds.pixel
 
 
 def _watch(engine, watcher, output, threshold, pixel_threshold, on_row, interval, once) -> None:
