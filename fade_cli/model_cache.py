@@ -63,6 +63,23 @@ def cache_location(explicit: Optional[str] = None) -> str:
     return describe_cache_dir(cache_dir(explicit))
 
 
+def check_architecture(model: str) -> None:
+    """Raise unless open_clip knows the architecture (built in, or added with --model-config)."""
+    import open_clip
+
+    if model not in open_clip.list_models():
+        raise InputError(f"unknown model architecture {model!r}; see `fade models list`, or give --model-config FILE.json")
+
+
+def check_pretrained_tag(model: str, tag: str) -> None:
+    """Raise unless ``tag`` is one of the architecture's published pretrained tags."""
+    import open_clip
+
+    known = open_clip.list_pretrained_tags_by_model(model)
+    if tag not in known:
+        raise InputError(f"unknown pretrained tag {tag!r} for {model} (known: {', '.join(known) or 'none'})")
+
+
 @dataclass(frozen=True)
 class CachedModel:
     """A published (architecture, pretrained tag) pair and its state in the cache."""
@@ -139,11 +156,8 @@ def download(model: str, tag: str, explicit_cache: Optional[str] = None) -> str:
     """Fetch a published pair into the cache with open_clip's own downloader; returns the file."""
     import open_clip
 
-    if model not in open_clip.list_models():
-        raise InputError(f"unknown model architecture {model!r}; see `fade models list`")
-    if not open_clip.is_pretrained_cfg(model, tag):
-        known = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
-        raise InputError(f"unknown pretrained tag {tag!r} for {model} (known: {known})")
+    check_architecture(model)
+    check_pretrained_tag(model, tag)
     folder = cache_dir(explicit_cache)
     if is_offline():
         cached = cached_weights(model, tag, folder)

@@ -17,7 +17,8 @@ import torch
 
 from fade_cli.config import EngineConfig
 from fade_cli.errors import InputError, ModelError
-from fade_cli.model_cache import CACHE_ENV, default_cache_dir, describe_cache_dir
+from fade_cli.model_cache import CACHE_ENV, check_architecture, check_pretrained_tag, default_cache_dir
+from fade_cli.model_cache import describe_cache_dir
 
 
 
@@ -95,22 +96,17 @@ class ModelSource:
 
 def resolve_model_source(config: EngineConfig) -> ModelSource:
     """Validate the model options and say what will be loaded (identity for caches and bank files)."""
-    import open_clip
-
     name = register_model_config(config.model_config) if config.model_config else config.model
-    if name not in open_clip.list_models():
-        raise InputError(f"unknown model architecture {name!r}; see `fade models list`, or give --model-config FILE.json")
-    if config.weights:
-        if not os.path.isfile(config.weights):
-            raise InputError(f"weights file not found: {config.weights}")
-        return ModelSource(name, config.weights, True, {"model": name, "weights_sha256": file_sha256(config.weights)})
+    check_architecture(name)
+    if config.weights and not os.path.isfile(config.weights):
+        raise InputError(f"weights file not found: {config.weights}")
+    # open_clip's `pretrained` may itself be a file path; --weights wins over it.
+    checkpoint = config.weights or (config.pretrained if config.pretrained and os.path.isfile(config.pretrained) else None)
+    if checkpoint:
+        return ModelSource(name, checkpoint, True, {"model": name, "weights_sha256": file_sha256(checkpoint)})
     if not config.pretrained:
         raise InputError(f"{name}: give --pretrained TAG or --weights FILE (fade never runs random weights)")
-    if os.path.isfile(config.pretrained):
-        return ModelSource(name, config.pretrained, True, {"model": name, "weights_sha256": file_sha256(config.pretrained)})
-    known = open_clip.list_pretrained_tags_by_model(name)
-    if config.pretrained not in known:
-        raise InputError(f"unknown pretrained tag {config.pretrained!r} for {name} (known: {', '.join(known) or 'none'})")
+    check_pretrained_tag(name, config.pretrained)
     return ModelSource(name, config.pretrained, False, {"model": name, "pretrained": config.pretrained})
 
 

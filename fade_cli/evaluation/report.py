@@ -6,7 +6,6 @@ written, so the same arguments give byte-identical files.
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import platform
@@ -22,6 +21,7 @@ from rich.table import Table
 from fade_cli import __version__
 from fade_cli.evaluation.summary import METRICS, Aggregate, Metrics, Summary
 from fade_cli.io.atomic import atomic_write
+from fade_cli.io.outputs import csv_bytes
 
 if TYPE_CHECKING:
     from fade_cli.evaluation.evaluate import ImageRecord, RunResult
@@ -94,15 +94,6 @@ def metrics_csv_rows(runs: Sequence["RunResult"], summary: Summary) -> list[dict
     else:
         rows.append({"class": "mean", "seed": _seed_label(summary.seeds[0]), **summary.overall.mean})
     return rows
-
-
-def _csv_bytes(fields: Sequence[str], rows: Sequence[dict[str, Any]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: "" if row.get(key) is None else row.get(key) for key in fields})
-    return buffer.getvalue().encode("utf-8")
 
 
 def score_rows(runs: Sequence["RunResult"]) -> list[dict[str, Any]]:
@@ -206,7 +197,7 @@ def write_report(
     document = report_json(runs, summary, context, worst)
     text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     atomic_write(out_dir / "metrics.json", lambda h: h.write(text.encode("utf-8")))
-    atomic_write(out_dir / "metrics.csv", lambda h: h.write(_csv_bytes(CSV_FIELDS, metrics_csv_rows(runs, summary))))
-    atomic_write(out_dir / "scores.csv", lambda h: h.write(_csv_bytes(SCORE_FIELDS, score_rows(runs))))
+    atomic_write(out_dir / "metrics.csv", lambda h: h.write(csv_bytes(CSV_FIELDS, metrics_csv_rows(runs, summary))))
+    atomic_write(out_dir / "scores.csv", lambda h: h.write(csv_bytes(SCORE_FIELDS, score_rows(runs))))
     markdown = f"{title}\n\n{markdown_table(summary)}"
     atomic_write(out_dir / "metrics.md", lambda h: h.write(markdown.encode("utf-8")))

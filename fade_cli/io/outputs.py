@@ -27,7 +27,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -80,13 +80,18 @@ def csv_cells(row: ResultRow) -> dict:
     return {key: cell(value) for key, value in row.to_dict().items()}
 
 
-def rows_to_csv(rows: Iterable[ResultRow]) -> bytes:
+def csv_bytes(fields: Sequence[str], rows: Iterable[dict[str, Any]]) -> bytes:
+    """A CSV file's content: a header of ``fields``, then one line per row (missing values empty)."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(fields), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow(csv_cells(row))
+        writer.writerow({key: "" if row.get(key) is None else row.get(key) for key in fields})
     return buffer.getvalue().encode("utf-8")
+
+
+def rows_to_csv(rows: Iterable[ResultRow]) -> bytes:
+    return csv_bytes(FIELDS, (csv_cells(row) for row in rows))
 
 
 def rows_to_jsonl(rows: Iterable[ResultRow]) -> bytes:
