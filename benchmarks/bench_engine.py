@@ -8,7 +8,9 @@ The published architecture runs with random weights here (weights cannot be
 downloaded in every environment); speed does not depend on the weights' values.
 End-to-end time includes JPEG decoding and resizing (in background threads, as
 `fade detect` does), the forward passes at every size, the memory bank search,
-fusion, and copying maps back to the host.
+fusion, and copying maps back to the host; with --write, also saving maps and
+heatmaps (in writer threads, as `fade detect` does). The decoding rate alone is
+printed too: end to end can never beat it.
 """
 from __future__ import annotations
 
@@ -65,16 +67,34 @@ def time_text(loaded, config) -> float:
     return time.perf_counter() - start
 
 
-def time_run(engine, files, device) -> float:
+def time_run(engine, files, device, write: bool = False) -> float:
+    """Seconds for run_detection over ``files``; with ``write``, maps and heatmaps are saved as `fade detect` does."""
+    import tempfile
+
+    from fade_cli.io.outputs import RunOutput
     from fade_cli.runner import run_detection
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    with tempfile.TemporaryDirectory() as out:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        output = RunOutput(Path(out)) if write else None
+        run_detection(engine, files, output)
+        if output is not None:
+            output.finish()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+
+def decoding_rate(engine, files) -> float:
+    """Images/s that the runner's background decoding (decode + resize to every size) delivers alone."""
+    from fade_cli.runner import decoded_batches
+
     start = time.perf_counter()
-    run_detection(engine, files)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    for _ in decoded_batches(engine, files, engine.config.batch_size):
+        pass
+    return len(files) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -87,11 +107,14 @@ def main() -> None:
     parser.add_argument("--scales", default="240,448,896")
     parser.add_argument("--shots", type=int, default=1, help="references (0: zero-shot)")
     parser.add_argument("--tf32", action="store_true", help="allow TF32 matrix products on CUDA")
+    parser.add_argument("--write", action="store_true", help="also time runs that save maps and heatmaps")
+    parser.add_argument("--compile", action="store_true", help="also time each setting with --compile")
     args = parser.parse_args()
 
     from fade_cli.config import EngineConfig, parse_sizes
     from fade_cli.engine.detector import FadeEngine
     from fade_cli.io.images import load_image
+    from fade_cli.runner import DECODE_THREADS
 
     device = torch.device(args.device)
     if args.tf32:
@@ -110,20 +133,31 @@ def main() -> None:
                       "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
                       "arch": args.arch, "scales": args.scales, "shots": args.shots}))
     print(f"text encoding: {cold:.2f} s first run, {warm:.3f} s cached")
+    largest_batch = max(map(int, args.batch_sizes.split(",")))
+    decoder = FadeEngine.from_config(base.replace(batch_size=largest_batch), loaded=loaded)
+    rate = decoding_rate(decoder, query_files(max(args.images, 2 * largest_batch)))
+    print(f"decoding alone ({DECODE_THREADS} threads, batch {largest_batch}): {rate:.1f} images/s")
 
     references = [load_image(f.path) for f in query_files(args.shots)] if args.shots else []
-    for precision, batch_size in itertools.product(args.precisions.split(","), map(int, args.batch_sizes.split(","))):
-        config = base.replace(precision=precision, batch_size=batch_size)
+    compile_modes = [False, True] if args.compile else [False]
+    settings = itertools.product(compile_modes, args.precisions.split(","), map(int, args.batch_sizes.split(",")))
+    for compiled, precision, batch_size in settings:
+        config = base.replace(precision=precision, batch_size=batch_size, compile=compiled)
         engine = FadeEngine.from_config(config, loaded=loaded)
         if references:
             engine.add_references(references)
-        time_run(engine, query_files(batch_size), device)  # warm-up
+        time_run(engine, query_files(batch_size), device)  # warm-up (and compilation)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         count = max(args.images, batch_size)
+        count -= count % batch_size  # whole batches: a compiled engine would recompile for a short last one
         seconds = time_run(engine, query_files(count), device)
-        print(f"{precision:5s} batch {batch_size:3d}: {count / seconds:8.2f} images/s  {seconds / count:8.3f} s/image  "
-              f"peak memory {peak_memory_mb(device):8.0f} MB")
+        label = f"{precision}{'+compile' if compiled else ''}"
+        print(f"{label:13s} batch {batch_size:3d}: {count / seconds:8.2f} images/s  {seconds / count:8.3f} s/image  "
+              f"peak memory {peak_memory_mb(device):8.0f} MB", flush=True)
+        if args.write:
+            seconds = time_run(engine, query_files(count), device, write=True)
+            print(f"{'':13s} with maps and heatmaps written: {count / seconds:8.2f} images/s", flush=True)
     sys.stdout.flush()
 
 

@@ -4,8 +4,11 @@ The CLI's `detect` (and `watch`) call :func:`run_detection`; programs can too.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
-from concurrent.futures import Future, ThreadPoolExecutor
+import functools
+import os
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Protocol
 
@@ -20,14 +23,21 @@ from fade_cli.io.defects import find_defects
 from fade_cli.io.images import ImageFile, load_image
 from fade_cli.io.outputs import ResultRow
 
-# Batches decoded ahead of the model.
+# Batches decoded ahead of the model, and threads decoding their images.
 PREFETCH_BATCHES = 2
+DECODE_THREADS = min(16, os.cpu_count() or 1)
 
 NG, OK = "NG", "OK"
 
 
 class ResultSink(Protocol):
-    """Where :func:`run_detection` puts its results: ``RunOutput`` (detect) or the results log of ``watch``."""
+    """Where :func:`run_detection` puts its results: ``RunOutput`` (detect) or the results log of ``watch``.
+
+    ``write_image`` and ``write_mask`` run in ``writer_threads`` threads at once
+    (one thread: one call at a time, in file order); ``add`` runs in the caller's thread.
+    """
+
+    writer_threads: int
 
     def write_image(self, relative: str, image: Image.Image, detection: Detection) -> tuple[Optional[str], Optional[str]]:
         """Save the map and heatmap of one image; their paths relative to the output folder."""
@@ -67,38 +77,47 @@ def load_references(engine: FadeEngine, files: list[ImageFile], batch_size: int)
         engine.add_references(images)
 
 
-def _decode(engine: FadeEngine, files: list[ImageFile]) -> DecodedBatch:
-    images: list[Optional[Image.Image]] = []
-    errors: list[Optional[str]] = []
-    for file in files:
-        try:
-            images.append(load_image(file.path))
-            errors.append(None)
-        except ImageError as exc:
-            images.append(None)
-            errors.append(str(exc))
-    good = [image for image in images if image is not None]
-    return DecodedBatch(files, images, errors, engine.prepare(good) if good else None)
+def _decode_one(engine: FadeEngine, file: ImageFile) -> tuple[Optional[Image.Image], Optional[dict], Optional[str]]:
+    """(image, its resized inputs, None), or (None, None, why) for a file that cannot be decoded."""
+    try:
+        image = load_image(file.path)
+    except ImageError as exc:
+        return None, None, str(exc)
+    return image, engine.resize_for_input(image), None
 
 
-def _decoded_batches(engine: FadeEngine, files: list[ImageFile], batch_size: int) -> Iterator[DecodedBatch]:
-    """Decode and preprocess upcoming batches in background threads while the model runs.
+def _decode_batch(engine: FadeEngine, files: list[ImageFile], image_pool: ThreadPoolExecutor) -> DecodedBatch:
+    decoded = list(image_pool.map(lambda file: _decode_one(engine, file), files))
+    resized = [inputs for _, inputs, _ in decoded if inputs is not None]
+    return DecodedBatch(
+        files,
+        images=[image for image, _, _ in decoded],
+        errors=[error for _, _, error in decoded],
+        pixels_by_size=engine.batch_inputs(resized) if resized else None,
+    )
 
-    At most ``PREFETCH_BATCHES`` batches wait decoded, so memory does not grow with
-    the number of files. When the consumer stops early (Ctrl-C, an error), batches
-    not yet started are cancelled.
+
+def decoded_batches(engine: FadeEngine, files: list[ImageFile], batch_size: int) -> Iterator[DecodedBatch]:
+    """Decode and resize upcoming batches in background threads while the model runs.
+
+    Images are decoded in parallel, one per thread (PIL releases the GIL), so a
+    GPU that scores a hundred images a second is not left waiting on one core.
+    At most ``PREFETCH_BATCHES`` batches wait decoded, so memory does not grow
+    with the number of files. When the consumer stops early (Ctrl-C, an error),
+    batches not yet started are cancelled.
     """
     batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
-    with ThreadPoolExecutor(max_workers=PREFETCH_BATCHES) as pool:
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as image_pool, \
+            ThreadPoolExecutor(max_workers=PREFETCH_BATCHES) as batch_pool:
         pending: list[Future] = []
         try:
             for batch in batches[:PREFETCH_BATCHES]:
-                pending.append(pool.submit(_decode, engine, batch))
+                pending.append(batch_pool.submit(_decode_batch, engine, batch, image_pool))
             next_index = len(pending)
             while pending:
                 decoded = pending.pop(0).result()
                 if next_index < len(batches):
-                    pending.append(pool.submit(_decode, engine, batches[next_index]))
+                    pending.append(batch_pool.submit(_decode_batch, engine, batches[next_index], image_pool))
                     next_index += 1
                 yield decoded
         finally:
@@ -115,6 +134,49 @@ def _add_defects(
         row.mask_path = output.write_mask(file.relative, mask_hw)
 
 
+class _RowsInOrder:
+    """Rows finished by writer threads, handed to the sink and the callback in file order.
+
+    At most ``capacity`` rows wait (each holds its decoded image), so a slow disk
+    slows the run down instead of filling memory.
+    """
+
+    def __init__(self, output: Optional[ResultSink], on_row: Optional[Callable[[ResultRow], None]], capacity: int):
+        self.output = output
+        self.on_row = on_row
+        self.capacity = capacity
+        self.pending: collections.deque[Future] = collections.deque()
+        self.failed = False
+
+    def put(self, future: Future) -> None:
+        self.pending.append(future)
+
+    def hand_over(self, wait_for_all: bool = False) -> None:
+        """Pass on the finished rows at the front; wait while too many are queued (or for all)."""
+        while self.pending and (wait_for_all or len(self.pending) > self.capacity or self.pending[0].done()):
+            self._pass_on(self.pending.popleft())
+
+    def salvage(self) -> None:
+        """After an interruption: drop work not started, and pass on the rows finished before the first gap."""
+        for future in self.pending:
+            future.cancel()
+        wait(self.pending)
+        while not self.failed and self.pending and not self.pending[0].cancelled() \
+                and self.pending[0].exception() is None:
+            self._pass_on(self.pending.popleft())
+
+    def _pass_on(self, future: Future) -> None:
+        try:
+            row = future.result()
+            if self.output is not None:
+                self.output.add(row)
+            if self.on_row is not None:
+                self.on_row(row)
+        except BaseException:
+            self.failed = True  # no later row may be recorded past one that was not
+            raise
+
+
 def run_detection(
     engine: FadeEngine,
     files: list[ImageFile],
@@ -128,42 +190,56 @@ def run_detection(
     With ``pixel_threshold``, NG images (every image when there is no ``threshold``)
     also get their defect ``regions`` and, with ``output``, a mask file.
 
-    Each row goes to ``output`` and then ``on_row`` as soon as its image is done,
-    so on KeyboardInterrupt they hold every finished row; the caller decides how
-    to finish.
+    Each image's files are written in ``output.writer_threads`` background threads
+    while the model scores the next batch. Rows go to ``output.add`` and then
+    ``on_row`` in file order, each once its files are written, so on
+    KeyboardInterrupt they hold every finished row; the caller decides how to finish.
     """
-    with contextlib.closing(_decoded_batches(engine, files, engine.config.batch_size)) as batches:
-        for batch in batches:
-            for row in _score_batch(engine, batch, output, threshold, pixel_threshold):
-                if output is not None:
-                    output.add(row)
-                if on_row is not None:
-                    on_row(row)
+    threads = output.writer_threads if output is not None else 1
+    rows = _RowsInOrder(output, on_row, capacity=2 * engine.config.batch_size + threads)
+    with ThreadPoolExecutor(max_workers=threads) as writers, \
+            contextlib.closing(decoded_batches(engine, files, engine.config.batch_size)) as batches:
+        try:
+            for batch in batches:
+                detections = iter(engine.detect_prepared(batch.pixels_by_size) if batch.pixels_by_size else [])
+                for file, image, error in zip(batch.files, batch.images, batch.errors):
+                    if image is None:
+                        rows.put(_done(ResultRow(path=file.relative, error=error)))
+                        continue
+                    finish = functools.partial(_finish_row, file, image, next(detections), output, threshold,
+                                               pixel_threshold)
+                    rows.put(writers.submit(finish))
+                rows.hand_over()
+            rows.hand_over(wait_for_all=True)
+        except BaseException:
+            rows.salvage()
+            raise
 
 
-def _score_batch(
-    engine: FadeEngine,
-    batch: DecodedBatch,
+def _done(row: ResultRow) -> Future:
+    future: Future = Future()
+    future.set_result(row)
+    return future
+
+
+def _finish_row(
+    file: ImageFile,
+    image: Image.Image,
+    detection: Detection,
     output: Optional[ResultSink],
     threshold: Optional[float],
     pixel_threshold: Optional[float],
-) -> Iterator[ResultRow]:
-    """The rows of one decoded batch, in file order, each image's files written before its row."""
-    detections = iter(engine.detect_prepared(batch.pixels_by_size) if batch.pixels_by_size else [])
-    for file, image, error in zip(batch.files, batch.images, batch.errors):
-        if image is None:
-            yield ResultRow(path=file.relative, error=error)
-            continue
-        detection = next(detections)
-        row = ResultRow(
-            path=file.relative,
-            score=detection.score,
-            language_score=detection.language_score,
-            vision_score=detection.vision_score,
-            verdict=verdict(detection.score, threshold),
-        )
-        if output is not None:
-            row.map_path, row.heatmap_path = output.write_image(file.relative, image, detection)
-        if pixel_threshold is not None and row.verdict != OK:
-            _add_defects(row, file, image, detection, output, pixel_threshold)
-        yield row
+) -> ResultRow:
+    """One scored image's row, its files written first (runs in a writer thread)."""
+    row = ResultRow(
+        path=file.relative,
+        score=detection.score,
+        language_score=detection.language_score,
+        vision_score=detection.vision_score,
+        verdict=verdict(detection.score, threshold),
+    )
+    if output is not None:
+        row.map_path, row.heatmap_path = output.write_image(file.relative, image, detection)
+    if pixel_threshold is not None and row.verdict != OK:
+        _add_defects(row, file, image, detection, output, pixel_threshold)
+    return row

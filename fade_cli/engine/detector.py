@@ -20,7 +20,7 @@ from fade_cli.engine.gem import GemVisionEncoder, VisionFeatures
 from fade_cli.engine import text_cache
 from fade_cli.engine.memory_bank import MemoryBank
 from fade_cli.engine.model import LoadedModel, load_model, resolve_model_source
-from fade_cli.engine.preprocess import batch_to_tensor
+from fade_cli.engine.preprocess import normalise, resize_rgb8, stack_rgb8
 from fade_cli.engine.result import Detection
 from fade_cli.engine.text import abnormal_probability, text_classifier
 from fade_cli.errors import InputError
@@ -97,19 +97,26 @@ class FadeEngine:
     def add_references(self, images: list[Image.Image]) -> None:
         """Add good images to the memory bank, at every segmentation size."""
         feature = self.config.preset(has_references=True).feature
+        pixels_by_size = self.prepare(images)
         for size in self.config.seg_sizes:
-            features = self._encode(batch_to_tensor(images, size))
-            self.bank.add(size, features.patches(feature))
+            self.bank.add(size, self._encode(pixels_by_size[size]).patches(feature))
         self.reference_count += len(images)
 
-    def prepare(self, images: list[Image.Image]) -> dict[int, torch.Tensor]:
-        """Resize and normalise a batch at every size the engine needs: {size: (B, 3, size, size)}.
+    def resize_for_input(self, image: Image.Image) -> dict[int, np.ndarray]:
+        """One image resized to every size the engine encodes: {size: (size, size, 3) uint8}.
 
-        CPU work only, safe to run in a background thread while the model runs.
+        CPU work only (PIL releases the GIL), safe to run for many images in background threads.
         """
+        return {size: resize_rgb8(image, size) for size in _sizes_to_encode(self.config)}
+
+    def batch_inputs(self, resized: list[dict[int, np.ndarray]]) -> dict[int, torch.Tensor]:
+        """Stack :meth:`resize_for_input` results: {size: (B, size, size, 3) uint8}, pinned for a GPU."""
         pin = self.device.type == "cuda"
-        tensors = {size: batch_to_tensor(images, size) for size in _sizes_to_encode(self.config)}
-        return {size: t.pin_memory() for size, t in tensors.items()} if pin else tensors
+        return {size: stack_rgb8([one[size] for one in resized], pin=pin) for size in resized[0]}
+
+    def prepare(self, images: list[Image.Image]) -> dict[int, torch.Tensor]:
+        """Resize a batch at every size the engine needs (:meth:`resize_for_input` + :meth:`batch_inputs`)."""
+        return self.batch_inputs([self.resize_for_input(image) for image in images])
 
     def detect(self, images: list[Image.Image]) -> list[Detection]:
         """Score a batch of images (one forward pass per size for the whole batch)."""
@@ -133,9 +140,10 @@ class FadeEngine:
         vision_map = average_over_sizes(vision_grids) * preset.multiplier if use_vision else None
         return _assemble(language_scores, language_map, vision_map, preset)
 
-    def _encode(self, pixels_bchw: torch.Tensor) -> VisionFeatures:
+    def _encode(self, pixels_bhwc: torch.Tensor) -> VisionFeatures:
+        pixels = normalise(pixels_bhwc.to(self.device, non_blocking=True))
         with self._autocast():
-            return self.encoder(pixels_bchw.to(self.device, non_blocking=True))
+            return self.encoder(pixels)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = AUTOCAST_DTYPES.get(self.config.precision)

@@ -34,9 +34,9 @@ def top_k_similarity(queries_nd: torch.Tensor, bank_md: torch.Tensor, k: int) ->
     return torch.cat(results)
 
 
-def knn_distance(similarities_nk: torch.Tensor, k: int) -> torch.Tensor:
-    """0.5 * (1 - cos) to the k-th nearest neighbour, from descending top-k similarities."""
-    return 0.5 * (1.0 - similarities_nk[:, k - 1])
+def knn_distance(similarities_k: torch.Tensor, k: int) -> torch.Tensor:
+    """0.5 * (1 - cos) to the k-th nearest neighbour, from descending top-k similarities (last dimension)."""
+    return 0.5 * (1.0 - similarities_k[..., k - 1])
 
 
 class MemoryBank:
@@ -61,16 +61,17 @@ class MemoryBank:
         own patches are part of the bank, the 2nd (the 1st is the patch itself).
         """
         k = 2 if use_query else 1
+        batch, patches, dim = query_patches_bnd.shape
+        candidates = []
         bank = self.patches_by_size.get(size)
-        distances = []
-        for query_nd in query_patches_bnd:
-            candidates = []
-            if bank is not None:
-                candidates.append(top_k_similarity(query_nd, bank.to(query_nd.device), min(k, bank.shape[0])))
-            if use_query:
-                candidates.append(top_k_similarity(query_nd, query_nd, k))
-            if not candidates:
-                raise ValueError("the vision branch needs reference images or the query's own patches")
-            merged = torch.cat(candidates, dim=1).topk(k, dim=1).values
-            distances.append(knn_distance(merged, k))
-        return torch.stack(distances)
+        if bank is not None:
+            # The bank is shared by the batch: one chunked search over all its patches.
+            flat = query_patches_bnd.reshape(batch * patches, dim)
+            nearest = top_k_similarity(flat, bank.to(flat.device), min(k, bank.shape[0]))
+            candidates.append(nearest.reshape(batch, patches, -1))
+        if use_query:
+            candidates.append(torch.stack([top_k_similarity(query, query, k) for query in query_patches_bnd]))
+        if not candidates:
+            raise ValueError("the vision branch needs reference images or the query's own patches")
+        merged = torch.cat(candidates, dim=2).topk(k, dim=2).values
+        return knn_distance(merged, k)

@@ -159,6 +159,8 @@ class _RunCollector:
     """Receives each scored image from :func:`run_detection` (through its ``output`` interface:
     ``write_image`` and ``add``) and turns it into eval data at once."""
 
+    writer_threads = 1  # the pixel histograms and records are built in file order, one image at a time
+
     def __init__(self, run: PlannedRun, settings: EvalSettings, on_image, on_eval_map):
         self.run = run
         self.settings = settings

@@ -22,7 +22,7 @@ from fade_cli.evaluation.evaluate import ImageRecord
 from fade_cli.evaluation.masks import load_mask
 from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import load_image
-from fade_cli.io.atomic import atomic_write
+from fade_cli.io.outputs import write_png
 
 OUTLINE_COLOUR = (255, 255, 255)
 
@@ -88,7 +88,7 @@ def write_worst_heatmaps(records: Sequence[ImageRecord], count: int, folder: Pat
             picture = overlay(image, upsample_map(record.grid_map, image.height, image.width))
             if record.mask is not None:
                 _draw_outline(picture, load_mask(record.mask, image.size))
-            atomic_write(path, lambda handle: picture.save(handle, format="PNG"))
+            write_png(path, picture)
             entry["heatmap"] = path.relative_to(base).as_posix()
         entries.append(entry)
     return entries

@@ -40,6 +40,7 @@ from fade_cli.io.images import escape_undecodable
 
 RESULT_FILES = ("results.csv", "results.jsonl")
 PARTIAL_FILE = "results.partial.jsonl"
+PNG_COMPRESS_LEVEL = 1
 
 
 @dataclass
@@ -107,12 +108,22 @@ def refuse_existing_results(out_dir: Path, names: Iterable[str] = RESULT_FILES, 
         )
 
 
+def write_png(path: Path, picture: Image.Image) -> None:
+    """Save a PNG atomically, at zlib level 1: 3 to 4 times faster than PIL's default level 6 for
+    files 5 to 20 % larger, which keeps heatmap writing off the critical path of a GPU run."""
+    atomic_write(path, lambda handle: picture.save(handle, format="PNG", compress_level=PNG_COMPRESS_LEVEL))
+
+
 class ImageWriter:
     """Writes the files of each image (map, heatmap, mask) into ``out_dir``.
 
     :class:`RunOutput` (``fade detect``) and the results log of ``fade watch`` add
-    the results tables on top of it.
+    the results tables on top of it. Calls for different images may run in
+    ``writer_threads`` threads at once: each writes only its own files.
     """
+
+    # PNG encoding (zlib) and the numpy work release the GIL, so threads scale.
+    writer_threads = min(8, os.cpu_count() or 1)
 
     def __init__(
         self,
@@ -142,14 +153,14 @@ class ImageWriter:
             heat_rel = f"heatmaps/{relative}.png"
             picture = overlay(image, at_image_size)
             del at_image_size
-            atomic_write(self.out_dir / heat_rel, lambda handle: picture.save(handle, format="PNG"))
+            write_png(self.out_dir / heat_rel, picture)
         return map_rel, heat_rel
 
     def write_mask(self, relative: str, mask_hw: np.ndarray) -> str:
         """Save a boolean defect mask as a 0/255 PNG; returns its path relative to the output folder."""
         mask_rel = f"masks/{relative}.png"
         picture = Image.fromarray(mask_hw.astype(np.uint8) * 255)  # 2-D uint8: mode L
-        atomic_write(self.out_dir / mask_rel, lambda handle: picture.save(handle, format="PNG"))
+        write_png(self.out_dir / mask_rel, picture)
         return mask_rel
 
 
