@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One script for a lent GPU machine (about 6 minutes on an H100/H200): the golden cases and the
-# no-host-sync checks on CUDA, then speed of the published architecture at batch 1/8/32 in fp32 (TF32)
-# and bf16, with and without writing maps and heatmaps, bf16 drift from fp32, and --compile last.
+# no-host-sync checks on CUDA, then speed of the published architecture at batch 1/8/32 in tf32 (fp32
+# with TF32 matrix products) and bf16, with and without writing maps and heatmaps, bf16 drift from fp32, and --compile last.
 #
 # Before borrowing the GPU, here: bash benchmarks/gpu_wheels.sh   (fetches open_clip & co into .whl/)
 # Then ONE device run, carry [".whl"], timeout_s 600:
@@ -24,7 +24,7 @@ FADE_TEST_DEVICE=cuda timeout 180 "$py" -m pytest -q -p no:cacheprovider \
 
 step "speed: published architecture, random weights, scales 240/448/896, 1 shot"
 timeout 240 "$py" benchmarks/bench_engine.py --arch published --device cuda --images 64 --batch-sizes 1,8,32 \
-  --precisions fp32,bf16 --tf32 --write
+  --precisions tf32,bf16 --write
 
 step "bf16 and fp16 against fp32 on the golden cases"
 timeout 60 "$py" benchmarks/precision_drift.py --device cuda --precisions bf16,fp16

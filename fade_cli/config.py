@@ -51,7 +51,7 @@ class EngineConfig:
     model_config: Optional[str] = None
     cache_dir: Optional[str] = None
     device: str = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
 
     class_name: str = "object"
     cls_size: int = DEFAULT_CLS_SIZE

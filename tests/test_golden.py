@@ -64,3 +64,50 @@ def test_batch_of_one_equals_batch_of_four(golden_model):
     for a, b in zip(alone, together):
         assert abs(a.score - b.score) < 1e-5
         np.testing.assert_allclose(a.anomaly_map, b.anomaly_map, atol=1e-5)
+
+
+# Measured on the golden cases (benchmarks/precision_drift.py): bf16 moves scores by about 3e-3 and maps
+# by about 1e-2; these bounds leave room for other devices, not for a broken path.
+REDUCED_PRECISION_TOL = {"tf32": (1e-2, 2e-2), "bf16": (2e-2, 5e-2)}
+
+
+@pytest.mark.parametrize("precision", sorted(REDUCED_PRECISION_TOL))
+def test_reduced_precision_stays_near_fp32(golden_model, precision):
+    config, loaded = golden_model
+    prompts = load_prompt_set(CLS_PROMPTS), load_prompt_set(SEG_PROMPTS)
+    references = [Image.open(p) for p in sorted((GOLDEN / "images" / "refs1").glob("*.png"))]
+    queries = [Image.open(p) for p in sorted(QUERIES.glob("*.png"))]
+    results = {}
+    for name in ("fp32", precision):
+        engine = FadeEngine.from_config(config.replace(precision=name), *prompts, loaded=loaded)
+        engine.add_references(references)
+        results[name] = engine.detect(queries)
+    score_tol, map_tol = REDUCED_PRECISION_TOL[precision]
+    for exact, reduced in zip(results["fp32"], results[precision]):
+        assert abs(exact.score - reduced.score) < score_tol
+        np.testing.assert_allclose(reduced.anomaly_map, exact.anomaly_map, atol=map_tol, rtol=0)
+    if precision == "tf32" and torch.device(config.device).type == "cpu":
+        assert [r.score for r in results["tf32"]] == [r.score for r in results["fp32"]]  # TF32 exists on GPUs only
+
+
+def test_tf32_is_allowed_while_encoding_and_restored_after(golden_model, monkeypatch):
+    config, loaded = golden_model
+    engine = FadeEngine.from_config(config.replace(precision="tf32"), load_prompt_set(CLS_PROMPTS),
+                                    load_prompt_set(SEG_PROMPTS), loaded=loaded)
+    seen = []
+    real_forward = engine.encoder.forward
+
+    def recording_forward(pixels):
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+        return real_forward(pixels)
+
+    monkeypatch.setattr(engine.encoder, "forward", recording_forward)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        engine.detect([Image.open(sorted(QUERIES.glob("*.png"))[0])])
+        after = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    assert seen and set(seen) == {(True, True)}
+    assert after == (False, False)

@@ -62,8 +62,10 @@ ENGINE_OPTIONS = [
     click.option("--cache-dir", type=click.Path(file_okay=False),
                  help="Model cache folder [default: $FADE_CACHE_DIR, else the Hugging Face cache]."),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-    click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-                 help="fp32 reproduces the published numbers; bf16/fp16 use autocast."),
+    click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32",
+                 show_default=True,
+                 help="fp32 reproduces the published numbers; tf32 is fp32 with TF32 matrix products on NVIDIA "
+                      "GPUs (fp32 elsewhere); bf16/fp16 use autocast and run fastest on a GPU."),
     click.option("--class", "class_name", default="object", show_default=True,
                  help="Object name put into the prompts, e.g. screw (underscores become spaces)."),
     click.option("--scales", callback=_sizes, default=",".join(map(str, DEFAULT_SEG_SIZES)), show_default=True,

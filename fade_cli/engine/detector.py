@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import torch
@@ -142,14 +142,8 @@ class FadeEngine:
 
     def _encode(self, pixels_bhwc: torch.Tensor) -> VisionFeatures:
         pixels = normalise(pixels_bhwc.to(self.device, non_blocking=True))
-        with self._autocast():
+        with precision_context(self.config.precision, self.device):
             return self.encoder(pixels)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        dtype = AUTOCAST_DTYPES.get(self.config.precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=dtype)
 
     def _language_grid(self, features: VisionFeatures) -> torch.Tensor:
         scores = abnormal_probability(features.gem_patches_bnd, self.seg_classifier_2d)
@@ -158,6 +152,26 @@ class FadeEngine:
     def _vision_grid(self, features: VisionFeatures, size: int, preset: VisionPreset) -> torch.Tensor:
         distances = self.bank.patch_distances(size, features.patches(preset.feature), preset.use_query)
         return patch_scores_to_grid(distances, features.grid)
+
+
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast for bf16/fp16; for tf32, TF32 matrix products and convolutions, the flags restored after."""
+    dtype = AUTOCAST_DTYPES.get(precision)
+    if dtype is not None:
+        return torch.autocast(device.type, dtype=dtype)
+    if precision == "tf32":
+        return _tf32_allowed()
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _tf32_allowed() -> Iterator[None]:
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def validate_config(config: EngineConfig) -> None:

@@ -9,7 +9,7 @@ See FADE_SPEC.md section 2.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -151,7 +151,9 @@ def _plain_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _mlp_residual(block, x)
 
 
-def _self_self_attention(qkv_sbhnd: torch.Tensor, v: torch.Tensor, inv_temp: torch.Tensor, iters: int) -> torch.Tensor:
+def _self_self_attention(
+    qkv_sbhnd: torch.Tensor, v: torch.Tensor, inv_temp: Union[torch.Tensor, float], iters: int
+) -> torch.Tensor:
     """GEM's self-self attention of q, k and v, each applied to the values, averaged.
 
     ``qkv_sbhnd`` is q, k and v stacked on a first axis of 3; they go through the
@@ -160,7 +162,8 @@ def _self_self_attention(qkv_sbhnd: torch.Tensor, v: torch.Tensor, inv_temp: tor
     """
     batch = v.shape[0]
     z = qkv_sbhnd.flatten(0, 1)
-    inv_temp = inv_temp.repeat(3, 1, 1, 1) if inv_temp.dim() == 4 else inv_temp
+    if isinstance(inv_temp, torch.Tensor):
+        inv_temp = inv_temp.repeat(3, 1, 1, 1)
     for _ in range(iters):
         z = F.normalize(z, dim=-1)
         z = F.scaled_dot_product_attention(z * inv_temp, z, z, scale=1.0)
@@ -176,11 +179,12 @@ def _two_stream_block(
     qkv = _split_heads(block, h)
     q, k, v = qkv[0], qkv[1], qkv[2]
     head_dim = q.shape[-1]
+    inv_temp: Union[torch.Tensor, float]
     if temperature is None:
         inv_temp = h.norm(dim=-1).mean(dim=1) * head_dim**-0.5
         inv_temp = inv_temp.view(-1, 1, 1, 1).to(q.dtype)
     else:
-        inv_temp = torch.tensor(temperature, dtype=q.dtype, device=q.device)
+        inv_temp = temperature  # a Python number: a tensor made from it would be a blocking copy to the GPU
 
     gem_out = _self_self_attention(qkv, v, inv_temp, iters)
     g = g + block.ls_1(_merge_heads(block, gem_out))
