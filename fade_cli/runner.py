@@ -26,6 +26,8 @@ from fade_cli.io.outputs import ResultRow
 # Batches decoded ahead of the model, and threads decoding their images.
 PREFETCH_BATCHES = 2
 DECODE_THREADS = min(16, os.cpu_count() or 1)
+# Pixels of the images whose files are being written at once: eight 8-megapixel photos, or one larger one.
+WRITE_PIXEL_BUDGET = 64_000_000
 
 NG, OK = "NG", "OK"
 
@@ -137,35 +139,51 @@ def _add_defects(
 class _RowsInOrder:
     """Rows finished by writer threads, handed to the sink and the callback in file order.
 
-    At most ``capacity`` rows wait (each holds its decoded image), so a slow disk
-    slows the run down instead of filling memory.
+    Work waiting here holds decoded images, so it is bounded: at most ``capacity``
+    rows, and at most ``pixel_budget`` pixels unless a single image is larger.
+    A slow disk then slows the run down instead of filling memory, and a folder
+    of 40-megapixel photos is written one photo at a time.
     """
 
-    def __init__(self, output: Optional[ResultSink], on_row: Optional[Callable[[ResultRow], None]], capacity: int):
+    def __init__(
+        self, output: Optional[ResultSink], on_row: Optional[Callable[[ResultRow], None]], capacity: int,
+        pixel_budget: int,
+    ):
         self.output = output
         self.on_row = on_row
         self.capacity = capacity
-        self.pending: collections.deque[Future] = collections.deque()
+        self.pixel_budget = pixel_budget
+        self.pending: collections.deque[tuple[Future, int]] = collections.deque()
+        self.pending_pixels = 0
         self.failed = False
 
-    def put(self, future: Future) -> None:
-        self.pending.append(future)
+    def make_room(self, pixels: int) -> None:
+        """Wait (passing rows on) until a row of ``pixels`` more fits the bounds."""
+        while self.pending and (len(self.pending) >= self.capacity
+                                or self.pending_pixels + pixels > self.pixel_budget):
+            self._pass_on_first()
+
+    def put(self, future: Future, pixels: int) -> None:
+        self.pending.append((future, pixels))
+        self.pending_pixels += pixels
 
     def hand_over(self, wait_for_all: bool = False) -> None:
-        """Pass on the finished rows at the front; wait while too many are queued (or for all)."""
-        while self.pending and (wait_for_all or len(self.pending) > self.capacity or self.pending[0].done()):
-            self._pass_on(self.pending.popleft())
+        """Pass on the finished rows at the front (with ``wait_for_all``, every row)."""
+        while self.pending and (wait_for_all or self.pending[0][0].done()):
+            self._pass_on_first()
 
     def salvage(self) -> None:
         """After an interruption: drop work not started, and pass on the rows finished before the first gap."""
-        for future in self.pending:
+        for future, _ in self.pending:
             future.cancel()
-        wait(self.pending)
-        while not self.failed and self.pending and not self.pending[0].cancelled() \
-                and self.pending[0].exception() is None:
-            self._pass_on(self.pending.popleft())
+        wait([future for future, _ in self.pending])
+        while not self.failed and self.pending and not self.pending[0][0].cancelled() \
+                and self.pending[0][0].exception() is None:
+            self._pass_on_first()
 
-    def _pass_on(self, future: Future) -> None:
+    def _pass_on_first(self) -> None:
+        future, pixels = self.pending.popleft()
+        self.pending_pixels -= pixels
         try:
             row = future.result()
             if self.output is not None:
@@ -196,7 +214,7 @@ def run_detection(
     KeyboardInterrupt they hold every finished row; the caller decides how to finish.
     """
     threads = output.writer_threads if output is not None else 1
-    rows = _RowsInOrder(output, on_row, capacity=2 * engine.config.batch_size + threads)
+    rows = _RowsInOrder(output, on_row, capacity=engine.config.batch_size + threads, pixel_budget=WRITE_PIXEL_BUDGET)
     with ThreadPoolExecutor(max_workers=threads) as writers, \
             contextlib.closing(decoded_batches(engine, files, engine.config.batch_size)) as batches:
         try:
@@ -204,11 +222,13 @@ def run_detection(
                 detections = iter(engine.detect_prepared(batch.pixels_by_size) if batch.pixels_by_size else [])
                 for file, image, error in zip(batch.files, batch.images, batch.errors):
                     if image is None:
-                        rows.put(_done(ResultRow(path=file.relative, error=error)))
+                        rows.put(_done(ResultRow(path=file.relative, error=error)), pixels=0)
                         continue
                     finish = functools.partial(_finish_row, file, image, next(detections), output, threshold,
                                                pixel_threshold)
-                    rows.put(writers.submit(finish))
+                    pixels = image.width * image.height
+                    rows.make_room(pixels)
+                    rows.put(writers.submit(finish), pixels)
                 rows.hand_over()
             rows.hand_over(wait_for_all=True)
         except BaseException:

@@ -126,6 +126,19 @@ def test_one_writer_thread_means_one_write_at_a_time(image_files):
     assert sink.added == [f.relative for f in image_files]
 
 
+@pytest.mark.parametrize("budget, most_at_once", [(250, 2), (50, 1)])
+def test_large_images_are_written_fewer_at_a_time(image_files, monkeypatch, budget, most_at_once):
+    # Each image is 12 x 10 = 120 pixels: a budget of 250 lets two be written at once; one larger
+    # than the budget is still written, alone.
+    monkeypatch.setattr(runner, "WRITE_PIXEL_BUDGET", budget)
+    sink = RecordingSink(writer_threads=4, write_seconds={f.relative: 0.05 for f in image_files})
+
+    runner.run_detection(StandInEngine(batch_size=4), image_files, sink)
+
+    assert sink.most_active == most_at_once
+    assert sink.added == [f.relative for f in image_files]
+
+
 def test_a_failed_write_stops_the_run_with_earlier_rows_recorded_and_none_after(image_files):
     sink = RecordingSink(writer_threads=4, fail_on="3.png", write_seconds={"2.png": 0.1})
 
