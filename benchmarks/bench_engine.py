@@ -112,8 +112,7 @@ def main() -> None:
 
     from fade_cli.config import EngineConfig, parse_sizes
     from fade_cli.engine.detector import FadeEngine
-    from fade_cli.io.images import load_image
-    from fade_cli.runner import DECODE_THREADS
+    from fade_cli.runner import DECODE_THREADS, load_references
 
     device = torch.device(args.device)
     loaded = build_loaded_model(args.arch, device)
@@ -134,14 +133,14 @@ def main() -> None:
     rate = decoding_rate(decoder, query_files(max(args.images, 2 * largest_batch)))
     print(f"decoding alone ({DECODE_THREADS} threads, batch {largest_batch}): {rate:.1f} images/s")
 
-    references = [load_image(f.path) for f in query_files(args.shots)] if args.shots else []
+    references = query_files(args.shots) if args.shots else []
     compile_modes = [False, True] if args.compile else [False]
     settings = itertools.product(compile_modes, args.precisions.split(","), map(int, args.batch_sizes.split(",")))
     for compiled, precision, batch_size in settings:
         config = base.replace(precision=precision, batch_size=batch_size, compile=compiled)
         engine = FadeEngine.from_config(config, loaded=loaded)
         if references:
-            engine.add_references(references)
+            load_references(engine, references, batch_size)  # in batches, as `fade detect --refs` does
         time_run(engine, query_files(batch_size), device)  # warm-up (and compilation)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
