@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fade_cli.engine import text as text_module
-from fade_cli.engine.gem import GemVisionEncoder, resample_positional_embedding
+from fade_cli.engine.gem import GemVisionEncoder, _unit_and_scaled, resample_positional_embedding
 from fade_cli.engine.memory_bank import MemoryBank, top_k_similarity
 
 
@@ -65,6 +65,25 @@ def test_gem_encoder_matches_explicit_attention(ls_init_value, depth, iters, siz
     torch.testing.assert_close(features.clip_patches_bnd, clip_tokens[:, 1:], atol=1e-5, rtol=0)
     torch.testing.assert_close(features.gem_patches_bnd, gem_tokens[:, 1:], atol=1e-5, rtol=0)
     assert features.grid == size // 16
+
+
+def test_gem_normalisation_is_f_normalize_in_fp32():
+    z = torch.randn(6, 2, 50, 16) * 3
+    unit, scaled = _unit_and_scaled(z, 2.5)
+    torch.testing.assert_close(unit, F.normalize(z, dim=-1), rtol=0, atol=1e-7)
+    torch.testing.assert_close(scaled, F.normalize(z, dim=-1) * 2.5, rtol=0, atol=1e-6)
+
+
+def test_gem_normalisation_stays_in_bf16_under_autocast():
+    # Under autocast F.normalize returns float32: GEM's large tensors would double in size.
+    z = (torch.randn(6, 2, 50, 16) * 3).bfloat16()
+    inv_temp = torch.rand(6, 1, 1, 1) + 1.0  # float32, as the engine keeps it
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        unit, scaled = _unit_and_scaled(z, inv_temp)
+    assert unit.dtype == scaled.dtype == torch.bfloat16
+    exact = F.normalize(z.float(), dim=-1)
+    torch.testing.assert_close(unit.float(), exact, rtol=2**-8, atol=1e-6)
+    torch.testing.assert_close(scaled.float(), exact * inv_temp, rtol=2**-7, atol=1e-6)
 
 
 def test_positional_embedding_keeps_class_position_and_size():

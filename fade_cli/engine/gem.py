@@ -17,6 +17,9 @@ from torch import nn
 
 from fade_cli.errors import ModelError
 
+# F.normalize's default floor for a norm.
+NORM_EPS = 1e-12
+
 
 @dataclass
 class VisionFeatures:
@@ -151,6 +154,21 @@ def _plain_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _mlp_residual(block, x)
 
 
+def _unit_and_scaled(z: torch.Tensor, inv_temp: Union[torch.Tensor, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``z`` L2-normalised over its last axis, and that times ``inv_temp``; both in z's dtype.
+
+    Under autocast, F.normalize would return float32 copies of these large
+    tensors (3B x heads x N x head_dim), which the attention kernel then casts
+    back to bf16. Here the norm is accumulated in float32 and each result is
+    rounded once to z's dtype; in fp32 this is F.normalize's arithmetic.
+    """
+    with torch.autocast(z.device.type, enabled=False):
+        norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(NORM_EPS)
+        unit = torch.div(z, norm, out=torch.empty_like(z))
+        scaled = torch.mul(unit, inv_temp, out=torch.empty_like(z))
+    return unit, scaled
+
+
 def _self_self_attention(
     qkv_sbhnd: torch.Tensor, v: torch.Tensor, inv_temp: Union[torch.Tensor, float], iters: int
 ) -> torch.Tensor:
@@ -165,10 +183,10 @@ def _self_self_attention(
     if isinstance(inv_temp, torch.Tensor):
         inv_temp = inv_temp.repeat(3, 1, 1, 1)
     for _ in range(iters):
-        z = F.normalize(z, dim=-1)
-        z = F.scaled_dot_product_attention(z * inv_temp, z, z, scale=1.0)
-    z = F.normalize(z, dim=-1)
-    out = F.scaled_dot_product_attention(z * inv_temp, z, v.repeat(3, 1, 1, 1), scale=1.0)
+        unit, scaled = _unit_and_scaled(z, inv_temp)
+        z = F.scaled_dot_product_attention(scaled, unit, unit, scale=1.0)
+    unit, scaled = _unit_and_scaled(z, inv_temp)
+    out = F.scaled_dot_product_attention(scaled, unit, v.repeat(3, 1, 1, 1), scale=1.0)
     return out.view(3, batch, *out.shape[1:]).mean(dim=0)
 
 
@@ -181,8 +199,8 @@ def _two_stream_block(
     head_dim = q.shape[-1]
     inv_temp: Union[torch.Tensor, float]
     if temperature is None:
-        inv_temp = h.norm(dim=-1).mean(dim=1) * head_dim**-0.5
-        inv_temp = inv_temp.view(-1, 1, 1, 1).to(q.dtype)
+        # Kept in float32: rounded to bf16 it would scale every attention logit of the image by up to 0.4 %.
+        inv_temp = (h.float().norm(dim=-1).mean(dim=1) * head_dim**-0.5).view(-1, 1, 1, 1)
     else:
         inv_temp = temperature  # a Python number: a tensor made from it would be a blocking copy to the GPU
 
