@@ -92,7 +92,7 @@ def decoding_rate(engine, files) -> float:
     from fade_cli.runner import decoded_batches
 
     start = time.perf_counter()
-    for _ in decoded_batches(engine, files, engine.config.batch_size):
+    for _ in decoded_batches(engine, files, engine.batch_size):
         pass
     return len(files) / (time.perf_counter() - start)
 
@@ -140,7 +140,7 @@ def main() -> None:
         config = base.replace(precision=precision, batch_size=batch_size, compile=compiled)
         engine = FadeEngine.from_config(config, loaded=loaded)
         if references:
-            load_references(engine, references, batch_size)  # in batches, as `fade detect --refs` does
+            load_references(engine, references)  # in batches, as `fade detect --refs` does
         time_run(engine, query_files(batch_size), device)  # warm-up (and compilation)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)

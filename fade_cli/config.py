@@ -70,7 +70,7 @@ class EngineConfig:
     use_query: Optional[bool] = None
     image_score: Optional[ImageScoreKind] = None
 
-    batch_size: int = 1
+    batch_size: Optional[int] = None  # None: FadeEngine.batch_size picks one for the device
     compile: bool = False
 
     def preset(self, has_references: bool) -> VisionPreset:

@@ -66,12 +66,12 @@ def verdict(score: float, threshold: Optional[float]) -> Optional[str]:
     return NG if score >= threshold else OK
 
 
-def load_references(engine: FadeEngine, files: list[ImageFile], batch_size: int) -> None:
-    """Add good images to the engine's bank; any unreadable reference stops the run."""
+def load_references(engine: FadeEngine, files: list[ImageFile]) -> None:
+    """Add good images to the engine's bank, a batch at a time; any unreadable reference stops the run."""
     if not files:
         raise InputError("the reference folder holds no image")
-    for start in range(0, len(files), batch_size):
-        chunk = files[start : start + batch_size]
+    for start in range(0, len(files), engine.batch_size):
+        chunk = files[start : start + engine.batch_size]
         try:
             images = [load_image(f.path) for f in chunk]
         except ImageError as exc:
@@ -214,9 +214,9 @@ def run_detection(
     KeyboardInterrupt they hold every finished row; the caller decides how to finish.
     """
     threads = output.writer_threads if output is not None else 1
-    rows = _RowsInOrder(output, on_row, capacity=engine.config.batch_size + threads, pixel_budget=WRITE_PIXEL_BUDGET)
+    rows = _RowsInOrder(output, on_row, capacity=engine.batch_size + threads, pixel_budget=WRITE_PIXEL_BUDGET)
     with ThreadPoolExecutor(max_workers=threads) as writers, \
-            contextlib.closing(decoded_batches(engine, files, engine.config.batch_size)) as batches:
+            contextlib.closing(decoded_batches(engine, files, engine.batch_size)) as batches:
         try:
             for batch in batches:
                 detections = iter(engine.detect_prepared(batch.pixels_by_size) if batch.pixels_by_size else [])

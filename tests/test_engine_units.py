@@ -230,3 +230,13 @@ def test_compiled_engine_gives_the_same_results(tiny_config):
     [compiled] = FadeEngine.from_config(config.replace(compile=True)).detect([image])
     assert compiled.score == pytest.approx(eager.score, abs=1e-5)
     np.testing.assert_allclose(compiled.anomaly_map, eager.anomaly_map, atol=1e-4)
+
+
+def test_batch_size_defaults_to_one_on_a_cpu_and_follows_the_config(tiny_config):
+    from fade_cli.engine.detector import FadeEngine
+
+    engine = FadeEngine.from_config(tiny_config)
+    assert tiny_config.batch_size is None and engine.batch_size == 1
+    chosen = FadeEngine(engine.loaded, tiny_config.replace(batch_size=5), engine.cls_classifier_2d,
+                        engine.seg_classifier_2d)
+    assert chosen.batch_size == 5

@@ -46,6 +46,12 @@ def test_no_host_synchronisation_before_the_results_are_copied_back(cuda_engine,
     assert len(results) == len(queries)
 
 
+def test_default_batch_size_on_a_gpu_is_eight(cuda_engine):
+    engine = detector.FadeEngine(cuda_engine.loaded, cuda_engine.config.replace(batch_size=None),
+                                 cuda_engine.cls_classifier_2d, cuda_engine.seg_classifier_2d)
+    assert engine.batch_size == detector.GPU_BATCH_SIZE == 8
+
+
 def test_prepared_batches_are_pinned_for_asynchronous_copies(cuda_engine):
     pixels = cuda_engine.prepare([Image.open(p) for p in sorted(QUERIES.glob("*.png"))])
     assert all(tensor.is_pinned() and tensor.dtype == torch.uint8 for tensor in pixels.values())

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from fade_cli import runner
-from fade_cli.config import EngineConfig
 from fade_cli.engine.result import Detection
 from fade_cli.io.atomic import OutputError
 from fade_cli.io.images import ImageFile
@@ -23,7 +22,7 @@ class StandInEngine:
     """Scores image k (in call order) as k / 100, with a flat map of that value."""
 
     def __init__(self, batch_size: int):
-        self.config = EngineConfig(batch_size=batch_size)
+        self.batch_size = batch_size
         self.scored = 0
         self.batches: list[int] = []
 

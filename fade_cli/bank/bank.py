@@ -35,7 +35,7 @@ FORMAT_NAME = "fade-bank"
 FORMAT_VERSION = 1
 PATCH_DTYPES = {"float32": np.float32, "float16": np.float16}
 # How a machine runs the engine, not what it computes: never taken from a bank.
-RUNTIME_DEFAULTS = {"device": "auto", "batch_size": 1, "cache_dir": None, "compile": False}
+RUNTIME_DEFAULTS = {"device": "auto", "batch_size": None, "cache_dir": None, "compile": False}
 
 
 @dataclass

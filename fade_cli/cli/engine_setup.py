@@ -208,7 +208,7 @@ def build_engine(config: EngineConfig, cls_prompts, seg_prompts, ref_files: list
         engine = guard_engine_failures(lambda: FadeEngine.from_config(config, cls_prompts, seg_prompts))
     if ref_files:
         with progress_bar(console, quiet, total=None, description=f"Encoding {len(ref_files)} reference(s)"):
-            guard_engine_failures(lambda: load_references(engine, ref_files, config.batch_size))
+            guard_engine_failures(lambda: load_references(engine, ref_files))
     return engine
 
 

@@ -99,8 +99,8 @@ ENGINE_OPTIONS = [
     click.option("--image-score", type=click.Choice(["language", "vision", "mean"]),
                  help="Image score: the language score, the vision score (max of the vision map), or their mean "
                       "[default: language zero-shot, mean few-shot]."),
-    click.option("--batch-size", type=click.IntRange(min=1), default=1, show_default=True,
-                 help="Images per forward pass."),
+    click.option("--batch-size", type=click.IntRange(min=1),
+                 help="Images per forward pass [default: 8 on a GPU, 1 on a CPU]; results do not depend on it."),
     click.option("--compile", is_flag=True,
                  help="Compile the vision tower with torch.compile: faster on a GPU for long runs; the first batch "
                       "at each size waits for the compilation (about a minute)."),

@@ -27,6 +27,8 @@ from fade_cli.errors import InputError
 from fade_cli.prompt_set import PromptSet, with_default_prompts
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Default images per forward pass: a GPU needs batches to be busy; a CPU gains nothing from them but memory use.
+GPU_BATCH_SIZE, CPU_BATCH_SIZE = 8, 1
 
 
 class FadeEngine:
@@ -89,6 +91,13 @@ class FadeEngine:
         engine.bank = bank
         engine.reference_count = reference_count
         return engine
+
+    @property
+    def batch_size(self) -> int:
+        """Images per forward pass: the configured number, else the device's default."""
+        if self.config.batch_size is not None:
+            return self.config.batch_size
+        return GPU_BATCH_SIZE if self.device.type == "cuda" else CPU_BATCH_SIZE
 
     @property
     def preset(self) -> VisionPreset:
@@ -181,7 +190,7 @@ def validate_config(config: EngineConfig) -> None:
         raise InputError("at least one segmentation size is needed")
     if config.gem_iters < 0 or config.gem_depth < 2:
         raise InputError("GEM depth must be at least 2 and iterations at least 0")
-    if config.batch_size < 1:
+    if config.batch_size is not None and config.batch_size < 1:
         raise InputError("--batch-size must be at least 1")
 
 

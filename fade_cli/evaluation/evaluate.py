@@ -127,7 +127,7 @@ class Evaluator:
         config = self.config.replace(class_name=self.prompt_class(run.split))
         engine = FadeEngine(self.loaded, config, *self.prompts.classifiers(config))
         if run.references:
-            load_references(engine, list(run.references), config.batch_size)
+            load_references(engine, list(run.references))
         return engine
 
     def evaluate(
