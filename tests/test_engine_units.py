@@ -149,7 +149,7 @@ def test_text_embeddings_are_cached_on_disk(tiny_config, tmp_path, monkeypatch):
         encode_prompt_sets(loaded, config, PromptSet(normal=("new",), abnormal=("sentences",)), prompts)
 
 
-def test_cached_prompts_load_only_the_vision_tower(tiny_config, tmp_path):
+def test_cached_prompts_load_only_the_vision_tower(tiny_config, tmp_path, caplog):
     from PIL import Image
 
     from conftest import QUERIES
@@ -159,8 +159,10 @@ def test_cached_prompts_load_only_the_vision_tower(tiny_config, tmp_path):
     image = Image.open(sorted(QUERIES.glob("*.png"))[0])
     first = FadeEngine.from_config(config)
     assert first.loaded.has_text_tower
+    caplog.clear()
     second = FadeEngine.from_config(config)
     assert not second.loaded.has_text_tower
+    assert "No pretrained weights" not in caplog.text  # open_clip's warning; the weights are loaded after it
     assert all(p.is_meta for p in second.loaded.model.transformer.parameters())
     [a], [b] = first.detect([image]), second.detect([image])
     assert a.score == b.score
@@ -230,6 +232,20 @@ def test_compiled_engine_gives_the_same_results(tiny_config):
     [compiled] = FadeEngine.from_config(config.replace(compile=True)).detect([image])
     assert compiled.score == pytest.approx(eager.score, abs=1e-5)
     np.testing.assert_allclose(compiled.anomaly_map, eager.anomaly_map, atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("batch", [1, 2])  # tensors' strides differ for a batch of one
+def test_vision_tower_compiles_as_one_graph(tiny_config, precision, batch):
+    """A graph break would make --compile fall back to eager for the whole forward, silently."""
+    from fade_cli.engine.detector import FadeEngine, precision_context
+
+    engine = FadeEngine.from_config(tiny_config)
+    pixels = torch.randn(batch, 3, 64, 64)
+    torch._dynamo.reset()
+    with precision_context(precision, torch.device("cpu")):
+        explanation = torch._dynamo.explain(engine.encoder)(pixels)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
 def test_batch_size_defaults_to_one_on_a_cpu_and_follows_the_config(tiny_config):

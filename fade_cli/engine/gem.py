@@ -164,9 +164,15 @@ def _unit_and_scaled(z: torch.Tensor, inv_temp: Union[torch.Tensor, float]) -> t
     """
     with torch.autocast(z.device.type, enabled=False):
         norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(NORM_EPS)
-        unit = torch.div(z, norm, out=torch.empty_like(z))
-        scaled = torch.mul(unit, inv_temp, out=torch.empty_like(z))
+        # out= tensors in z's dtype make the float32 arithmetic round once, without a float32 copy;
+        # contiguous, because torch.compile cannot trace out= tensors with other strides.
+        unit = torch.div(z, norm, out=_empty_contiguous(z))
+        scaled = torch.mul(unit, inv_temp, out=_empty_contiguous(z))
     return unit, scaled
+
+
+def _empty_contiguous(like: torch.Tensor) -> torch.Tensor:
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
 
 
 def _self_self_attention(

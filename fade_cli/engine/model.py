@@ -6,12 +6,14 @@ raises :class:`ModelError` with a message that says how to fix it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 
@@ -161,7 +163,7 @@ def _vision_tower_only(source: ModelSource, cache_dir: Optional[str], device: to
     try:
         checkpoint = source.pretrained if source.is_file else download_pretrained(tag_cfg, cache_dir=cache_dir)
         visual_state = _visual_state_dict(str(checkpoint))
-        with torch.device("meta"):
+        with torch.device("meta"), _no_warnings():  # open_clip warns "no pretrained weights": they follow here
             model = open_clip.create_model(
                 source.name, pretrained=None, device="meta", force_quick_gelu=bool(tag_cfg.get("quick_gelu", False))
             )
@@ -170,6 +172,16 @@ def _vision_tower_only(source: ModelSource, cache_dir: Optional[str], device: to
         return None
     model.visual.to(device)
     return model
+
+
+@contextlib.contextmanager
+def _no_warnings() -> Iterator[None]:
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def _visual_state_dict(checkpoint: str) -> dict[str, torch.Tensor]:
