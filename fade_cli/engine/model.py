@@ -7,6 +7,7 @@ raises :class:`ModelError` with a message that says how to fix it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -48,6 +49,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 def file_sha256(path: str) -> str:
+    """The file's SHA-256, read once per version of the file in this process.
+
+    A run checks a weights file against a bank and then loads it: the second
+    call must not read 800 MB again. The key holds the inode and the
+    nanosecond mtime as well as the size, so a replaced or rewritten file is read anew.
+    """
+    stat = os.stat(path)
+    return _sha256_of_version(os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of_version(path: str, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
