@@ -92,7 +92,7 @@ def decoding_rate(engine, files) -> float:
     from fade_cli.runner import decoded_batches
 
     start = time.perf_counter()
-    for _ in decoded_batches(engine, files, engine.batch_size):
+    for _ in decoded_batches(engine, files):
         pass
     return len(files) / (time.perf_counter() - start)
 

@@ -99,8 +99,8 @@ def _decode_batch(engine: FadeEngine, files: list[ImageFile], image_pool: Thread
     )
 
 
-def decoded_batches(engine: FadeEngine, files: list[ImageFile], batch_size: int) -> Iterator[DecodedBatch]:
-    """Decode and resize upcoming batches in background threads while the model runs.
+def decoded_batches(engine: FadeEngine, files: list[ImageFile]) -> Iterator[DecodedBatch]:
+    """Decode and resize upcoming batches (``engine.batch_size`` images) in background threads while the model runs.
 
     Images are decoded in parallel, one per thread (PIL releases the GIL), so a
     GPU that scores a hundred images a second is not left waiting on one core.
@@ -108,7 +108,8 @@ def decoded_batches(engine: FadeEngine, files: list[ImageFile], batch_size: int)
     with the number of files. When the consumer stops early (Ctrl-C, an error),
     batches not yet started are cancelled.
     """
-    batches = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    size = engine.batch_size
+    batches = [files[i : i + size] for i in range(0, len(files), size)]
     with ThreadPoolExecutor(max_workers=DECODE_THREADS) as image_pool, \
             ThreadPoolExecutor(max_workers=PREFETCH_BATCHES) as batch_pool:
         pending: list[Future] = []
@@ -216,7 +217,7 @@ def run_detection(
     threads = output.writer_threads if output is not None else 1
     rows = _RowsInOrder(output, on_row, capacity=engine.batch_size + threads, pixel_budget=WRITE_PIXEL_BUDGET)
     with ThreadPoolExecutor(max_workers=threads) as writers, \
-            contextlib.closing(decoded_batches(engine, files, engine.batch_size)) as batches:
+            contextlib.closing(decoded_batches(engine, files)) as batches:
         try:
             for batch in batches:
                 detections = iter(engine.detect_prepared(batch.pixels_by_size) if batch.pixels_by_size else [])
