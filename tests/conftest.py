@@ -22,6 +22,14 @@ TINY_MODEL_ARGS = ["--model-config", str(MODEL_CONFIG), "--weights", str(WEIGHTS
 FAST_ARGS = TINY_MODEL_ARGS + ["--scales", "240,320", "--cls-size", "240"]
 
 
+def write_sentence_files(folder: Path, normal: str, abnormal: str) -> tuple[Path, Path]:
+    """ok.txt and ng.txt in ``folder``: the normal and abnormal sentence files of the text-file prompt plugins."""
+    normal_file, abnormal_file = folder / "ok.txt", folder / "ng.txt"
+    normal_file.write_text(normal)
+    abnormal_file.write_text(abnormal)
+    return normal_file, abnormal_file
+
+
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path_factory, monkeypatch):
     """No test touches the user's caches or the network."""

@@ -12,6 +12,7 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
+from conftest import write_sentence_files
 import fade_cli.plugins.example_textfile as example
 from fade_cli.cli import cli
 from fade_cli.errors import InputError
@@ -21,11 +22,11 @@ from fade_cli.prompting.interface import interface_problems
 
 @pytest.fixture
 def sentence_files(tmp_path):
-    normal = tmp_path / "ok.txt"
-    normal.write_text("# one sentence per line\na clean hex bolt.\n\na hex bolt with an even thread.\n")
-    abnormal = tmp_path / "ng.txt"
-    abnormal.write_text("a hex bolt with a   damaged thread.\na hex bolt with a damaged thread.\n")
-    return normal, abnormal
+    return write_sentence_files(
+        tmp_path,
+        normal="# one sentence per line\na clean hex bolt.\n\na hex bolt with an even thread.\n",
+        abnormal="a hex bolt with a   damaged thread.\na hex bolt with a damaged thread.\n",
+    )
 
 
 def test_it_follows_the_interface():

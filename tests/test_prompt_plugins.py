@@ -9,6 +9,7 @@ import textwrap
 import pytest
 from click.testing import CliRunner
 
+from conftest import write_sentence_files
 import fade_cli.plugins.example_textfile as example
 from fade_cli.cli import cli
 from fade_cli.errors import FadeError, InputError
@@ -84,11 +85,9 @@ def installed_plugin(tmp_path, monkeypatch):
 
 @pytest.fixture
 def text_files(tmp_path):
-    normal = tmp_path / "ok.txt"
-    normal.write_text("# good parts\na clean {classname}.\n\na shiny {classname}.\n")
-    abnormal = tmp_path / "ng.txt"
-    abnormal.write_text("a rusty {classname}.\n")
-    return normal, abnormal
+    return write_sentence_files(
+        tmp_path, normal="# good parts\na clean {classname}.\n\na shiny {classname}.\n", abnormal="a rusty {classname}.\n"
+    )
 
 
 def test_builtin_generators_are_entry_points():
