@@ -8,7 +8,7 @@ import collections
 import contextlib
 import functools
 import os
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Protocol
 
@@ -174,12 +174,15 @@ class _RowsInOrder:
             self._pass_on_first()
 
     def salvage(self) -> None:
-        """After an interruption: drop work not started, and pass on the rows finished before the first gap."""
-        for future, _ in self.pending:
-            future.cancel()
-        wait([future for future, _ in self.pending])
-        while not self.failed and self.pending and not self.pending[0][0].cancelled() \
-                and self.pending[0][0].exception() is None:
+        """After an interruption: finish and pass on, in order, the rows of every image already scored.
+
+        After a row that failed, nothing more is passed on and work not started is dropped.
+        """
+        if self.failed:
+            for future, _ in self.pending:
+                future.cancel()
+            return
+        while self.pending and self.pending[0][0].exception() is None:  # exception() waits for the row
             self._pass_on_first()
 
     def _pass_on_first(self) -> None:
@@ -211,8 +214,9 @@ def run_detection(
 
     Each image's files are written in ``output.writer_threads`` background threads
     while the model scores the next batch. Rows go to ``output.add`` and then
-    ``on_row`` in file order, each once its files are written, so on
-    KeyboardInterrupt they hold every finished row; the caller decides how to finish.
+    ``on_row`` in file order, each once its files are written. On
+    KeyboardInterrupt the rows of every image already scored are still written and
+    passed on (up to a failed one); the caller decides how to finish.
     """
     threads = output.writer_threads if output is not None else 1
     rows = _RowsInOrder(output, on_row, capacity=engine.batch_size + threads, pixel_budget=WRITE_PIXEL_BUDGET)

@@ -147,7 +147,7 @@ def test_a_failed_write_stops_the_run_with_earlier_rows_recorded_and_none_after(
     assert sink.added == ["0.png", "1.png", "2.png"]
 
 
-def test_interrupt_keeps_the_rows_finished_before_it(image_files):
+def test_interrupt_keeps_the_rows_of_every_image_already_scored(image_files):
     engine = StandInEngine(batch_size=2)
     real_detect = engine.detect_prepared
 
@@ -157,7 +157,8 @@ def test_interrupt_keeps_the_rows_finished_before_it(image_files):
         return real_detect(pixels_by_size)
 
     engine.detect_prepared = interrupted_at_third_batch
-    sink = RecordingSink(writer_threads=3, write_seconds={"0.png": 0.2})
+    # Three slow writes fill the three writer threads: 3.png has not started when the interrupt comes.
+    sink = RecordingSink(writer_threads=3, write_seconds={"0.png": 0.2, "1.png": 0.2, "2.png": 0.2})
 
     with pytest.raises(KeyboardInterrupt):
         runner.run_detection(engine, image_files, sink)
