@@ -128,9 +128,9 @@ def test_one_writer_thread_means_one_write_at_a_time(image_files):
 @pytest.mark.parametrize("budget, most_at_once", [(250, 2), (50, 1)])
 def test_large_images_are_written_fewer_at_a_time(image_files, monkeypatch, budget, most_at_once):
     # Each image is 12 x 10 = 120 pixels: a budget of 250 lets two be written at once; one larger
-    # than the budget is still written, alone.
+    # than the budget is still written, alone. Writes take 0.2 s, so two let through together overlap.
     monkeypatch.setattr(runner, "WRITE_PIXEL_BUDGET", budget)
-    sink = RecordingSink(writer_threads=4, write_seconds={f.relative: 0.05 for f in image_files})
+    sink = RecordingSink(writer_threads=4, write_seconds={f.relative: 0.2 for f in image_files})
 
     runner.run_detection(StandInEngine(batch_size=4), image_files, sink)
 
