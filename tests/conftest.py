@@ -44,3 +44,22 @@ def tiny_config():
     from fade_cli.config import EngineConfig
 
     return EngineConfig(model_config=str(MODEL_CONFIG), weights=str(WEIGHTS), device="cpu", class_name="widget")
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's Chromium driven by Playwright; missing, the tests fail (skip only with FADE_SKIP_BROWSER_TESTS=1)."""
+    from report_support import SKIP_ENV, browser_unavailable, launch_chromium
+
+    reason = browser_unavailable()
+    if reason is not None:
+        if os.environ.get(SKIP_ENV) == "1":
+            pytest.skip(f"browser tests skipped ({SKIP_ENV}=1): {reason}")
+        pytest.fail(f"the report's browser tests need Chromium and Playwright: {reason} "
+                    f"(or set {SKIP_ENV}=1 to skip them on purpose)", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        yield browser
+        browser.close()

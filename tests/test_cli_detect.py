@@ -36,7 +36,7 @@ def test_few_shot_writes_results_maps_and_heatmaps(images, tmp_path):
     result = run(["detect", str(images), "--refs", str(GOLDEN / "images" / "refs1"), "--out", str(out),
                   "--class", "widget", "--format", "jsonl", "-q", *FAST_ARGS])
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in result.output.splitlines()]
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["path"] for r in rows] == ["cracked_a.png", "good_a.png", "sub/cracked_b.png", "sub/good_b.png"]
     saved = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert saved == rows

@@ -80,7 +80,7 @@ def test_mvtec_eval_report_numbers_and_detect_agree(tmp_path):
     out = tmp_path / "a"
 
     # stdout: the Markdown table, per class and the mean, mean ± std over the two seeds
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[2].startswith("| class ") and "AUPRO" in lines[2]
     assert [line.split("|")[1].strip() for line in lines[4:]] == ["cookie", "mean"]
     assert "±" in lines[4]

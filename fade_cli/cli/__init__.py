@@ -24,6 +24,7 @@ COMMANDS = {
     "bank": ("fade_cli.cli.bank_cmd", "bank", "Build and inspect saved reference banks."),
     "models": ("fade_cli.cli.models_cmd", "models", "List, download and locate model weights."),
     "watch": ("fade_cli.cli.watch_cmd", "watch", "Process images as they arrive in a folder."),
+    "report": ("fade_cli.cli.report_cmd", "report", "Write the offline HTML report of a run (gallery, threshold, curves)."),
 }
 
 

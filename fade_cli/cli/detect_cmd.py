@@ -10,7 +10,7 @@ import click
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP, INTERRUPTED, NG, OK
 from fade_cli.bank.calibration import DEFAULT_MARGIN
 from fade_cli.cli.engine_setup import guard_engine_failures, read_run_setup, start_engine
-from fade_cli.cli.options import engine_options, pop_engine_options
+from fade_cli.cli.options import engine_options, pop_engine_options, report_option
 from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bar, stderr_console
 from fade_cli.errors import InputError
 
@@ -36,12 +36,13 @@ from fade_cli.errors import InputError
 @click.option("--format", "output_format", type=click.Choice(["table", "jsonl", "csv"]), default="table",
               show_default=True, help="stdout: a table for people, or JSON lines / CSV for scripts.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@report_option
 @engine_options
 @click.pass_context
 def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional[Path], overwrite: bool,
            threshold: Optional[float], map_size: Optional[int], heatmaps: bool, maps: bool, output_format: str,
            quiet: bool, pixel_threshold: Optional[float], bank_path: Optional[Path], calibrate: bool, margin: float,
-           **kwargs: Any) -> None:
+           report: bool, **kwargs: Any) -> None:
     """Score every image under IMAGES (a folder, searched recursively, or one file).
 
     Without --refs the run is zero-shot; with --refs it is few-shot, using the
@@ -76,7 +77,8 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
         threshold, pixel_threshold = chosen.thresholds.image, chosen.thresholds.pixel
         console.print(chosen.report, markup=False, highlight=False, soft_wrap=True)
     printer = RowPrinter(output_format, threshold is not None)
-    output = RunOutput(out, overwrite=overwrite, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps) if out else None
+    output = RunOutput(out, overwrite=overwrite, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps,
+                       save_thumbnails=report) if out else None
     summary_rows = []
     try:
         with progress_bar(console, quiet, total=len(files), description="Scoring") as advance:
@@ -91,6 +93,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     except KeyboardInterrupt:
         _finish(output)
         printer.finish(summary_rows)
+        _report(out, report, console, images, threshold)
         saved = f"; their results are in {out}" if out else ""
         console.print(f"Interrupted after {len(summary_rows)} of {len(files)} images{saved}.", markup=False)
         ctx.exit(INTERRUPTED)
@@ -99,6 +102,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
         raise
     _finish(output)
     printer.finish(summary_rows)
+    _report(out, report, console, images, threshold)
     if all(row.error for row in summary_rows):
         raise InputError("no image could be read")
     ctx.exit(NG if any(row.verdict == "NG" for row in summary_rows) else OK)
@@ -107,5 +111,12 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
 def _finish(output) -> None:
     if output is not None:
         output.finish()
+
+
+def _report(out: Optional[Path], report: bool, console, images: Path, threshold: Optional[float]) -> None:
+    if out is not None and report:
+        from fade_cli.cli.report_cmd import report_after_run
+
+        report_after_run(out, console, images_root=images, threshold=threshold)
 
 

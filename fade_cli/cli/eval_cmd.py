@@ -16,6 +16,7 @@ from fade_cli.cli.options import (
     engine_options,
     pop_engine_options,
     prompt_sets_from_options,
+    report_option,
 )
 from fade_cli.cli.exit_codes import INTERRUPTED, OK
 
@@ -68,12 +69,13 @@ def _classes(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
               help="Heatmaps of the N worst-scored images of each class (and seed) into OUT/worst/.")
 @click.option("--save-maps", is_flag=True, help="Every eval-size map, as scored, as float32 .npy into OUT/maps/.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@report_option
 @engine_options
 @click.pass_context
 def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[tuple[str, ...]], shots: int,
                  seeds: tuple[int, ...], eval_size: int, quantize_8bit: bool, mask_suffix: Optional[str],
                  out: Optional[Path], overwrite: bool, save_worst: int, save_maps: bool, quiet: bool,
-                 **kwargs: Any) -> None:
+                 report: bool, **kwargs: Any) -> None:
     """Benchmark FADE on the labelled dataset at ROOT.
 
     Image AUROC, AUPR and F1-max; pixel AUROC and F1-max; AUPRO up to FPR 0.3:
@@ -111,19 +113,24 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
         console.print("note: --seeds has no effect with --shots 0 (zero-shot is deterministic): one run per class")
     prompt_source = _prompt_source(options)
     evaluator = _load_evaluator(engine_config_from_options(options), prompt_source, settings, console, quiet)
-    results, worst, interrupted = _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet)
+    thumbnails = out is not None and report
+    results, worst, interrupted = _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet, thumbnails)
     if results:
         _report(results, evaluator, root, layout, dataset, out, worst, interrupted, _prompt_origins(options))
+        if thumbnails:
+            from fade_cli.cli.report_cmd import report_after_run
+
+            report_after_run(out, console)
     ctx.exit(INTERRUPTED if interrupted else OK)
 
 
-def _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet):
+def _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet, thumbnails=False):
     """Evaluate every planned run; on Ctrl-C keep the finished ones. Returns (results, worst, interrupted)."""
     results, worst = [], {}
     try:
         for index, run in enumerate(runs, start=1):
             result = _evaluate_run(evaluator, run, f"{run.label} [{index}/{len(runs)}]", out, save_maps,
-                                   console, quiet)
+                                   console, quiet, thumbnails)
             results.append(result)
             if save_worst:
                 worst[(result.class_name, result.seed)] = _save_worst(result, save_worst, out)
@@ -161,17 +168,22 @@ def _load_evaluator(config, prompt_source, settings, console, quiet):
         return guard_engine_failures(lambda: Evaluator(config, prompt_source, settings))
 
 
-def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet):
+def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet, thumbnails=False):
     from fade_cli.cli.engine_setup import guard_engine_failures
     from fade_cli.cli.reporting import print_warning, progress_bar
-    from fade_cli.evaluation.report import save_eval_map
+    from fade_cli.evaluation.report import save_eval_map, save_eval_thumbnails
 
     def on_eval_map(planned, sample, scores):
         save_eval_map(out, planned.seed, sample.relative, scores)
 
+    def on_scored(planned, sample, image, grid_map):
+        save_eval_thumbnails(out, planned.seed, sample.relative, image, grid_map)
+
     sink = on_eval_map if save_maps else None
+    scored = on_scored if thumbnails else None
     with progress_bar(console, quiet, total=len(run.split.test), description=description) as advance:
-        result = guard_engine_failures(lambda: evaluator.evaluate(run, on_image=advance, on_eval_map=sink))
+        result = guard_engine_failures(lambda: evaluator.evaluate(run, on_image=advance, on_eval_map=sink,
+                                                                  on_scored=scored))
     if result.missing_masks:
         print_warning(console, f"{run.label}: {len(result.missing_masks)} defective image(s) without a mask, left "
                                f"out of the pixel metrics (first: {result.missing_masks[0]})")

@@ -109,6 +109,13 @@ ENGINE_OPTIONS = [
 ]
 
 
+# `fade detect --out` and `fade eval --out` write report.html (and its thumbnails) unless told not to.
+report_option = click.option(
+    "--report/--no-report", default=True, show_default=True,
+    help="With --out: write OUT/report.html, an offline page of the run (gallery, threshold explorer), and the "
+         "thumbnails it shows.")
+
+
 def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add every engine option to a click command."""
     for option in reversed(ENGINE_OPTIONS):

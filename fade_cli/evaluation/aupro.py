@@ -52,6 +52,17 @@ def aupro_from_histograms(
     negative_counts: np.ndarray, region_weights: np.ndarray, region_count: int, max_fpr: float = MAX_FPR
 ) -> Optional[float]:
     """Normalised AUPRO from the two per-code histograms; None without regions or defect-free pixels."""
+    curve = pro_curve(negative_counts, region_weights, region_count)
+    if curve is None:
+        return None
+    fpr, pro = curve
+    return area_up_to(fpr, pro, max_fpr) / max_fpr
+
+
+def pro_curve(
+    negative_counts: np.ndarray, region_weights: np.ndarray, region_count: int
+) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(FPR, PRO) at every threshold from the highest occupied code down, from (0, 0); None when undefined."""
     negative_total = int(negative_counts.sum())
     if region_count == 0 or negative_total == 0:
         return None
@@ -61,7 +72,17 @@ def aupro_from_histograms(
     pro = np.cumsum(region_weights[occupied][::-1]) / region_count
     fpr = np.concatenate([[0.0], fpr])
     pro = np.concatenate([[0.0], np.minimum(pro, 1.0)])
-    return area_up_to(fpr, pro, max_fpr) / max_fpr
+    return fpr, pro
+
+
+def cut_curve(x: np.ndarray, y: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """The points of a curve up to ``x = limit``, the crossing segment cut there as :func:`area_up_to` cuts it."""
+    inside = int(np.searchsorted(x, limit, side="right"))
+    if inside < len(x) and x[inside - 1] < limit:
+        x0, x1, y0, y1 = x[inside - 1], x[inside], y[inside - 1], y[inside]
+        y_limit = y0 + (y1 - y0) * (limit - x0) / (x1 - x0)
+        return np.append(x[:inside], limit), np.append(y[:inside], y_limit)
+    return x[:inside], y[:inside]
 
 
 def area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:

@@ -29,7 +29,7 @@ from fade_cli.errors import InputError
 from fade_cli.evaluation.aupro import MAX_FPR
 from fade_cli.evaluation.maps import codes_to_scores, eval_codes
 from fade_cli.evaluation.masks import load_mask
-from fade_cli.evaluation.metrics import image_metrics
+from fade_cli.evaluation.metrics import image_curves, image_metrics
 from fade_cli.evaluation.pixels import LEVELS, PixelAccumulator
 from fade_cli.evaluation.plan import EvalSettings, PlannedRun
 from fade_cli.evaluation.prompts import ClassPrompts, PromptSource, fixed_prompts
@@ -68,6 +68,8 @@ class RunResult:
     metrics: dict[str, Optional[float]]
     records: list[ImageRecord]
     missing_masks: list[str]
+    # The points the metrics come from: "roc", "pr" (image) and "pro" (pixels), each None where undefined.
+    curves: dict = field(default_factory=dict, repr=False)
 
     def counts(self) -> dict[str, int]:
         anomalous = sum(r.anomalous for r in self.records)
@@ -80,6 +82,8 @@ class RunResult:
 
 
 EvalMapSink = Callable[[PlannedRun, TestSample, np.ndarray], None]
+# Receives each scored test image while it is decoded in memory, with the engine's (G, G) map (thumbnails).
+ScoredImageSink = Callable[[PlannedRun, TestSample, Image.Image, np.ndarray], None]
 
 
 class Evaluator:
@@ -135,15 +139,18 @@ class Evaluator:
         run: PlannedRun,
         on_image: Optional[Callable[[], None]] = None,
         on_eval_map: Optional[EvalMapSink] = None,
+        on_scored: Optional[ScoredImageSink] = None,
     ) -> RunResult:
         """Score every test image of the run's class and compute its metrics."""
         engine = self.engine_for(run)
-        collector = _RunCollector(run, self.settings, on_image, on_eval_map)
+        collector = _RunCollector(run, self.settings, on_image, on_eval_map, on_scored)
         files = [ImageFile(sample.path, sample.relative) for sample in run.split.test]
         run_detection(engine, files, output=collector)
         records = collector.records
-        metrics = image_metrics([r.anomalous for r in records], [r.score for r in records])
+        labels, scores = [r.anomalous for r in records], [r.score for r in records]
+        metrics = image_metrics(labels, scores)
         metrics.update(collector.pixels.metrics())
+        curves = {**image_curves(labels, scores), "pro": collector.pixels.pro_curve()}
         return RunResult(
             class_name=run.split.name,
             prompt_class=self.prompt_class(run.split),
@@ -152,6 +159,7 @@ class Evaluator:
             metrics=metrics,
             records=records,
             missing_masks=collector.missing_masks,
+            curves=curves,
         )
 
 
@@ -161,7 +169,7 @@ class _RunCollector:
 
     writer_threads = 1  # the pixel histograms and records are built in file order, one image at a time
 
-    def __init__(self, run: PlannedRun, settings: EvalSettings, on_image, on_eval_map):
+    def __init__(self, run: PlannedRun, settings: EvalSettings, on_image, on_eval_map, on_scored=None):
         self.run = run
         self.settings = settings
         self.samples = {sample.relative: sample for sample in run.split.test}
@@ -170,6 +178,7 @@ class _RunCollector:
         self.missing_masks: list[str] = []
         self.on_image = on_image
         self.on_eval_map = on_eval_map
+        self.on_scored = on_scored
 
     def write_image(self, relative: str, image: Image.Image, detection: Detection) -> tuple[None, None]:
         sample = self.samples[relative]
@@ -181,6 +190,8 @@ class _RunCollector:
             self.pixels.add(codes, mask)
         if self.on_eval_map is not None:
             self.on_eval_map(self.run, sample, codes_to_scores(codes))
+        if self.on_scored is not None:
+            self.on_scored(self.run, sample, image, detection.anomaly_map)
         self.records.append(
             ImageRecord(relative, sample.path, sample.defect, detection.score, detection.language_score,
                         detection.vision_score, sample.mask, detection.anomaly_map)

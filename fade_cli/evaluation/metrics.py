@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Optional
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 
 def _both_labels_present(labels: np.ndarray, sample_weight: Optional[np.ndarray]) -> bool:
@@ -55,3 +55,16 @@ def image_metrics(labels, scores) -> dict[str, Optional[float]]:
         "image_aupr": average_precision(labels, scores),
         "image_f1_max": f1_max(labels, scores),
     }
+
+
+def image_curves(labels, scores) -> dict[str, Optional[dict[str, list[float]]]]:
+    """The image ROC curve (``fpr``, ``tpr``) and PR curve (``recall``, ``precision``) that the image
+    AUROC and AUPR are computed from (scikit-learn's points); None each with a single label."""
+    labels = np.asarray(labels, dtype=bool)
+    if not _both_labels_present(labels, None):
+        return {"roc": None, "pr": None}
+    scores = np.asarray(scores)
+    fpr, tpr, _ = roc_curve(labels, scores)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    return {"roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist()},
+            "pr": {"recall": recall.tolist(), "precision": precision.tolist()}}

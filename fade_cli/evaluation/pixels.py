@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from fade_cli.evaluation.aupro import MAX_FPR, aupro_from_histograms, region_overlap_weights
+from fade_cli.evaluation.aupro import MAX_FPR, aupro_from_histograms, cut_curve, pro_curve, region_overlap_weights
 from fade_cli.evaluation.metrics import auroc, f1_max
 
 # Maps are coded as uint16 (fade_cli.evaluation.maps): one histogram bin per code.
@@ -56,6 +56,14 @@ class PixelAccumulator:
             "pixel_f1_max": f1_max(labels, codes, sample_weight=counts),
             "aupro": aupro_from_histograms(self.negative_counts, self.region_weights, self.region_count, max_fpr),
         }
+
+    def pro_curve(self, max_fpr: float = MAX_FPR) -> Optional[dict[str, list[float]]]:
+        """The PRO curve AUPRO integrates, up to ``max_fpr``: ``{"fpr": [...], "pro": [...]}``; None if undefined."""
+        curve = pro_curve(self.negative_counts, self.region_weights, self.region_count)
+        if curve is None:
+            return None
+        fpr, pro = cut_curve(*curve, max_fpr)
+        return {"fpr": fpr.tolist(), "pro": pro.tolist()}
 
     def _weighted_samples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each occupied (code, label) once, weighted by its pixel count."""

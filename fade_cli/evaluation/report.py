@@ -1,4 +1,7 @@
-"""The report of an evaluation: metrics.csv, metrics.json, scores.csv and a Markdown table.
+"""The report of an evaluation: metrics.csv, metrics.json, scores.csv, curves.json and a Markdown table.
+
+curves.json holds, per run, the image ROC and PR curves and the PRO curve (up to
+the AUPRO's FPR limit) whose areas are the metrics: the HTML report draws them.
 
 Numbers in the files are fractions in [0, 1] at full precision; the table shows
 percentages with one decimal, as papers do. Nothing time- or host-dependent is
@@ -14,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
+from PIL import Image
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -22,11 +26,12 @@ from fade_cli import __version__
 from fade_cli.evaluation.summary import METRICS, Aggregate, Metrics, Summary
 from fade_cli.io.atomic import atomic_write
 from fade_cli.io.outputs import csv_bytes
+from fade_cli.io.thumbnails import image_thumbnail_path, write_thumbnails
 
 if TYPE_CHECKING:
     from fade_cli.evaluation.evaluate import ImageRecord, RunResult
 
-REPORT_FILES = ("metrics.json", "metrics.csv", "metrics.md", "scores.csv")
+REPORT_FILES = ("metrics.json", "metrics.csv", "metrics.md", "scores.csv", "curves.json")
 COUNT_FIELDS = ("test_images", "good", "anomalous", "missing_masks")
 CSV_FIELDS = ("class", "seed", *METRICS, *COUNT_FIELDS)
 SCORE_FIELDS = ("class", "seed", "image", "defect", "label", "score", "language_score", "vision_score", "mask")
@@ -52,6 +57,14 @@ def save_eval_map(out_dir: Path, seed: Optional[int], relative: str, scores_hw: 
     path = out_dir / "maps" / run_folder(seed) / f"{relative}.npy"
     atomic_write(path, lambda handle: np.save(handle, scores_hw, allow_pickle=False))
     return path
+
+
+def save_eval_thumbnails(out_dir: Path, seed: Optional[int], relative: str, image: Image.Image,
+                         grid_map: np.ndarray) -> None:
+    """The report's thumbnails of a test image: the image once (every seed shows the same), its map per seed."""
+    first = not (out_dir / image_thumbnail_path(relative)).exists()
+    write_thumbnails(out_dir, relative, image if first else None, grid_map, "" if seed is None else str(run_folder(seed)),
+                     image_size=image.size)
 
 
 def software_versions() -> dict[str, Optional[str]]:
@@ -163,6 +176,14 @@ def report_json(
     }
 
 
+def curves_json(runs: Sequence["RunResult"]) -> dict:
+    """curves.json: one entry per run (class, seed) with its ``roc``, ``pr`` and ``pro`` points (or None)."""
+    return {
+        "format": REPORT_FORMAT,
+        "runs": [{"class": run.class_name, "seed": run.seed, **run.curves} for run in runs],
+    }
+
+
 def _percent(mean: Optional[float], std: Optional[float]) -> str:
     if mean is None:
         return "n/a"
@@ -199,5 +220,7 @@ def write_report(
     atomic_write(out_dir / "metrics.json", lambda h: h.write(text.encode("utf-8")))
     atomic_write(out_dir / "metrics.csv", lambda h: h.write(csv_bytes(CSV_FIELDS, metrics_csv_rows(runs, summary))))
     atomic_write(out_dir / "scores.csv", lambda h: h.write(csv_bytes(SCORE_FIELDS, score_rows(runs))))
+    curves = json.dumps(curves_json(runs), separators=(",", ":")) + "\n"
+    atomic_write(out_dir / "curves.json", lambda h: h.write(curves.encode("utf-8")))
     markdown = f"{title}\n\n{markdown_table(summary)}"
     atomic_write(out_dir / "metrics.md", lambda h: h.write(markdown.encode("utf-8")))

@@ -60,10 +60,23 @@ def overlay(image: Image.Image, map_hw: np.ndarray) -> Image.Image:
     return _with_colour_scale(blended)
 
 
+def _scale_widths(width: int) -> tuple[int, int]:
+    """(colour bar, labels) widths beside an image ``width`` pixels wide."""
+    bar_width = max(12, int(width * SCALE_WIDTH_FRACTION))
+    return bar_width, max(28, bar_width * 2)
+
+
+def overlay_image_width(canvas_width: int) -> int:
+    """The width of the image inside an :func:`overlay` canvas ``canvas_width`` pixels wide."""
+    for width in range(canvas_width, 0, -1):
+        if width + sum(_scale_widths(width)) <= canvas_width:
+            return width
+    return canvas_width
+
+
 def _with_colour_scale(image: Image.Image) -> Image.Image:
     width, height = image.size
-    bar_width = max(12, int(width * SCALE_WIDTH_FRACTION))
-    label_width = max(28, bar_width * 2)
+    bar_width, label_width = _scale_widths(width)
     canvas = Image.new("RGB", (width + bar_width + label_width, height), (255, 255, 255))
     canvas.paste(image, (0, 0))
     gradient = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None].repeat(bar_width, axis=1)

@@ -7,6 +7,7 @@ kept, so ``a.png`` and ``a.jpg`` never collide)::
     OUT/maps/<relative path>.npy       float32 map
     OUT/heatmaps/<relative path>.png   image with the map overlaid
     OUT/masks/<relative path>.png      binary defect mask (0/255), with a pixel threshold
+    OUT/thumbnails/...                 small pictures for the report (:mod:`fade_cli.io.thumbnails`)
 
 With a pixel threshold, ``regions`` lists the defects of an image: 8-connected
 areas of the mask, each ``{"bbox": [x0, y0, x1, y1], "area": pixels, "peak": max
@@ -37,6 +38,7 @@ from fade_cli.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
 from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import escape_undecodable
+from fade_cli.io.thumbnails import write_thumbnails
 
 RESULT_FILES = ("results.csv", "results.jsonl")
 PARTIAL_FILE = "results.partial.jsonl"
@@ -131,15 +133,20 @@ class ImageWriter:
         map_size: Optional[int] = None,
         save_maps: bool = True,
         save_heatmaps: bool = True,
+        save_thumbnails: bool = False,
     ):
         self.out_dir = out_dir
         self.map_size = map_size
         self.save_maps = save_maps
         self.save_heatmaps = save_heatmaps
+        self.save_thumbnails = save_thumbnails
 
     def write_image(self, relative: str, image: Image.Image, detection: Detection) -> tuple[Optional[str], Optional[str]]:
-        """Save the map and the heatmap of one image; returns their paths relative to the output folder."""
+        """Save the map, the heatmap (and the thumbnails) of one image; returns the map's and the heatmap's
+        paths relative to the output folder."""
         map_rel = heat_rel = None
+        if self.save_thumbnails:  # from the decoded image in memory: no second decode for the report
+            write_thumbnails(self.out_dir, relative, image, detection.anomaly_map)
         # The image-size map serves both files; it is computed once (a 40-megapixel photo's map is 160 MB).
         at_image_size = None
         if self.save_heatmaps or (self.save_maps and not self.map_size):
@@ -174,8 +181,9 @@ class RunOutput(ImageWriter):
         map_size: Optional[int] = None,
         save_maps: bool = True,
         save_heatmaps: bool = True,
+        save_thumbnails: bool = False,
     ):
-        super().__init__(out_dir, map_size, save_maps, save_heatmaps)
+        super().__init__(out_dir, map_size, save_maps, save_heatmaps, save_thumbnails)
         if not overwrite:
             refuse_existing_results(out_dir)
         try:
