@@ -88,8 +88,8 @@ def test_fade_report_on_a_folder_without_a_run_exits_2(tmp_path):
 
 
 def test_initial_threshold_prefers_the_given_value_then_the_verdicts_then_best_f1():
-    rows = [Row("good/a", "good", score=0.2, label=GOOD), Row("bad/b", "bad", score=0.7, verdict="NG", label=DEFECTIVE),
-            Row("bad/c", "bad", score=0.4, verdict="OK", label=DEFECTIVE)]
+    rows = [Row("good/a", score=0.2, label=GOOD), Row("bad/b", score=0.7, verdict="NG", label=DEFECTIVE),
+            Row("bad/c", score=0.4, verdict="OK", label=DEFECTIVE)]
     assert initial_threshold(rows, 0.33) == (0.33, "given")
     assert initial_threshold(rows, None) == (0.7, "verdicts")
     for row in rows:
@@ -104,7 +104,7 @@ def test_best_f1_threshold_is_the_best_of_every_score():
     rng = np.random.default_rng(0)
     scores = np.round(rng.random(60), 2)  # ties on purpose
     labels = rng.random(60) < scores
-    rows = [Row(f"{i}", "", score=float(s), label=DEFECTIVE if y else GOOD) for i, (s, y) in enumerate(zip(scores, labels))]
+    rows = [Row(f"{i}", score=float(s), label=DEFECTIVE if y else GOOD) for i, (s, y) in enumerate(zip(scores, labels))]
     best = best_f1_threshold(rows)
     f1 = {t: f1_score(labels, scores >= t) for t in scores}
     assert f1[best] == pytest.approx(max(f1.values()))

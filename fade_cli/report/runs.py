@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fade_cli.errors import InputError
-from fade_cli.io.outputs import PARTIAL_FILE
+from fade_cli.io.outputs import PARTIAL_FILE, ResultRow
 
 RESULTS_FILE = "results.jsonl"
 WATCH_STATE_FILE = "watch-state.jsonl"
@@ -34,23 +34,14 @@ _VERDICTS = (None, "OK", "NG")
 
 
 @dataclass
-class Row:
-    """One image of a run, as the report shows it. Paths are relative to the run folder (posix)."""
+class Row(ResultRow):
+    """One image of a run as the report shows it: a results row (paths relative to the run folder,
+    posix), its sub-folder or class, and what is known beyond it."""
 
-    path: str
-    group: str
-    score: Optional[float] = None
-    language_score: Optional[float] = None
-    vision_score: Optional[float] = None
-    verdict: Optional[str] = None
-    error: Optional[str] = None
+    group: str = ""
     label: Optional[str] = None  # GOOD / DEFECTIVE when the ground truth is known
     defect: Optional[str] = None
     seed: Optional[int] = None
-    map_path: Optional[str] = None
-    heatmap_path: Optional[str] = None
-    mask_path: Optional[str] = None
-    regions: Optional[list[dict]] = None
     source: Optional[Path] = None  # the original image file, where known
 
 
