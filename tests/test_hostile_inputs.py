@@ -397,7 +397,7 @@ def test_full_disk_exits_3_keeps_earlier_results_and_leaves_no_temporary_files(t
         return handle if writes_left[0] >= 0 else FullDisk(handle)
 
     monkeypatch.setattr(outputs.os, "fdopen", fdopen)
-    result = run(["detect", QUERIES, "--out", out, "--overwrite", "-q", *ARGS])
+    result = run(["detect", QUERIES, "--out", out, "--overwrite", "--no-report", "-q", *ARGS])  # no thumbnails
 
     assert result.exit_code == 3
     assert "the disk is full" in result.output and "Traceback" not in result.output

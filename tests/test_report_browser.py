@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 import pytest
 from click.testing import CliRunner
 
@@ -25,6 +26,7 @@ from report_support import OpenReport, synthetic_run
 
 from fade_cli.cli import cli
 from fade_cli.evaluation.report import _percent
+from fade_cli.io.outputs import ResultRow, json_line
 from fade_cli.report.build import build_report
 
 COOKIE = Path(__file__).parent.parent / "examples" / "cookie"
@@ -367,5 +369,23 @@ def test_twenty_thousand_rows_are_interactive_within_two_seconds(chromium, tmp_p
     _until(page, "document.querySelector('#gallery .card[data-verdict=\"error\"]') !== null")
     assert _expected_order(rows)[-1] in _card_paths(page)
     assert len(opened.requests) < 400  # thumbnails load as cards appear, not 20,000 at once
+    assert opened.problems() == []
+    opened.close()
+
+
+def test_a_file_name_that_is_not_utf8_shows_and_finds_its_thumbnail(chromium, tmp_path):
+    name = os.fsdecode(b"caf\xe9 #1?.png")  # the byte 0xE9 alone is not UTF-8: Python holds it as U+DCE9
+    row = {"path": f"good/{name}", "score": 0.4, "error": None}
+    (tmp_path / "results.jsonl").write_text(json_line(ResultRow(**row)) + "\n", encoding="utf-8")
+    for kind in ("image", "map"):
+        target = tmp_path / "thumbnails" / kind / "good" / f"{name}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 24), (200, 100, 50)).save(target, format="JPEG")
+    build_report(tmp_path)
+    opened = OpenReport(chromium, tmp_path / "report.html")
+    page = opened.page
+    _until(page, "Array.from(document.querySelectorAll('#gallery img.image')).every(i => i.complete)")
+    assert page.evaluate("document.querySelector('#gallery img.image').naturalWidth") == 32
+    assert page.text_content("#gallery .card .name") == name  # the same string, as Python and JSON hold it
     assert opened.problems() == []
     opened.close()

@@ -179,3 +179,12 @@ def test_without_the_original_the_heatmap_stands_in(tmp_path):
     page = (tmp_path / "elsewhere" / "page.html").read_text()
     row = json.loads(re.search(r'id="fade-data">(.*?)</script>', page).group(1))["rows"][0]
     assert row["heat_thumb"] == "../thumbnails/heatmap/a.png.jpg"  # relative to the page
+
+
+def test_a_watch_folder_is_reported_as_a_watch(tmp_path):
+    _write_rows(tmp_path / "results.jsonl", [_row("cam/a.png", 0.3), _row("cam/b.png", 0.8, verdict="NG")])
+    (tmp_path / "watch-state.jsonl").write_text("")
+    page = build_report(tmp_path).read_text()
+    data = json.loads(re.search(r'id="fade-data">(.*?)</script>', page).group(1))
+    assert (data["kind"], data["threshold"], data["threshold_source"]) == ("watch", 0.8, "verdicts")
+    assert [row["path"] for row in data["rows"]] == ["cam/a.png", "cam/b.png"]

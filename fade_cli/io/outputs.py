@@ -145,8 +145,6 @@ class ImageWriter:
         """Save the map, the heatmap (and the thumbnails) of one image; returns the map's and the heatmap's
         paths relative to the output folder."""
         map_rel = heat_rel = None
-        if self.save_thumbnails:  # from the decoded image in memory: no second decode for the report
-            write_thumbnails(self.out_dir, relative, image, detection.anomaly_map)
         # The image-size map serves both files; it is computed once (a 40-megapixel photo's map is 160 MB).
         at_image_size = None
         if self.save_heatmaps or (self.save_maps and not self.map_size):
@@ -161,6 +159,8 @@ class ImageWriter:
             picture = overlay(image, at_image_size)
             del at_image_size
             write_png(self.out_dir / heat_rel, picture)
+        if self.save_thumbnails:  # from the decoded image in memory: no second decode for the report
+            write_thumbnails(self.out_dir, relative, image, detection.anomaly_map)
         return map_rel, heat_rel
 
     def write_mask(self, relative: str, mask_hw: np.ndarray) -> str:

@@ -2,7 +2,7 @@
 
 The data goes in as JSON inside ``<script type="application/json">``, with
 ``<``, ``>``, ``&`` and the JavaScript line separators U+2028/U+2029 written as
-``\\uXXXX`` escapes: no file name can end the script element or start markup,
+``\\uXXXX`` escapes (and the bytes of a file name that is not UTF-8 as ``\\udcXX``): no file name can end the script element or start markup,
 and the page reads it with ``JSON.parse``. The page's script builds every
 element from that data with ``textContent`` and attributes, never as HTML.
 """
@@ -14,6 +14,8 @@ import re
 from importlib import resources
 from typing import Any
 
+from fade_cli.io.images import escape_undecodable
+
 _ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 _UNSAFE = re.compile("[<>&\u2028\u2029]")
 _SLOT = re.compile(r"/\*@(TITLE|STYLE|SCRIPT|DATA)@\*/")
@@ -21,7 +23,7 @@ _SLOT = re.compile(r"/\*@(TITLE|STYLE|SCRIPT|DATA)@\*/")
 
 def embedded_json(data: Any) -> str:
     """JSON that is safe as the text of a script element (and equal to ``data`` once parsed)."""
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = escape_undecodable(json.dumps(data, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
     return _UNSAFE.sub(lambda match: _ESCAPES[match.group()], text)
 
 

@@ -28,7 +28,17 @@
 
   // A relative file path as a URL: every segment percent-encoded, so '#', '?', '%' or ':' in a
   // name stay part of the name and no scheme can appear.
-  function fileUrl(path) { return path.split("/").map(encodeURIComponent).join("/"); }
+  // A byte of a file name that is not UTF-8 arrives as a lone surrogate U+DC80..U+DCFF (Python's
+  // surrogateescape): it goes back into the URL as that byte.
+  function encodeSegment(segment) {
+    return segment.replace(/[\ud800-\udbff][\udc00-\udfff]|[^]/g, function (c) {
+      var code = c.charCodeAt(0);
+      if (c.length === 1 && code >= 0xdc80 && code <= 0xdcff) return "%" + (code - 0xdc00).toString(16).toUpperCase();
+      try { return encodeURIComponent(c); } catch (error) { return "%EF%BF%BD"; }
+    });
+  }
+
+  function fileUrl(path) { return path.split("/").map(encodeSegment).join("/"); }
 
   function fmt(value, digits) {
     return value === undefined || value === null ? "n/a" : Number(value).toFixed(digits === undefined ? 4 : digits);
