@@ -116,6 +116,14 @@ def test_a_stdout_closed_early_stops_like_an_interruption_not_as_ng(tmp_path):
     assert not (out / "results.partial.jsonl").exists()
 
 
+def test_a_stdout_closed_early_is_never_exit_1_in_any_command():
+    process = subprocess.Popen([sys.executable, "-m", "fade_cli", "models", "list", "--all"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == PIPE_CLOSED and b"Traceback" not in stderr
+
+
 @pytest.fixture
 def with_unreadable(tmp_path):
     folder = tmp_path / "in"

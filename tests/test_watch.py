@@ -360,3 +360,15 @@ def test_any_file_name_survives_the_state_and_the_results(engine, tmp_path):
     rows = [json.loads(line) for line in text.splitlines()]  # even a reader splitting at U+2028 gets whole rows
     assert sorted(row["path"] for row in rows) == sorted(LINE_BREAK_NAMES)
     assert sorted(entry["path"] for entry in state_of(out)) == sorted(LINE_BREAK_NAMES)
+
+
+def test_a_name_too_long_for_its_heatmap_is_an_error_row_and_the_watch_goes_on(engine, tmp_path):
+    folder, out, clock, done = tmp_path / "in", tmp_path / "out", FakeTime(), tmp_path / "done"
+    long_name = "t" * 248 + ".png"  # 252 bytes: fits, but heatmaps/<name>.png (256) cannot exist
+    picture(folder / long_name)
+    picture(folder / "b.png")
+    watcher, log = start(folder, out, clock, move_to=done)
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 2
+    rows = {row["path"]: row for row in rows_of(out)}
+    assert rows[long_name]["score"] is not None and "File name too long" in rows[long_name]["error"]
+    assert rows["b.png"]["error"] is None and (done / long_name).exists()
