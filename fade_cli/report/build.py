@@ -21,6 +21,7 @@ from fade_cli.evaluation.report import HEADERS
 from fade_cli.io.atomic import atomic_write
 from fade_cli.io.heatmap import overlay_image_width
 from fade_cli.io.images import load_image
+from fade_cli.io.outputs import REPORT_FILE
 from fade_cli.io.thumbnails import (
     THUMBNAILS_DIR,
     image_thumbnail,
@@ -34,7 +35,6 @@ from fade_cli.io.thumbnails import (
 from fade_cli.report.page import render_page
 from fade_cli.report.runs import DEFECTIVE, Row, RunData, load_run
 
-REPORT_FILE = "report.html"
 PAGE_FORMAT = 1
 THUMBNAIL_THREADS = min(8, os.cpu_count() or 1)
 HEATMAP_THUMBNAIL_DIR = f"{THUMBNAILS_DIR}/heatmap"
