@@ -67,12 +67,17 @@ def detect_run(tmp_path_factory):
     return out, rows
 
 
-@pytest.fixture
-def report(chromium, detect_run):
-    opened = OpenReport(chromium, detect_run[0] / "report.html")
+def _checked(chromium, page_path: Path):
+    """The report opened for a test; afterwards, nothing may have gone wrong in the page."""
+    opened = OpenReport(chromium, page_path)
     yield opened
     assert opened.problems() == []
     opened.close()
+
+
+@pytest.fixture
+def report(chromium, detect_run):
+    yield from _checked(chromium, detect_run[0] / "report.html")
 
 
 def _until(page, expression: str, timeout: float = 10.0) -> None:
@@ -278,10 +283,7 @@ def eval_run(tmp_path_factory):
 
 @pytest.fixture
 def eval_report(chromium, eval_run):
-    opened = OpenReport(chromium, eval_run[0] / "report.html")
-    yield opened
-    assert opened.problems() == []
-    opened.close()
+    yield from _checked(chromium, eval_run[0] / "report.html")
 
 
 def test_eval_table_equals_metrics_json(eval_report, eval_run, tmp_path_factory):
@@ -354,12 +356,15 @@ def test_eval_gallery_and_worst_images(eval_report, eval_run):
 def test_twenty_thousand_rows_are_interactive_within_two_seconds(chromium, tmp_path):
     rows = synthetic_run(tmp_path / "big", 20_000)
     build_report(tmp_path / "big")
-    started = time.perf_counter()
     opened = OpenReport(chromium, tmp_path / "big" / "report.html")
     page = opened.page
-    _set_threshold(page, 0.5)
-    interactive = time.perf_counter() - started
-    assert interactive < 2.0
+    # Timed by the page's own clock (from the start of navigation), not through the test's calls to it:
+    # until it is ready, then how long a threshold change takes to relabel and recount.
+    ready_ms = float(page.get_attribute("body", "data-ready-ms"))
+    change_ms = page.evaluate(
+        "() => { const box = document.getElementById('threshold-input'), t = performance.now();"
+        " box.value = '0.5'; box.dispatchEvent(new Event('input')); return performance.now() - t; }")
+    assert (ready_ms + change_ms) / 1000 < 2.0
     expected = _python_counts(rows, 0.5)
     assert int(page.text_content("#count-ng")) == expected["ng"]
     assert int(page.text_content("#count-errors")) == expected["errors"]
