@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,11 +31,13 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from fade_cli import strict_json
 from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
 from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import escape_undecodable
+from fade_cli.memory import check_map_size
 
 RESULT_FILES = ("results.csv", "results.jsonl")
 PARTIAL_FILE = "results.partial.jsonl"
@@ -67,7 +68,7 @@ FIELDS = list(ResultRow.__dataclass_fields__)
 
 def json_line(row: ResultRow) -> str:
     """One JSON line; a file name that is not valid UTF-8 is written as JSON escapes, never a crash."""
-    return escape_undecodable(json.dumps(row.to_dict(), ensure_ascii=False))
+    return escape_undecodable(strict_json.dumps(row.to_dict()))
 
 
 def csv_cells(row: ResultRow) -> dict:
@@ -76,7 +77,7 @@ def csv_cells(row: ResultRow) -> dict:
         if value is None:
             return ""
         if isinstance(value, (list, dict)):
-            return json.dumps(value, separators=(",", ":"))
+            return strict_json.dumps(value, separators=(",", ":"), ensure_ascii=True)
         return escape_undecodable(value) if isinstance(value, str) else value
     return {key: cell(value) for key, value in row.to_dict().items()}
 
@@ -132,6 +133,7 @@ class ImageWriter:
         save_maps: bool = True,
         save_heatmaps: bool = True,
     ):
+        check_map_size(map_size if save_maps else None, self.writer_threads)
         self.out_dir = out_dir
         self.map_size = map_size
         self.save_maps = save_maps

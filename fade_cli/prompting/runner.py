@@ -6,10 +6,10 @@ or third-party, gets the same checks and the same ``meta`` block.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from fade_cli import strict_json
 from fade_cli import __version__
 from fade_cli.errors import FadeError, InputError
 from fade_cli.prompt_set import PromptSet
@@ -110,7 +110,7 @@ def generation_meta(
     for key, value in extra.items():
         meta.setdefault(key, jsonable(value))
     try:
-        json.dumps(meta)
+        strict_json.dumps(meta)
     except (TypeError, ValueError) as exc:
         raise FadeError(f"prompt generator '{generator.name}' returned meta that is not JSON: {exc}") from exc
     return meta
