@@ -119,7 +119,7 @@ class EngineConfig:
             "weights": text("weights", None),
             "model_config": text("model_config", None),
             "cache_dir": text("cache_dir", None),
-            "device": fields.text("device", default.device),
+            "device": _device_field(fields, default.device),
             "precision": fields.text("precision", default.precision, choices=PRECISIONS),
             "class_name": fields.text("class_name", default.class_name),
             "cls_size": fields.integer("cls_size", 1, MAX_INPUT_SIZE, default.cls_size),
@@ -149,6 +149,13 @@ def check_device_name(name: str) -> None:
     """Refuse devices the engine cannot run on (``meta``, ``xla``, typos) before torch meets them."""
     if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
         raise InputError(f"--device {name!r} is not a device fade runs on: use auto, cpu, cuda, cuda:N or mps")
+
+
+def _device_field(fields: Fields, default: str) -> str:
+    device = fields.text("device", default)
+    if not DEVICE_PATTERN.fullmatch(device):
+        raise fields.fail("device", "auto, cpu, cuda, cuda:N or mps", device)
+    return device
 
 
 def _optional_field(read, name: str, default: Any) -> Any:

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import CLS_PROMPTS, FAST_ARGS, QUERIES, SEG_PROMPTS
+from conftest import FAST_ARGS, QUERIES
 from fade_cli import strict_json
 from fade_cli.bank.bank import load_bank
-from fade_cli.bank.container import BankFileError, _checksum, canonical_json
+from fade_cli.bank.container import BankFileError
 from fade_cli.cli import cli
 from fade_cli.config import EngineConfig
 from fade_cli.errors import InputError
-from test_bank_format import synthetic_bank
+from test_bank_format import forged_bank, synthetic_bank
 
 NON_FINITE = ["nan", "inf", "-inf", "1e999"]
 
@@ -77,25 +74,6 @@ def test_an_engine_config_with_a_non_finite_setting_is_refused(field):
         EngineConfig().replace(**{field: math.inf})
 
 
-def forged_bank(path, edit_metadata_text):
-    """A bank whose metadata text is edited as raw JSON (NaN included) and whose checksum is recomputed:
-    what a forger, or a non-Python writer, could produce."""
-    bank = synthetic_bank()
-    tensors = bank.tensors()
-    text = edit_metadata_text(canonical_json(bank.metadata()))
-    index, chunks, offset = {}, [], 0
-    for name in sorted(tensors):
-        raw = np.ascontiguousarray(tensors[name], dtype="<f4").tobytes()
-        index[name] = {"dtype": "F32", "shape": list(tensors[name].shape), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    data = b"".join(chunks)
-    header = {"__metadata__": {"fade": text, "fade_sha256": _checksum(text, index, data)}, **index}
-    header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    path.write_bytes(struct.pack("<Q", len(header_bytes)) + header_bytes + data)
-    return path
-
-
 @pytest.mark.parametrize("replacement", ["NaN", "Infinity", "-Infinity", "1e999"])
 @pytest.mark.parametrize("field", ['"image":', '"margin":', '"vision_weight":'])
 def test_a_bank_with_a_non_finite_number_is_refused(tmp_path, field, replacement):
@@ -122,24 +100,6 @@ def test_a_bank_with_nan_embeddings_is_refused(tmp_path):
     save_bank(bank, tmp_path / "nan.fadebank")
     with pytest.raises(BankFileError, match="patches.32 holds NaN"):
         load_bank(tmp_path / "nan.fadebank")
-
-
-def _scores(output: str) -> dict:
-    return {row["path"]: row["score"] for row in map(strict_loads, output.splitlines())}
-
-
-def test_nan_in_the_text_embedding_cache_is_discarded_and_rebuilt(tmp_path):
-    args = ["detect", QUERIES, "--format", "jsonl", "-q", *FAST_ARGS, "--cls-prompts", CLS_PROMPTS, "--seg-prompts", SEG_PROMPTS]
-    first = run(args)
-    entries = sorted(Path(os.environ["FADE_CACHE_DIR"]).glob("text-embeddings/*.npy"))
-    assert entries
-    for entry in entries:
-        np.save(entry, np.full((2, 32), np.nan, np.float32))
-    with pytest.warns(UserWarning, match="discarded the damaged text-embedding cache entry"):
-        second = run(args)
-    assert second.exit_code == first.exit_code == 0
-    assert _scores(second.output) == _scores(first.output)
-    assert all(np.isfinite(np.load(entry)).all() for entry in entries)
 
 
 def test_a_score_that_comes_out_nan_is_an_error_row_never_ok(tmp_config_engine, tmp_path):
