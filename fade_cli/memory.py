@@ -49,19 +49,19 @@ def largest_fitting(limit: int, needs, start: int) -> int:
     return low
 
 
-def map_bytes(size: int, writers: int) -> int:
-    return size * size * 4 * MAP_BUFFERS * writers
+def map_bytes(size: int, maps: int) -> int:
+    return size * size * 4 * MAP_BUFFERS * maps
 
 
-def check_map_size(size: Optional[int], writers: int, option: str = "--map-size") -> None:
-    """Refuse a saved-map size whose buffers (``writers`` images written at once) cannot fit in RAM."""
-    limit = physical_memory_bytes()
-    limit = None if limit is None else limit // 2  # the model, the images and the rest of the run need the other half
-    if size is None or limit is None or map_bytes(size, writers) <= limit:
+def check_map_size(size: Optional[int], maps: int, option: str = "--map-size") -> None:
+    """Refuse a map size whose buffers (``maps`` images handled at once) cannot fit in half the RAM
+    (the model, the images and the rest of the run need the other half)."""
+    total = physical_memory_bytes()
+    if size is None or total is None or map_bytes(size, maps) <= total // 2:
         return
-    fitting = largest_fitting(limit, lambda s: map_bytes(s, writers), size)
+    fitting = largest_fitting(total // 2, lambda s: map_bytes(s, maps), size)
     raise InputError(
-        f"{option} {size}: {writers} map(s) of {size} x {size} written at once need about "
-        f"{gigabytes(map_bytes(size, writers))}, more than this machine's {gigabytes(limit)} of memory; "
+        f"{option} {size}: {maps} map(s) of {size} x {size} at once need about "
+        f"{gigabytes(map_bytes(size, maps))}, more than half of this machine's {gigabytes(total)} of memory; "
         f"use {option} {fitting} or less"
     )

@@ -213,10 +213,16 @@ def test_sizes_too_large_for_the_memory_are_refused_with_the_largest_that_fits(m
     assert_refused(result, named, "8.6 GB of memory", "the largest size that fits is about")
 
 
-def test_a_map_size_too_large_for_the_memory_is_refused(monkeypatch, tmp_path):
+@pytest.mark.parametrize("command, option", [
+    (["detect", QUERIES, "--out", "OUT"], "--map-size"),
+    (["watch", QUERIES, "--out", "OUT", "--once", "--maps"], "--map-size"),
+    (["eval", QUERIES, "--dataset", "folder"], "--eval-size"),
+])
+def test_a_map_size_too_large_for_the_memory_is_refused(monkeypatch, tmp_path, command, option):
     monkeypatch.setattr("fade_cli.memory.physical_memory_bytes", lambda: 8 << 30)
-    result = run(["detect", QUERIES, *FAST_ARGS, "--map-size", "100000", "--out", tmp_path / "out", "-q"])
-    assert_refused(result, "--map-size 100000", "or less")
+    command = [tmp_path / "out" if part == "OUT" else part for part in command]
+    result = run([*command, *FAST_ARGS, option, "100000", "-q"])
+    assert_refused(result, f"{option} 100000", "more than half of this machine's 8.6 GB", "or less")
     assert not (tmp_path / "out" / "results.csv").exists()
 
 
