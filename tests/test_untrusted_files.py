@@ -324,9 +324,17 @@ def test_a_fifo_and_a_device_are_named_as_what_they_are_and_never_block(tmp_path
     assert rows["real.png"]["score"] is not None
 
 
-def test_a_fifo_given_as_a_prompts_file_is_refused_without_reading(tmp_path):
-    os.mkfifo(tmp_path / "prompts.json")
-    assert_refused(run(["prompts", "show", tmp_path / "prompts.json"]), "is a FIFO (named pipe)")
+@pytest.mark.parametrize("command, what", [
+    (["prompts", "show", "FIFO"], "prompts file"),
+    (["bank", "info", "FIFO"], "bank file"),
+    (["detect", QUERIES, "--bank", "FIFO"], "bank file"),
+    (["prompts", "generate", "bolt", "--generator", "template", "--template", "FIFO"], "--template: file"),
+    (["detect", QUERIES, *TINY_MODEL_ARGS[2:], "--model-config", "FIFO"], "model config"),
+])
+def test_a_fifo_given_as_a_file_to_parse_is_refused_without_reading(tmp_path, command, what):
+    os.mkfifo(tmp_path / "fifo")
+    result = run([tmp_path / "fifo" if part == "FIFO" else part for part in command])
+    assert_refused(result, f"{what} {tmp_path / 'fifo'} is a FIFO (named pipe), not a regular file")
 
 
 def _float_tiff(path, values):

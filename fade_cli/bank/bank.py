@@ -29,6 +29,7 @@ from fade_cli.bank.calibration import Calibration, Thresholds
 from fade_cli.bank.container import BankFileError, decode_container, encode_container
 from fade_cli.config import EngineConfig
 from fade_cli.errors import InputError
+from fade_cli.io.files import read_file_bytes
 from fade_cli.prompt_set import PromptSet, prompt_set_from_dict
 from fade_cli.validation import Fields
 
@@ -36,6 +37,8 @@ FORMAT_NAME = "fade-bank"
 FORMAT_VERSION = 1
 PATCH_DTYPES = {"float32": np.float32, "float16": np.float16}
 # How a machine runs the engine, not what it computes: never taken from a bank.
+# A bank of thousands of references at several sizes is gigabytes; a file beyond this is not one.
+MAX_BANK_BYTES = 1 << 36
 RUNTIME_DEFAULTS = {"device": "auto", "batch_size": None, "cache_dir": None, "compile": False}
 
 
@@ -117,11 +120,9 @@ def load_bank(path: Union[str, Path]) -> ReferenceBank:
     """Read and check a bank file; any problem is a :class:`BankFileError` (exit code 2)."""
     source = str(path)
     try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError as exc:
-        raise BankFileError(f"bank file not found: {source}") from exc
-    except OSError as exc:
-        raise BankFileError(f"cannot read bank file {source}: {exc.strerror or exc}") from exc
+        raw = read_file_bytes(path, "bank file", limit=MAX_BANK_BYTES)
+    except InputError as exc:
+        raise BankFileError(str(exc)) from exc
     metadata, tensors = decode_container(raw, source)
     _check_format(metadata, source)
     try:

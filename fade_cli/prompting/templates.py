@@ -29,6 +29,7 @@ import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
 from fade_cli.errors import InputError
+from fade_cli.io.files import read_text_file
 from fade_cli.prompt_set import STATES, PromptSet
 
 _SECTION = re.compile(r"^\[(normal|abnormal)\]$", re.IGNORECASE)
@@ -56,10 +57,7 @@ def builtin_template(name: str) -> TemplateSource:
 
 
 def template_file(path: Path) -> TemplateSource:
-    try:
-        return TemplateSource(label=str(path), text=Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read template {path}: {exc}") from exc
+    return TemplateSource(label=str(path), text=read_text_file(path, "template"))
 
 
 def fix_articles(text: str) -> str:
