@@ -143,7 +143,7 @@ def _config_variant(tmp_path, edit):
 def test_a_model_config_with_a_hostile_field_is_not_a_usable_config(tmp_path, edit, named):
     path = _config_variant(tmp_path, edit)
     result = run(["detect", QUERIES, "--model-config", path, "--weights", WEIGHTS, "--device", "cpu", "-q"])
-    assert_refused(result, f"model config {path}", named)
+    assert_refused(result, f"model config {path}", named, f"{path} is not a usable open_clip model config")
 
 
 def test_a_model_config_nested_deeply_is_refused(tmp_path):
@@ -370,3 +370,9 @@ def test_the_pixel_count_is_checked_before_decoding(tmp_path, monkeypatch):
         warnings.simplefilter("error")
         with pytest.raises(ImageError, match=r"image too large \(100 x 100"):
             load_image(tmp_path / "big.png")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_on_a_machine_without_one_is_a_usage_error():
+    result = run(["detect", QUERIES, "--model-config", MODEL_CONFIG, "--weights", WEIGHTS, "--device", "cuda", "-q"])
+    assert_refused(result, "--device cuda was asked for, but torch sees no CUDA device")

@@ -41,7 +41,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"--device {name} was asked for, but torch sees no CUDA device on this machine.")
+        raise InputError(f"--device {name} was asked for, but torch sees no CUDA device on this machine.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InputError("--device mps was asked for, but torch sees no Apple GPU (MPS) on this machine.")
     try:
         return torch.device(name)
     except RuntimeError as exc:

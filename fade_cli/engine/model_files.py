@@ -29,7 +29,13 @@ PICKLE_PROTOCOL_MARK = 0x80
 
 def read_model_config(path: Union[str, Path]) -> dict[str, Any]:
     """A custom architecture file (open_clip's JSON format) with every field fade relies on checked."""
-    label = f"model config {path}"
+    try:
+        return _checked_model_config(path, f"model config {path}")
+    except InputError as exc:
+        raise InputError(f"{exc}; {path} is not a usable open_clip model config") from exc
+
+
+def _checked_model_config(path: Union[str, Path], label: str) -> dict[str, Any]:
     data = strict_json.loads(read_text_file(path, "model config"), label)
     fields = Fields(data, label)
     missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if key not in fields.data]

@@ -47,7 +47,7 @@ def read_file_bytes(path: Union[str, Path], what: str, limit: int = TEXT_FILE_LI
         raise InputError(f"{what} {path} is {status.st_size} bytes, more than the {limit} a {what} may have")
     try:
         with open(path, "rb") as handle:
-            return handle.read(limit + 1)
+            return handle.read()  # a regular file of at most `limit` bytes, checked above
     except OSError as exc:
         raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
 
