@@ -22,6 +22,8 @@ DEFAULT_SEG_SIZES = (240, 448, 896)
 DEFAULT_CLS_SIZE = 240
 # No ViT runs at a side this large on any machine; the real bound, from memory, is checked before a run.
 MAX_INPUT_SIZE = 1 << 16
+# Self-self attention iterations: the paper uses 1; each one costs a pass through the GEM blocks.
+MAX_GEM_ITERS = 100
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 FEATURE_KINDS = ("clip", "gem")
 IMAGE_SCORE_KINDS = ("language", "vision", "mean")
@@ -129,7 +131,7 @@ class EngineConfig:
             "cls_use_classname": fields.flag("cls_use_classname", default.cls_use_classname),
             "seg_use_classname": fields.flag("seg_use_classname", default.seg_use_classname),
             "gem_depth": fields.integer("gem_depth", 2, 1024, default.gem_depth),
-            "gem_iters": fields.integer("gem_iters", 0, 1024, default.gem_iters),
+            "gem_iters": fields.integer("gem_iters", 0, MAX_GEM_ITERS, default.gem_iters),
             "gem_temperature": fields.number("gem_temperature", default=None, optional=True),
             "vision_feature": fields.text("vision_feature", None, optional=True, choices=FEATURE_KINDS),
             "vision_multiplier": fields.number("vision_multiplier", default=None, optional=True),

@@ -192,13 +192,18 @@ def test_a_weights_file_that_is_not_a_checkpoint_is_named_as_such(tmp_path, monk
 
 @pytest.mark.parametrize("scales", ["1", "15", "240,8"])
 def test_sizes_smaller_than_the_patch_are_refused_before_the_model_is_loaded(monkeypatch, scales):
-    monkeypatch.setattr("fade_cli.engine.model.load_model", _never_called)
+    forbid_model_loading(monkeypatch)
     result = run(["detect", QUERIES, *TINY_MODEL_ARGS, "--scales", scales, "--cls-size", "240", "-q"])
     assert_refused(result, "smaller than the patch", "at least 16")
 
 
 def _never_called(*args, **kwargs):
     raise AssertionError("the model must not be loaded")
+
+
+def forbid_model_loading(monkeypatch):
+    for module in ("fade_cli.engine.model", "fade_cli.engine.detector"):
+        monkeypatch.setattr(f"{module}.load_model", _never_called)
 
 
 @pytest.mark.parametrize("options, named", [
@@ -208,7 +213,7 @@ def _never_called(*args, **kwargs):
 ])
 def test_sizes_too_large_for_the_memory_are_refused_with_the_largest_that_fits(monkeypatch, options, named):
     monkeypatch.setattr("fade_cli.engine.sizes.physical_memory_bytes", lambda: 8 << 30)
-    monkeypatch.setattr("fade_cli.engine.model.load_model", _never_called)
+    forbid_model_loading(monkeypatch)
     result = run(["detect", QUERIES, *TINY_MODEL_ARGS, *options, "-q"])
     assert_refused(result, named, "8.6 GB of memory", "the largest size that fits is about")
 
@@ -376,3 +381,15 @@ def test_the_pixel_count_is_checked_before_decoding(tmp_path, monkeypatch):
 def test_cuda_on_a_machine_without_one_is_a_usage_error():
     result = run(["detect", QUERIES, "--model-config", MODEL_CONFIG, "--weights", WEIGHTS, "--device", "cuda", "-q"])
     assert_refused(result, "--device cuda was asked for, but torch sees no CUDA device")
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--gem-depth", "10"], "--gem-depth 10 does not fit fade-golden, a ViT with 8 blocks: use 2 to 9"),
+    (["--gem-iters", "1000000000"], "--gem-iters"),
+    (["--cls-size", "99999999"], "--cls-size"),
+    (["--batch-size", "1000000000000"], "use a smaller --batch-size"),
+])
+def test_settings_that_cannot_fit_the_model_are_refused_before_loading(monkeypatch, options, message):
+    forbid_model_loading(monkeypatch)
+    result = run(["detect", QUERIES, *FAST_ARGS, *options, "-q"])
+    assert_refused(result, message)

@@ -36,6 +36,7 @@ class ModelGeometry:
     patch_size: int
     width: int
     embed_dim: Optional[int]
+    layers: Optional[int] = None
 
 
 def model_geometry(model_name: str) -> Optional[ModelGeometry]:
@@ -49,7 +50,9 @@ def model_geometry(model_name: str) -> Optional[ModelGeometry]:
         patch = max(patch)
     if not isinstance(patch, int) or not isinstance(width, int):
         return None
-    return ModelGeometry(patch, width, embed_dim if isinstance(embed_dim, int) else None)
+    layers = vision.get("layers")
+    return ModelGeometry(patch, width, embed_dim if isinstance(embed_dim, int) else None,
+                         layers if isinstance(layers, int) else None)
 
 
 def image_bytes(size: int, geometry: ModelGeometry) -> int:
@@ -71,10 +74,14 @@ def device_memory_bytes(device: torch.device) -> Optional[int]:
 
 
 def check_input_sizes(config: EngineConfig, model_name: str, device: torch.device, batch_size: int) -> None:
-    """Refuse sizes smaller than the patch, or too large for the device's memory (InputError, exit 2)."""
+    """Refuse a GEM depth deeper than the model, sizes smaller than the patch, or sizes and batches too large
+    for the device's memory (InputError, exit 2)."""
     geometry = model_geometry(model_name)
     if geometry is None:
         return
+    if geometry.layers is not None and config.gem_depth - 1 > geometry.layers:
+        raise InputError(f"--gem-depth {config.gem_depth} does not fit {model_name}, a ViT with {geometry.layers} "
+                         f"blocks: use 2 to {geometry.layers + 1}")
     named = [("--cls-size", config.cls_size)] + [("--scales", size) for size in config.seg_sizes]
     for option, size in named:
         if size < geometry.patch_size:
@@ -87,6 +94,10 @@ def check_input_sizes(config: EngineConfig, model_name: str, device: torch.devic
         needed = batch_size * image_bytes(size, geometry)
         if needed > limit:
             fitting = largest_fitting(limit, lambda s: batch_size * image_bytes(s, geometry), size)
+            if fitting < geometry.patch_size:
+                raise InputError(f"--batch-size {batch_size}: a batch at {option} {size} needs about "
+                                 f"{gigabytes(needed)} (an estimate), more than the {gigabytes(limit)} of memory "
+                                 f"of {device}; use a smaller --batch-size")
             raise InputError(
                 f"{option} {size}: scoring {batch_size} image(s) at {size} x {size} needs about "
                 f"{gigabytes(needed)} (an estimate), more than the {gigabytes(limit)} of memory of {device}; "
