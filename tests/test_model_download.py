@@ -353,11 +353,15 @@ def _start_download_and_wait_half_way() -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("hub", ["hang"], indirect=True)
-def test_ctrl_c_half_way_leaves_nothing_and_exits_130(hub):
+@pytest.mark.parametrize("stop, code, said", [
+    (signal.SIGINT, 130, "Interrupted."),  # Ctrl-C
+    (signal.SIGTERM, 143, "Stopped (SIGTERM)."),  # a service manager stopping a first run
+])
+def test_a_download_stopped_half_way_leaves_nothing(hub, stop, code, said):
     proc = _start_download_and_wait_half_way()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 130 and "Interrupted." in stderr
+    assert proc.returncode == code and said in stderr
     assert leftovers() == [] and cached_file() is None
 
 
