@@ -198,7 +198,7 @@ def _free_name(path: Path) -> Path:
     """``path``, or ``name.2.png``, ``name.3.png``... when it is taken: a moved file never replaces another."""
     number = 1
     candidate = path
-    while candidate.exists() or candidate.is_symlink():
+    while os.path.lexists(candidate):  # False, not an error, for a name too long: the move then says so
         number += 1
         candidate = path.with_name(f"{path.stem}.{number}{path.suffix}")
     return candidate

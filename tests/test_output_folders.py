@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from conftest import GOLDEN, QUERIES, TINY_MODEL_ARGS
 from fade_cli.cli import cli
-from fade_cli.io.folder_lock import MARKER, output_folder_lock
+
+MARKER = ".fade-output"  # the lock file and marker of an output folder (fade_cli.io.folder_lock.MARKER)
 
 ARGS = TINY_MODEL_ARGS + ["--scales", "240", "--cls-size", "240", "--batch-size", "1"]
 EXAMPLES = Path(__file__).parent.parent / "examples" / "cookie"
@@ -79,6 +80,8 @@ def test_a_folder_in_use_is_refused_naming_the_holder_and_kill_9_leaves_no_stale
 
 
 def test_the_lock_is_released_when_the_run_ends(tmp_path):
+    from fade_cli.io.folder_lock import output_folder_lock
+
     out = tmp_path / "out"
     with output_folder_lock(out, "first"):
         pass

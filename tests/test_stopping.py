@@ -16,7 +16,9 @@ from click.testing import CliRunner
 
 from conftest import QUERIES, TINY_MODEL_ARGS
 from fade_cli.cli import cli
-from fade_cli.cli.exit_codes import EXIT_CODES_HELP, NOT_INSPECTED, PIPE_CLOSED, TERMINATED
+from fade_cli.cli.exit_codes import EXIT_CODES_HELP
+
+NOT_INSPECTED, PIPE_CLOSED, TERMINATED = 4, 141, 143  # scripts rely on the numbers themselves
 
 ARGS = TINY_MODEL_ARGS + ["--scales", "240", "--cls-size", "240", "--batch-size", "1"]
 EXAMPLES = Path(__file__).parent.parent / "examples" / "cookie"
@@ -84,6 +86,13 @@ def test_sigterm_while_the_model_loads_stops_cleanly(tmp_path):
     assert "Stopped (SIGTERM)." in done.stderr and "Traceback" not in done.stderr
 
 
+def test_sigterm_while_a_watch_loads_its_model_is_a_service_stop(tmp_path):
+    (tmp_path / "in").mkdir()
+    done = fade_with_sigterm("model loading", ["watch", tmp_path / "in", "--out", tmp_path / "out", *ARGS])
+    assert done.returncode == 0, done.stderr
+    assert "Stopped after scoring 0 image(s)" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_sigterm_during_eval_writes_the_report_marked_incomplete(tmp_path):
     out = tmp_path / "out"
     done = fade_with_sigterm("second eval run", ["eval", EXAMPLES, "--shots", "1", "--seeds", "0,1", "--out", out,
@@ -105,6 +114,14 @@ def test_a_stdout_closed_early_stops_like_an_interruption_not_as_ng(tmp_path):
     rows = rows_of(out / "results.jsonl")
     assert rows and rows[0]["path"] == "cracked_a.png"  # the row being printed is saved
     assert not (out / "results.partial.jsonl").exists()
+
+
+def test_a_stdout_closed_early_is_never_exit_1_in_any_command():
+    process = subprocess.Popen([sys.executable, "-m", "fade_cli", "models", "list", "--all"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == PIPE_CLOSED and b"Traceback" not in stderr
 
 
 @pytest.fixture
@@ -129,6 +146,9 @@ def test_watch_once_reports_images_not_inspected(with_unreadable, tmp_path):
 
 
 def test_every_exit_code_is_in_the_help():
+    from fade_cli.cli import exit_codes
+
+    assert (exit_codes.NOT_INSPECTED, exit_codes.PIPE_CLOSED, exit_codes.TERMINATED) == (4, 141, 143)
     for code in ("0", "1", "2", "3", "4", "130", "141", "143"):
         assert f"\n  {code} " in EXIT_CODES_HELP
     assert signal.SIGTERM + 128 == TERMINATED and signal.SIGPIPE + 128 == PIPE_CLOSED

@@ -76,21 +76,22 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
     warn = functools.partial(print_warning, console)
     ctx.with_resource(output_folder_lock(out))
     watcher = FolderWatcher(folder, out, settle_s=settle, move_to=move_to, warn=warn)
-    engine, threshold, pixel_threshold = _engine(ctx, options, refs, bank_path, threshold, pixel_threshold,
-                                                 console, quiet)
-    output = ResultsLog(out, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps)
-    printer = RowPrinter(output_format, threshold is not None)
     rows = []
+    try:  # from here on, a stop (SIGTERM while the model loads too) ends the watch the same way
+        engine, threshold, pixel_threshold = _engine(ctx, options, refs, bank_path, threshold, pixel_threshold,
+                                                     console, quiet)
+        output = ResultsLog(out, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps)
+        printer = RowPrinter(output_format, threshold is not None)
 
-    def on_row(row) -> None:
-        rows.append(row)
-        if row.error:
-            warn(row.error)
-        printer.row(row)
+        def on_row(row) -> None:
+            rows.append(row)
+            if row.error:
+                warn(row.error)
+            printer.row(row)
 
-    if not quiet:
-        console.print(f"Watching {folder} (results in {out}); Ctrl-C to stop.", markup=False, highlight=False, soft_wrap=True)
-    try:
+        if not quiet:
+            console.print(f"Watching {folder} (results in {out}); Ctrl-C to stop.", markup=False, highlight=False,
+                          soft_wrap=True)
         _watch(engine, watcher, output, threshold, pixel_threshold, on_row, interval, once)
     except STOPS as stop:
         if isinstance(stop, BrokenPipeError):

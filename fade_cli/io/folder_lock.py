@@ -75,13 +75,13 @@ def output_folder_lock(folder: Path, command: Optional[str] = None,
     """
     if (folder / MARKER).is_file():
         with _open_marker(folder) as probe:
-            if not _try_lock(probe):
+            if not _try_lock(probe, folder):
                 raise OutputFolderBusy(folder, _read_holder(probe))
     if refuse is not None:
         refuse()
     handle = _open_marker(folder)
     try:
-        if not _try_lock(handle):
+        if not _try_lock(handle, folder):
             raise OutputFolderBusy(folder, _read_holder(handle))
         if refuse is not None:
             refuse()  # another run may have finished in the folder since the first check
@@ -92,11 +92,14 @@ def output_folder_lock(folder: Path, command: Optional[str] = None,
         handle.close()  # releases the lock
 
 
-def _try_lock(handle) -> bool:
+def _try_lock(handle, folder: Path) -> bool:
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return False
+    except OSError as exc:  # a file system without locks (ENOLCK): refusing beats two runs clobbering each other
+        raise InputError(f"cannot lock the output folder {folder}: {exc.strerror or exc}; "
+                         "choose an output folder on a file system with locks (a local disk)") from exc
     return True
 
 
