@@ -64,8 +64,12 @@ def list_command(cached_only: bool, include_all: bool, output_format: str, cache
 @click.argument("model")
 @click.option("--pretrained", required=True, help="Pretrained tag, e.g. laion400m_e31 (see `fade models list`).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help=CACHE_HELP)
-def download_command(model: str, pretrained: str, cache_dir: Optional[str]) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (the line saying what is downloaded stays).")
+def download_command(model: str, pretrained: str, cache_dir: Optional[str], quiet: bool) -> None:
     """Download MODEL's weights into the cache (needs internet access).
+
+    Weights already in the cache are used as they are, without asking the network. Without
+    network access it fails within seconds (HF_HUB_ETAG_TIMEOUT sets the wait, 5 s by default).
 
     \b
       fade models download ViT-B-16-plus-240 --pretrained laion400m_e31
@@ -73,9 +77,12 @@ def download_command(model: str, pretrained: str, cache_dir: Optional[str]) -> N
     """
     import os
 
+    from fade_cli.cli.reporting import download_announcer, shows_progress, stderr_console
     from fade_cli.model_cache import cache_location, download
 
-    path = download(model, pretrained, cache_dir)
+    console = stderr_console()
+    path = download(model, pretrained, cache_dir, announce=download_announcer(console),
+                    progress=shows_progress(console, quiet))
     click.echo(path)
     click.echo(f"{model} ({pretrained}): {_size(os.path.getsize(path))} in {cache_location(cache_dir)}", err=True)
 

@@ -1,5 +1,6 @@
 """Building the open_clip backbone: built-in architectures, custom JSON configs,
-pretrained tags (downloaded and cached by open_clip) and local weight files.
+pretrained tags (their weights fetched into the cache by :mod:`fade_cli.model_cache`,
+then loaded from that file) and local weight files.
 
 Nothing here ever falls back to random weights: a model that cannot be loaded
 raises :class:`ModelError` with a message that says how to fix it.
@@ -20,8 +21,7 @@ import torch
 from fade_cli.config import EngineConfig
 from fade_cli.engine.model_files import check_checkpoint_file, read_model_config
 from fade_cli.errors import InputError, ModelError
-from fade_cli.model_cache import CACHE_ENV, check_architecture, check_pretrained_tag, default_cache_dir
-from fade_cli.model_cache import describe_cache_dir
+from fade_cli.model_cache import check_architecture, check_pretrained_tag, default_cache_dir, fetch_weights
 
 
 
@@ -80,17 +80,6 @@ def register_model_config(path: str) -> str:
     return config_path.stem
 
 
-def _offline_message(config: EngineConfig, cache_dir: Optional[str], reason: Exception) -> str:
-    reason_text = str(reason).split(". ")[0].removeprefix(f"Failed to download weights for tag '{config.pretrained}': ")
-    return (
-        f"Cannot load the weights of {config.model} (pretrained '{config.pretrained}'): they are not in "
-        f"the cache at {describe_cache_dir(cache_dir)} and could not be downloaded ({reason_text}). "
-        f"Either run once on a machine with internet access (`fade models download {config.model} "
-        f"--pretrained {config.pretrained}`) and copy that cache folder here (or point {CACHE_ENV} at it), "
-        f"or pass a local checkpoint with --weights FILE."
-    )
-
-
 @dataclass(frozen=True)
 class ModelSource:
     """Which architecture and which weights: known before anything is loaded."""
@@ -129,12 +118,14 @@ def load_model(config: EngineConfig, source: Optional[ModelSource] = None, text_
 
     source = source or resolve_model_source(config)
     device = resolve_device(config.device)
-    cache_dir = config.cache_dir or default_cache_dir()
+    checkpoint = source.pretrained if source.is_file else fetch_weights(
+        source.name, source.pretrained, config.cache_dir or default_cache_dir())
+    quick_gelu = _tag_uses_quick_gelu(source)
     model = None
     if not text_tower:
-        model = _vision_tower_only(source, cache_dir, device)
+        model = _vision_tower_only(source.name, checkpoint, quick_gelu, device)
     if model is None:
-        model = _full_model(config, source, cache_dir, device)
+        model = _full_model(source.name, checkpoint, quick_gelu, device)
         text_tower = True
     model.eval()
     return LoadedModel(
@@ -146,33 +137,35 @@ def load_model(config: EngineConfig, source: Optional[ModelSource] = None, text_
     )
 
 
-def _full_model(config: EngineConfig, source: ModelSource, cache_dir: Optional[str], device: torch.device):
+def _tag_uses_quick_gelu(source: ModelSource) -> bool:
+    """Weights published with QuickGELU (the openai tags) need it in the model, whichever path loads them."""
+    from open_clip import get_pretrained_cfg
+
+    if source.is_file:
+        return False
+    return bool(get_pretrained_cfg(source.name, source.pretrained).get("quick_gelu", False))
+
+
+def _full_model(name: str, checkpoint: str, quick_gelu: bool, device: torch.device):
     import open_clip
 
     try:
         return open_clip.create_model(
-            source.name, pretrained=source.pretrained, device=device, cache_dir=cache_dir, require_pretrained=True
+            name, pretrained=checkpoint, device=device, force_quick_gelu=quick_gelu, require_pretrained=True
         )
     except RuntimeError as exc:
-        if source.is_file:
-            raise ModelError(f"cannot load weights {source.pretrained} into {source.name}: {exc}") from exc
-        raise ModelError(_offline_message(config, cache_dir, exc)) from exc
+        raise ModelError(f"cannot load weights {checkpoint} into {name}: {exc}") from exc
 
 
-def _vision_tower_only(source: ModelSource, cache_dir: Optional[str], device: torch.device):
+def _vision_tower_only(name: str, checkpoint: str, quick_gelu: bool, device: torch.device):
     """The CLIP model with only its vision weights loaded, or None where the checkpoint is in
     a form this fast path does not know (the caller then loads the full model)."""
     import open_clip
-    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
-    tag_cfg = {} if source.is_file else get_pretrained_cfg(source.name, source.pretrained)
     try:
-        checkpoint = source.pretrained if source.is_file else download_pretrained(tag_cfg, cache_dir=cache_dir)
-        visual_state = _visual_state_dict(str(checkpoint))
+        visual_state = _visual_state_dict(checkpoint)
         with torch.device("meta"), _no_warnings():  # open_clip warns "no pretrained weights": they follow here
-            model = open_clip.create_model(
-                source.name, pretrained=None, device="meta", force_quick_gelu=bool(tag_cfg.get("quick_gelu", False))
-            )
+            model = open_clip.create_model(name, pretrained=None, device="meta", force_quick_gelu=quick_gelu)
         model.visual.load_state_dict(visual_state, strict=True, assign=True)
     except (RuntimeError, OSError, KeyError, ValueError):
         return None
