@@ -7,6 +7,8 @@ from typing import Optional
 import click
 from rich.console import Console
 
+from fade_cli.cli.options import FiniteFloat
+
 REPORT_EXIT_CODES_HELP = """\b
 Exit codes:
   0    report written
@@ -21,7 +23,7 @@ Exit codes:
 @click.option("--images", "images_root", type=click.Path(exists=True, path_type=Path),
               help="Where a detect or watch run's images are (the IMAGES it was given): the detail view shows them "
                    "at full resolution, and missing thumbnails are made from them.")
-@click.option("--threshold", type=float, help="Where the threshold explorer starts [default: the run's verdicts].")
+@click.option("--threshold", type=FiniteFloat(), help="Where the threshold explorer starts [default: the run's verdicts].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def report(run_dir: Path, out: Optional[Path], images_root: Optional[Path], threshold: Optional[float],
            quiet: bool) -> None:
