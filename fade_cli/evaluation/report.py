@@ -220,7 +220,7 @@ def write_report(
     atomic_write(out_dir / "metrics.json", lambda h: h.write(text.encode("utf-8")))
     atomic_write(out_dir / "metrics.csv", lambda h: h.write(csv_bytes(CSV_FIELDS, metrics_csv_rows(runs, summary))))
     atomic_write(out_dir / "scores.csv", lambda h: h.write(csv_bytes(SCORE_FIELDS, score_rows(runs))))
-    curves = json.dumps(curves_json(runs), separators=(",", ":")) + "\n"
+    curves = strict_json.dumps(curves_json(runs), separators=(",", ":")) + "\n"
     atomic_write(out_dir / "curves.json", lambda h: h.write(curves.encode("utf-8")))
     markdown = f"{title}\n\n{markdown_table(summary)}"
     atomic_write(out_dir / "metrics.md", lambda h: h.write(markdown.encode("utf-8")))
