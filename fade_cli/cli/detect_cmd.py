@@ -10,8 +10,9 @@ import click
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP, INTERRUPTED, NG, OK
 from fade_cli.bank.calibration import DEFAULT_MARGIN
 from fade_cli.cli.engine_setup import guard_engine_failures, read_run_setup, start_engine
-from fade_cli.cli.options import engine_options, pop_engine_options
-from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bar, stderr_console
+from fade_cli.cli.options import engine_options, mutual_options, pop_engine_options, pop_mutual_settings
+from fade_cli.cli.options import refuse_with_mutual
+from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bars, stderr_console
 from fade_cli.errors import InputError
 
 
@@ -36,6 +37,7 @@ from fade_cli.errors import InputError
 @click.option("--format", "output_format", type=click.Choice(["table", "jsonl", "csv"]), default="table",
               show_default=True, help="stdout: a table for people, or JSON lines / CSV for scripts.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@mutual_options
 @engine_options
 @click.pass_context
 def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional[Path], overwrite: bool,
@@ -55,12 +57,17 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
       fade detect ./images --refs ./good --class screw --threshold 0.5 --format jsonl
       fade detect ./images --refs ./good --class screw --calibrate --out run1
       fade detect ./incoming --bank screw.fadebank --out run1
+      fade detect ./batch --class screw --mutual --out run1    # zero-shot, images scored against each other
     """
     from fade_cli.io.images import require_images
     from fade_cli.io.outputs import RunOutput, refuse_existing_results
+    from fade_cli.engine.mutual import require_mutual_batch
     from fade_cli.runner import run_detection
 
     options = pop_engine_options(kwargs)
+    mutual = pop_mutual_settings(ctx, kwargs)
+    refuse_with_mutual(mutual, {"--refs": refs is not None, "--bank": bank_path is not None,
+                                "--calibrate": calibrate, "--use-query": bool(options["use_query"])})
     setup = read_run_setup(ctx, options, refs, bank_path, calibrate)
     if calibrate and refs is None:
         raise InputError("--calibrate needs --refs: the good images to calibrate on")
@@ -68,6 +75,8 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     warn = functools.partial(print_warning, console)
     files = require_images(images, exclude=out, on_skip=warn)
     ref_files = require_images(refs, on_skip=warn) if refs is not None else []
+    if mutual is not None:
+        require_mutual_batch(len(files))
     if out is not None and not overwrite:
         refuse_existing_results(out)
 
@@ -79,15 +88,18 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     output = RunOutput(out, overwrite=overwrite, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps) if out else None
     summary_rows = []
     try:
-        with progress_bar(console, quiet, total=len(files), description="Scoring") as advance:
+        passes = [("Encoding", len(files))] if mutual is not None else []
+        with progress_bars(console, quiet, passes + [("Scoring", len(files))]) as advancers:
             def on_row(row):
                 summary_rows.append(row)
                 if row.error:
                     print_warning(console, row.error)
                 printer.row(row)
-                advance()
+                advancers[-1]()
 
-            guard_engine_failures(lambda: run_detection(engine, files, output, threshold, on_row, pixel_threshold))
+            on_encoded = advancers[0] if mutual is not None else None
+            guard_engine_failures(lambda: run_detection(engine, files, output, threshold, on_row, pixel_threshold,
+                                                        mutual, on_encoded))
     except KeyboardInterrupt:
         _finish(output)
         printer.finish(summary_rows)
