@@ -289,7 +289,8 @@ def _mutual_scored_groups(
                 if batch.pixels_by_size is not None:
                     encoded.append(engine.encode_for_mutual(batch.pixels_by_size, settings))
                 for file, image, error in zip(batch.files, batch.images, batch.errors):
-                    items.append(_Scored(file, error) if image is None else _Scored(file, pixels=image.width * image.height))
+                    pixels = 0 if image is None else image.width * image.height
+                    items.append(_Scored(file, error, pixels=pixels))
                     if on_encoded is not None:
                         on_encoded()
         readable = [item for item in items if item.error is None]

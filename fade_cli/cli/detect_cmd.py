@@ -10,8 +10,8 @@ import click
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP, INTERRUPTED, NG, OK
 from fade_cli.bank.calibration import DEFAULT_MARGIN
 from fade_cli.cli.engine_setup import guard_engine_failures, read_run_setup, start_engine
-from fade_cli.cli.options import engine_options, mutual_options, pop_engine_options, pop_mutual_settings
-from fade_cli.cli.options import refuse_with_mutual
+from fade_cli.cli.mutual_options import mutual_options, pop_mutual_settings, refuse_with_mutual
+from fade_cli.cli.options import engine_options, pop_engine_options
 from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bars, stderr_console
 from fade_cli.errors import InputError
 

@@ -11,14 +11,12 @@ from typing import Any, Optional
 import click
 from click.core import ParameterSource
 
+from fade_cli.cli.mutual_options import mutual_options, pop_mutual_settings, refuse_with_mutual
 from fade_cli.cli.options import (
     engine_config_from_options,
     engine_options,
-    mutual_options,
     pop_engine_options,
-    pop_mutual_settings,
     prompt_sets_from_options,
-    refuse_with_mutual,
 )
 from fade_cli.cli.exit_codes import INTERRUPTED, OK
 

@@ -150,7 +150,9 @@ class FadeEngine:
         vision_map = average_over_sizes(vision_grids) * preset.multiplier if use_vision else None
         return _assemble(language_scores, language_map, vision_map, preset)
 
-    def encode_for_mutual(self, pixels_by_size: dict[int, torch.Tensor], settings: MutualSettings) -> mutual.MutualBatch:
+    def encode_for_mutual(
+        self, pixels_by_size: dict[int, torch.Tensor], settings: MutualSettings
+    ) -> mutual.MutualBatch:
         """First pass of mutual scoring: a batch's language scores and map, class tokens and stored patch features."""
         self._refuse_references_for_mutual()
         feature = self.config.preset(has_references=False, mutual=True).feature

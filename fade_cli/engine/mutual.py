@@ -165,8 +165,9 @@ def mutual_patch_distances(
 def mutual_vision_grid(patches_npd: torch.Tensor, grid: int, settings: MutualSettings) -> torch.Tensor:
     """The mutual map of one size, (N, grid, grid): each degree's patch scores, averaged over the degrees."""
     maps = [
-        patch_scores_to_grid(mutual_patch_distances(neighbourhood_average(patches_npd, grid, r), settings.fraction), grid)
-        for r in settings.degrees
+        patch_scores_to_grid(mutual_patch_distances(neighbourhood_average(patches_npd, grid, degree), settings.fraction),
+                             grid)
+        for degree in settings.degrees
     ]
     return torch.stack(maps).mean(dim=0)
 
