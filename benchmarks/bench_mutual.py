@@ -12,7 +12,8 @@ process so that its peak memory is its own.
 
 With ``--sample K`` only the patches of K images are scored against the whole group (the
 cost of one image is the same for every image of a group): seconds per image are measured,
-the full pass is that times N. Without it the whole pass is timed.
+the full pass is that times N. Without it the whole pass is timed. Wall-clock and process CPU
+seconds are both printed: on a machine shared with other work, CPU seconds are the cost.
 """
 from __future__ import annotations
 
@@ -50,21 +51,19 @@ def current_mb() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def sampled_seconds_per_image(patches_npd: torch.Tensor, grid: int, settings, sample: int) -> float:
-    """Seconds to score ``sample`` images' patches against the group, per image (window averaging included)."""
+def score_sample(patches_npd: torch.Tensor, grid: int, settings, sample: int) -> None:
+    """Score ``sample`` images' patches against the group, as the scoring pass does (window averaging included)."""
     from fade_cli.engine.memory_bank import QUERY_CHUNK
     from fade_cli.engine.mutual import images_counted, nearest_similarity_per_image, neighbourhood_average
 
     count, patches, _ = patches_npd.shape
     counted = images_counted(count - 1, settings.fraction)
-    start = time.perf_counter()
     for degree in settings.degrees:
         averaged = neighbourhood_average(patches_npd, grid, degree)
         rows = averaged[:sample].reshape(-1, averaged.shape[-1])
         for first in range(0, rows.shape[0], QUERY_CHUNK):
             sims = nearest_similarity_per_image(rows[first : first + QUERY_CHUNK], averaged)
             sims.topk(counted + 1, dim=1)
-    return (time.perf_counter() - start) / sample
 
 
 def one(count: int, sizes: list[int], device_name: str, sample: int) -> dict:
@@ -78,18 +77,20 @@ def one(count: int, sizes: list[int], device_name: str, sample: int) -> dict:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else current_mb()
+    wall, cpu = time.perf_counter(), time.process_time()
     with torch.no_grad():
-        if sample:
-            per_image = sum(sampled_seconds_per_image(stored[s], s // PATCH, settings, sample) for s in sizes)
-        else:
-            start = time.perf_counter()
-            for size in sizes:
+        for size in sizes:
+            if sample:
+                score_sample(stored[size], size // PATCH, settings, sample)
+            else:
                 mutual_vision_grid(stored[size], size // PATCH, settings)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            per_image = (time.perf_counter() - start) / count
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    scored = sample or count
+    per_image, cpu_per_image = (time.perf_counter() - wall) / scored, (time.process_time() - cpu) / scored
     stored_mb = sum(t.numel() * t.element_size() for t in stored.values()) / 2**20
     return {"images": count, "scales": sizes, "seconds_per_image": per_image, "pass_seconds": per_image * count,
+            "cpu_seconds_per_image": cpu_per_image,
             "sampled": sample or None, "stored_features_mb": stored_mb, "peak_mb": peak_mb(device),
             "scoring_extra_mb": peak_mb(device) - before}
 
@@ -113,7 +114,8 @@ def main() -> None:
                    "--sample", str(args.sample)]
         result = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)
         how = f"sampled on {result['sampled']} image(s)" if result["sampled"] else "whole pass timed"
-        print(f"N={count:4d} scales {args.scales:12s}: {result['seconds_per_image']:9.3f} s/image, pass "
+        print(f"N={count:4d} scales {args.scales:12s}: {result['seconds_per_image']:9.3f} s/image "
+              f"({result['cpu_seconds_per_image']:.1f} CPU s), pass "
               f"{result['pass_seconds']:9.1f} s ({how}); stored features {result['stored_features_mb']:8.1f} MB, "
               f"scoring adds {result['scoring_extra_mb']:8.1f} MB (peak {result['peak_mb']:.0f} MB)", flush=True)
 
