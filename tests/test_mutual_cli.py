@@ -135,6 +135,7 @@ def test_only_one_readable_image_gets_an_error_row(tmp_path):
     [
         (["--refs", str(GOLDEN / "images" / "refs1")], "cannot be combined with --refs"),
         (["--use-query"], "cannot be combined with --use-query"),
+        (["--resume"], "cannot be combined with --resume"),
         (["--mutual-degrees", "1,2"], "must be odd"),
         (["--mutual-fraction", "0"], "--mutual-fraction"),
         (["--mutual-group", "2"], "--mutual-group"),

@@ -2,17 +2,19 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any, Optional
 
 import click
 
-from fade_cli.cli.exit_codes import EXIT_CODES_HELP, INTERRUPTED, NG, OK
+from fade_cli.cli.exit_codes import EXIT_CODES_HELP, Terminated, run_exit_code, stop_exit_code
 from fade_cli.bank.calibration import DEFAULT_MARGIN
 from fade_cli.cli.engine_setup import guard_engine_failures, read_run_setup, start_engine
 from fade_cli.cli.mutual_options import mutual_options, pop_mutual_settings, refuse_with_mutual
 from fade_cli.cli.options import engine_options, pop_engine_options
 from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bars, stderr_console
+from fade_cli.cli.stopping import STOPS, silence_stdout
 from fade_cli.errors import InputError
 
 
@@ -21,7 +23,10 @@ from fade_cli.errors import InputError
 @click.option("--refs", type=click.Path(path_type=Path), help="Folder of known-good images: few-shot mode.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Output folder for results.csv/.jsonl, maps/ and heatmaps/.")
-@click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace results already in --out: the earlier run's results, maps, heatmaps and masks are removed.")
+@click.option("--resume", is_flag=True,
+              help="Finish an interrupted run in --out: images with a scored row are not scored again.")
 @click.option("--threshold", type=float, help="Score at or above which an image is NG; gives verdicts and exit code 1.")
 @click.option("--pixel-threshold", type=float,
               help="Map value at or above which a pixel is defective: masks/ and defect regions for NG images.")
@@ -43,7 +48,7 @@ from fade_cli.errors import InputError
 def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional[Path], overwrite: bool,
            threshold: Optional[float], map_size: Optional[int], heatmaps: bool, maps: bool, output_format: str,
            quiet: bool, pixel_threshold: Optional[float], bank_path: Optional[Path], calibrate: bool, margin: float,
-           **kwargs: Any) -> None:
+           resume: bool, **kwargs: Any) -> None:
     """Score every image under IMAGES (a folder, searched recursively, or one file).
 
     Without --refs the run is zero-shot; with --refs it is few-shot, using the
@@ -59,37 +64,58 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
       fade detect ./incoming --bank screw.fadebank --out run1
       fade detect ./batch --class screw --mutual --out run1    # zero-shot, images scored against each other
     """
+    from fade_cli.io.folder_lock import output_folder_lock
     from fade_cli.io.images import require_images
-    from fade_cli.io.outputs import RunOutput, refuse_existing_results
     from fade_cli.engine.mutual import require_mutual_batch
+    from fade_cli.io.outputs import RunOutput, refuse_existing_results, rows_to_resume
     from fade_cli.runner import run_detection
 
     options = pop_engine_options(kwargs)
     mutual = pop_mutual_settings(ctx, kwargs)
     refuse_with_mutual(mutual, {"--refs": refs is not None, "--bank": bank_path is not None,
-                                "--calibrate": calibrate, "--use-query": bool(options["use_query"])})
+                                "--calibrate": calibrate, "--use-query": bool(options["use_query"]),
+                                "--resume": resume})
     setup = read_run_setup(ctx, options, refs, bank_path, calibrate)
     if calibrate and refs is None:
         raise InputError("--calibrate needs --refs: the good images to calibrate on")
+    if overwrite and resume:
+        raise click.UsageError("--overwrite starts again and --resume continues: give one of them")
+    if resume and out is None:
+        raise click.UsageError("--resume continues the run in --out DIR; give --out")
     console = stderr_console()
     warn = functools.partial(print_warning, console)
+    refuse_input_as_output(images, out)
     files = require_images(images, exclude=out, on_skip=warn)
     ref_files = require_images(refs, on_skip=warn) if refs is not None else []
     if mutual is not None:
         require_mutual_batch(len(files))
-    if out is not None and not overwrite:
-        refuse_existing_results(out)
+    resumed = None
+    if out is not None:
+        earlier_results = None if overwrite or resume else functools.partial(refuse_existing_results, out)
+        ctx.with_resource(output_folder_lock(out, refuse=earlier_results))
+        if resume:
+            resumed = rows_to_resume(out, (file.relative for file in files), _settings(ctx.params))
+    done = {row.path for row in resumed or []}
+    todo = [file for file in files if file.relative not in done]
 
     engine, chosen = start_engine(setup, ref_files, threshold, pixel_threshold, console, quiet, calibrate, margin)
     if chosen is not None:
         threshold, pixel_threshold = chosen.thresholds.image, chosen.thresholds.pixel
         console.print(chosen.report, markup=False, highlight=False, soft_wrap=True)
     printer = RowPrinter(output_format, threshold is not None)
-    output = RunOutput(out, overwrite=overwrite, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps) if out else None
-    summary_rows = []
+    output = None
+    if out is not None:
+        output = RunOutput(out, overwrite=overwrite, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps,
+                           resumed=resumed, settings=_settings(ctx.params))
+    if resumed:
+        console.print(f"Resuming: {len(resumed)} of {len(files)} image(s) already scored in {out}.", markup=False,
+                      highlight=False, soft_wrap=True)
+    summary_rows = list(resumed or [])
     try:
-        passes = [("Encoding", len(files))] if mutual is not None else []
-        with progress_bars(console, quiet, passes + [("Scoring", len(files))]) as advancers:
+        for row in summary_rows:
+            printer.row(row)
+        passes = [("Encoding", len(todo))] if mutual is not None else []
+        with progress_bars(console, quiet, passes + [("Scoring", len(todo))]) as advancers:
             def on_row(row):
                 summary_rows.append(row)
                 if row.error:
@@ -98,26 +124,58 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
                 advancers[-1]()
 
             on_encoded = advancers[0] if mutual is not None else None
-            guard_engine_failures(lambda: run_detection(engine, files, output, threshold, on_row, pixel_threshold,
+            guard_engine_failures(lambda: run_detection(engine, todo, output, threshold, on_row, pixel_threshold,
                                                         mutual, on_encoded))
-    except KeyboardInterrupt:
+    except STOPS as stop:
         _finish(output)
-        printer.finish(summary_rows)
+        if isinstance(stop, BrokenPipeError):
+            silence_stdout()
+        else:
+            printer.finish(summary_rows)
         saved = f"; their results are in {out}" if out else ""
-        console.print(f"Interrupted after {len(summary_rows)} of {len(files)} images{saved}.", markup=False)
-        ctx.exit(INTERRUPTED)
+        console.print(f"{_stopped_by(stop)} after {len(summary_rows)} of {len(files)} images{saved}.", markup=False,
+                      highlight=False, soft_wrap=True)
+        ctx.exit(stop_exit_code(stop))
     except BaseException:
         _finish(output)
         raise
     _finish(output)
     printer.finish(summary_rows)
-    if all(row.error for row in summary_rows):
+    if all(row.score is None for row in summary_rows):
         raise InputError("no image could be read")
-    ctx.exit(NG if any(row.verdict == "NG" for row in summary_rows) else OK)
+    ctx.exit(run_exit_code(summary_rows, threshold is not None))
+
+
+def refuse_input_as_output(images: Path, out: Optional[Path]) -> None:
+    """--out may lie inside the input folder (it is never read), but must not be that folder."""
+    if out is not None and os.path.realpath(out) == os.path.realpath(images):
+        raise InputError(f"--out {out} is the input folder itself; give another folder (a sub-folder is fine)")
+
+
+# Options that do not change a run's results: a --resume may change them.
+_RUNTIME_OPTIONS = {"out", "overwrite", "resume", "quiet", "output_format", "device", "batch_size", "cache_dir",
+                    "compile", "offline"}
+
+
+def _settings(params: dict[str, Any]) -> dict[str, Any]:
+    """What a run is asked, as JSON values, for a later --resume to compare (paths made absolute)."""
+    def value(item):
+        if isinstance(item, Path):
+            return os.path.abspath(item)
+        if isinstance(item, (tuple, list)):
+            return [value(part) for part in item]
+        return item
+    return {name: value(item) for name, item in sorted(params.items()) if name not in _RUNTIME_OPTIONS}
+
+
+def _stopped_by(stop: BaseException) -> str:
+    if isinstance(stop, Terminated):
+        return "Stopped by SIGTERM"
+    if isinstance(stop, BrokenPipeError):
+        return "Stopped: stdout was closed"
+    return "Interrupted"
 
 
 def _finish(output) -> None:
     if output is not None:
         output.finish()
-
-
