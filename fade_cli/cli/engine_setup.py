@@ -22,8 +22,11 @@ from fade_cli.cli.options import ENGINE_OPTION_NAMES, engine_config_from_options
 from fade_cli.cli.reporting import progress_bar, status_line
 from fade_cli.config import EngineConfig
 from fade_cli.errors import FadeError, InputError
+from fade_cli.memory import MEMORY_HINT
 from fade_cli.prompt_set import PromptSet
 
+# How torch's allocators word a failed allocation (CUDA, and CPU torch's DefaultCPUAllocator).
+OUT_OF_MEMORY_SIGNS = ("out of memory", "can't allocate memory", "enforce fail at alloc_cpu", "defaultcpuallocator")
 # How this machine runs the engine: always taken from the command line, never from a bank.
 RUNTIME_OPTIONS = ("device", "batch_size", "cache_dir", "compile", "precision", "offline")
 MODEL_OPTIONS = ("model", "pretrained", "weights", "model_config")
@@ -113,11 +116,12 @@ def _flag(ctx: click.Context, name: str, value: Any) -> str:
 def engine_for_bank(bank: ReferenceBank, config: EngineConfig, source: str, console: Console, quiet: bool):
     """Load the bank's model and rebuild the engine from the bank (no text or reference encoding)."""
     from fade_cli.bank.engine_bridge import engine_from_bank
+    from fade_cli.engine.detector import checked_model_source
     from fade_cli.engine.model import load_model
 
-    busy = status_line(console, quiet, "Loading model...")
-    with busy:
-        return engine_from_bank(bank, load_model(config), config, source)
+    model_source = checked_model_source(config)
+    with status_line(console, quiet, "Loading model..."):
+        return engine_from_bank(bank, load_model(config, model_source), config, source)
 
 
 def calibrate_references(engine, ref_files: list, margin: float, console: Console, quiet: bool) -> Calibration:
@@ -219,6 +223,12 @@ def guard_engine_failures(action):
     except FadeError:
         raise
     except RuntimeError as exc:
-        if "out of memory" in str(exc).lower():
-            raise FadeError("out of memory; try --batch-size 1, fewer --scales or --device cpu") from exc
+        if is_out_of_memory(exc):
+            raise FadeError(f"out of memory; {MEMORY_HINT}") from exc
         raise FadeError(f"the engine failed: {exc}") from exc
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA says "out of memory"; CPU torch says "can't allocate memory" or "enforce fail at alloc_cpu.cpp"."""
+    text = str(exc).lower()
+    return any(sign in text for sign in OUT_OF_MEMORY_SIGNS)

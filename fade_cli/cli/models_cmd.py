@@ -1,10 +1,11 @@
 """`fade models`: list, download and locate model weights (for stations without internet)."""
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import click
+
+from fade_cli import strict_json
 
 CACHE_HELP = "Model cache folder [default: $FADE_CACHE_DIR, else the Hugging Face cache ($HF_HOME/hub)]."
 
@@ -45,9 +46,9 @@ def list_command(cached_only: bool, include_all: bool, output_format: str, cache
     entries = [e for e in list_cached_models(cache_dir, include_all) if e.cached or not cached_only]
     if output_format == "jsonl":
         for entry in entries:
-            click.echo(json.dumps({"model": entry.model, "pretrained": entry.pretrained, "cached": entry.cached,
+            click.echo(strict_json.dumps({"model": entry.model, "pretrained": entry.pretrained, "cached": entry.cached,
                                    "size_bytes": entry.size_bytes, "path": entry.path,
-                                   "fade_compatible": entry.fade_compatible}))
+                                   "fade_compatible": entry.fade_compatible}, ensure_ascii=True))
         return
     table = Table(title=f"cache: {cache_location(cache_dir)}")
     for column in ("model", "pretrained", "cached", "size"):

@@ -15,19 +15,22 @@ from fade_cli.config import (
     DEFAULT_MUTUAL_GROUP,
     MIN_MUTUAL_GROUP,
     MutualSettings,
-    parse_sizes,
 )
+from fade_cli.cli.options import FiniteFloat
 from fade_cli.errors import InputError
+
+# Wider windows average nearly the whole image at any practical size (4096 pixels at patch 14: a 292-patch grid).
+MAX_DEGREE = 301
 
 
 def _degrees(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    try:
-        degrees = parse_sizes(value, what="window size")
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    if not parts or not all(part.isdecimal() and 0 < int(part) <= MAX_DEGREE for part in parts):
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of window sizes from 1 to {MAX_DEGREE}")
+    degrees = tuple(dict.fromkeys(int(part) for part in parts))
     if any(r % 2 == 0 for r in degrees):
         raise click.BadParameter(f"window sizes must be odd (centred on the patch): {value!r}")
-    return tuple(dict.fromkeys(degrees))
+    return degrees
 
 
 MUTUAL_OPTION_NAMES = ("mutual", "mutual_fraction", "mutual_degrees", "mutual_group", "mutual_rescore")
@@ -35,7 +38,7 @@ MUTUAL_OPTIONS = [
     click.option("--mutual", is_flag=True,
                  help="Zero-shot from the run itself: score every image against the other images of the run "
                       "(mutual scoring after MuSc, docs/mutual.md). Not with reference images or a bank."),
-    click.option("--mutual-fraction", type=click.FloatRange(0, 1, min_open=True), default=DEFAULT_MUTUAL_FRACTION,
+    click.option("--mutual-fraction", type=FiniteFloat(0, 1, min_open=True), default=DEFAULT_MUTUAL_FRACTION,
                  show_default=True,
                  help="With --mutual: a patch's score is the mean distance to its closest matches in this share of "
                       "the other images (at least one image)."),

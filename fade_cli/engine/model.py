@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from fade_cli.config import EngineConfig
+from fade_cli.engine.model_files import check_checkpoint_file, read_model_config
 from fade_cli.errors import InputError, ModelError
 from fade_cli.model_cache import CACHE_ENV, check_architecture, check_pretrained_tag, default_cache_dir
 from fade_cli.model_cache import describe_cache_dir
@@ -41,7 +41,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"--device {name} was asked for, but torch sees no CUDA device on this machine.")
+        raise InputError(f"--device {name} was asked for, but torch sees no CUDA device on this machine.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InputError("--device mps was asked for, but torch sees no Apple GPU (MPS) on this machine.")
     try:
         return torch.device(name)
     except RuntimeError as exc:
@@ -73,17 +75,7 @@ def register_model_config(path: str) -> str:
     import open_clip
 
     config_path = Path(path)
-    if not config_path.is_file():
-        raise InputError(f"model config not found: {path}")
-    try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"model config {path} is not valid JSON: {exc}") from exc
-    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(data, dict) or key not in data]
-    if missing:
-        raise InputError(f"model config {path} lacks {', '.join(missing)} (open_clip's model config format)")
-    if not isinstance(data["vision_cfg"], dict) or "patch_size" not in data["vision_cfg"]:
-        raise InputError(f"model config {path}: vision_cfg must describe a ViT (with patch_size)")
+    read_model_config(config_path)
     open_clip.add_model_config(config_path)
     return config_path.stem
 
@@ -118,6 +110,7 @@ def resolve_model_source(config: EngineConfig) -> ModelSource:
     # open_clip's `pretrained` may itself be a file path; --weights wins over it.
     checkpoint = config.weights or (config.pretrained if config.pretrained and os.path.isfile(config.pretrained) else None)
     if checkpoint:
+        check_checkpoint_file(checkpoint)
         return ModelSource(name, checkpoint, True, {"model": name, "weights_sha256": file_sha256(checkpoint)})
     if not config.pretrained:
         raise InputError(f"{name}: give --pretrained TAG or --weights FILE (fade never runs random weights)")

@@ -12,6 +12,7 @@ from fade_cli.config import MutualSettings
 from fade_cli.evaluation.samples import ClassSplit
 from fade_cli.evaluation.shots import choose_references
 from fade_cli.io.images import ImageFile
+from fade_cli.memory import check_map_size
 
 DEFAULT_EVAL_SIZE = 448
 
@@ -29,6 +30,9 @@ class EvalSettings:
     quantize_8bit: bool = False
     prompt_class: Optional[str] = None
     mutual: Optional[MutualSettings] = None
+
+    def __post_init__(self) -> None:
+        check_map_size(self.eval_size, 1, "--eval-size")  # each image's map and mask at eval size
 
     def run_seeds(self) -> tuple[Optional[int], ...]:
         """Zero-shot is deterministic: one run without a seed."""
