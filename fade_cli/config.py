@@ -48,6 +48,45 @@ class VisionPreset:
 # Published settings (FADE_SPEC sections 5 and 6).
 ZERO_SHOT = VisionPreset(feature="gem", multiplier=80.0, weight=0.5, use_query=True, image_score="language")
 FEW_SHOT = VisionPreset(feature="clip", multiplier=3.5, weight=0.85, use_query=False, image_score="mean")
+# Mutual scoring (docs/mutual.md): each image's bank is the other images of the run, which is the few-shot
+# situation (nearest patches of other, mostly normal images), so it takes the few-shot settings FADE published
+# for that distance. Not re-tuned: that needs pretrained weights.
+MUTUAL = VisionPreset(feature="clip", multiplier=3.5, weight=0.85, use_query=False, image_score="mean")
+
+# MuSc (Li et al., ICLR 2024, arXiv 2401.16753): the published fraction of other images and window sizes.
+DEFAULT_MUTUAL_FRACTION = 0.3
+DEFAULT_MUTUAL_DEGREES = (1, 3, 5)
+DEFAULT_MUTUAL_GROUP = 200
+# Balanced groups of at most 3 images never leave one image alone (2 would: 3 images -> 2 + 1).
+MIN_MUTUAL_GROUP = 3
+
+
+@dataclass(frozen=True)
+class MutualSettings:
+    """How images are scored against the other images of their run (``--mutual``, docs/mutual.md).
+
+    ``fraction``: share of the other images whose distances are averaged (at least one image).
+    ``degrees``: odd window sizes r of the neighbourhood aggregation; each is scored, the maps averaged.
+    ``group``: images compared with each other at most; a longer run is split into balanced groups.
+    ``rescore``: smooth each vision score with its k most similar images' (None: off).
+    ``store_fp16``: keep the patch features in float16 between the two passes (half the memory).
+    """
+
+    fraction: float = DEFAULT_MUTUAL_FRACTION
+    degrees: tuple[int, ...] = DEFAULT_MUTUAL_DEGREES
+    group: int = DEFAULT_MUTUAL_GROUP
+    rescore: Optional[int] = None
+    store_fp16: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"the mutual fraction must be in (0, 1], not {self.fraction}")
+        if not self.degrees or any(r < 1 or r % 2 == 0 for r in self.degrees):
+            raise ValueError(f"mutual degrees must be odd window sizes of at least 1, not {self.degrees}")
+        if self.group < MIN_MUTUAL_GROUP:
+            raise ValueError(f"a mutual group holds at least {MIN_MUTUAL_GROUP} images, not {self.group}")
+        if self.rescore is not None and self.rescore < 1:
+            raise ValueError(f"--mutual-rescore takes at least 1 neighbour, not {self.rescore}")
 
 
 @dataclass
@@ -92,9 +131,9 @@ class EngineConfig:
             check_finite(getattr(self, name), f"the engine setting {name}")
         check_device_name(self.device)
 
-    def preset(self, has_references: bool) -> VisionPreset:
-        """The published preset for this run with the user's overrides applied."""
-        base = FEW_SHOT if has_references else ZERO_SHOT
+    def preset(self, has_references: bool, mutual: bool = False) -> VisionPreset:
+        """The published preset for this run (mutual scoring: :data:`MUTUAL`) with the user's overrides applied."""
+        base = MUTUAL if mutual else FEW_SHOT if has_references else ZERO_SHOT
         return VisionPreset(
             feature=self.vision_feature or base.feature,
             multiplier=base.multiplier if self.vision_multiplier is None else self.vision_multiplier,
@@ -185,6 +224,8 @@ __all__ = [
     "DEFAULT_TEXT_TEMPLATE",
     "EngineConfig",
     "FEW_SHOT",
+    "MUTUAL",
+    "MutualSettings",
     "VisionPreset",
     "ZERO_SHOT",
     "parse_sizes",

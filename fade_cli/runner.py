@@ -16,7 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fade_cli.config import MutualSettings
 from fade_cli.engine.detector import FadeEngine
+from fade_cli.engine.mutual import balanced_groups, require_mutual_batch
 from fade_cli.engine.result import Detection
 from fade_cli.errors import ImageError, InputError
 from fade_cli.io.atomic import OutputError
@@ -50,6 +52,17 @@ class ResultSink(Protocol):
 
     def add(self, row: ResultRow) -> None:
         """Record a finished image; called once per file, in order, before ``on_row``."""
+
+
+@dataclass
+class _Scored:
+    """One file's outcome: an error, or a detection with its image (None: decoded again to write its files)."""
+
+    file: ImageFile
+    error: Optional[str] = None
+    detection: Optional[Detection] = None
+    image: Optional[Image.Image] = None
+    pixels: int = 0
 
 
 @dataclass
@@ -207,8 +220,14 @@ def run_detection(
     threshold: Optional[float] = None,
     on_row: Optional[Callable[[ResultRow], None]] = None,
     pixel_threshold: Optional[float] = None,
+    mutual: Optional[MutualSettings] = None,
+    on_encoded: Optional[Callable[[], None]] = None,
 ) -> None:
     """Score every file, writing outputs as images finish. A broken image gives an error row.
+
+    With ``mutual`` the run is scored by mutual scoring (docs/mutual.md): each group of images is
+    first encoded (``on_encoded`` called per file), then scored; rows come in relative-path order
+    and broken images are left out of the others' comparisons.
 
     With ``pixel_threshold``, NG images (every image when there is no ``threshold``)
     also get their defect ``regions`` and, with ``output``, a mask file.
@@ -221,25 +240,67 @@ def run_detection(
     """
     threads = output.writer_threads if output is not None else 1
     rows = _RowsInOrder(output, on_row, capacity=engine.batch_size + threads, pixel_budget=WRITE_PIXEL_BUDGET)
-    with ThreadPoolExecutor(max_workers=threads) as writers, \
-            contextlib.closing(decoded_batches(engine, files)) as batches:
+    if mutual is None:
+        scored = _scored_batches(engine, files)
+    else:
+        scored = _mutual_scored_groups(engine, files, mutual, on_encoded)
+    with ThreadPoolExecutor(max_workers=threads) as writers, contextlib.closing(scored) as batches:
         try:
             for batch in batches:
-                detections = iter(engine.detect_prepared(batch.pixels_by_size) if batch.pixels_by_size else [])
-                for file, image, error in zip(batch.files, batch.images, batch.errors):
-                    if image is None:
-                        rows.put(_done(ResultRow(path=file.relative, error=error)), pixels=0)
+                for item in batch:
+                    if item.detection is None:
+                        rows.put(_done(ResultRow(path=item.file.relative, error=item.error)), pixels=0)
                         continue
-                    finish = functools.partial(_finish_row, file, image, next(detections), output, threshold,
-                                               pixel_threshold)
-                    pixels = image.width * image.height
-                    rows.make_room(pixels)
-                    rows.put(writers.submit(finish), pixels)
+                    finish = functools.partial(_finish_row, item, output, threshold, pixel_threshold)
+                    rows.make_room(item.pixels)
+                    rows.put(writers.submit(finish), item.pixels)
                 rows.hand_over()
             rows.hand_over(wait_for_all=True)
         except BaseException:
             rows.salvage()
             raise
+
+
+def _scored_batches(engine: FadeEngine, files: list[ImageFile]) -> Iterator[list[_Scored]]:
+    """Each batch scored as soon as it is decoded."""
+    with contextlib.closing(decoded_batches(engine, files)) as batches:
+        for batch in batches:
+            detections = iter(engine.detect_prepared(batch.pixels_by_size) if batch.pixels_by_size else [])
+            yield [
+                _Scored(file, error) if image is None
+                else _Scored(file, detection=next(detections), image=image, pixels=image.width * image.height)
+                for file, image, error in zip(batch.files, batch.images, batch.errors)
+            ]
+
+
+def _mutual_scored_groups(
+    engine: FadeEngine, files: list[ImageFile], settings: MutualSettings, on_encoded: Optional[Callable[[], None]]
+) -> Iterator[list[_Scored]]:
+    """Mutual scoring in two passes per group: encode every image of the group, then score them together.
+
+    Groups are cut from the files sorted by relative path, so that results do not depend on the order
+    files come in. Decoded images are not kept between the passes (memory stays bounded by the stored
+    features of one group); each is decoded again when its files are written.
+    """
+    require_mutual_batch(len(files))
+    for group in balanced_groups(sorted(files, key=lambda f: f.relative), settings.group):
+        encoded, items = [], []
+        with contextlib.closing(decoded_batches(engine, list(group))) as batches:
+            for batch in batches:
+                if batch.pixels_by_size is not None:
+                    encoded.append(engine.encode_for_mutual(batch.pixels_by_size, settings))
+                for file, image, error in zip(batch.files, batch.images, batch.errors):
+                    pixels = 0 if image is None else image.width * image.height
+                    items.append(_Scored(file, error, pixels=pixels))
+                    if on_encoded is not None:
+                        on_encoded()
+        readable = [item for item in items if item.error is None]
+        if len(readable) == 1:
+            readable[0].error = "mutual scoring: no other readable image in its group to compare it with"
+        elif readable:
+            for item, detection in zip(readable, engine.detect_mutual(encoded, settings)):
+                item.detection = detection
+        yield items
 
 
 def non_finite_result(detection: Detection) -> Optional[str]:
@@ -264,17 +325,20 @@ def _done(row: ResultRow) -> Future:
 
 
 def _finish_row(
-    file: ImageFile,
-    image: Image.Image,
-    detection: Detection,
+    item: _Scored,
     output: Optional[ResultSink],
     threshold: Optional[float],
     pixel_threshold: Optional[float],
 ) -> ResultRow:
     """One scored image's row, its files written first (runs in a writer thread)."""
+    file, detection = item.file, item.detection
     problem = non_finite_result(detection)
     if problem is not None:
         return ResultRow(path=file.relative, error=f"{file.path}: not inspected: {problem}")
+    try:
+        image = item.image if item.image is not None else load_image(file.path)
+    except ImageError as exc:  # changed on disk since it was scored
+        return ResultRow(path=file.relative, error=str(exc))
     row = ResultRow(
         path=file.relative,
         score=detection.score,

@@ -11,8 +11,9 @@ import click
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP, Terminated, run_exit_code, stop_exit_code
 from fade_cli.bank.calibration import DEFAULT_MARGIN
 from fade_cli.cli.engine_setup import guard_engine_failures, read_run_setup, start_engine
+from fade_cli.cli.mutual_options import mutual_options, pop_mutual_settings, refuse_with_mutual
 from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options, report_option
-from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bar, stderr_console
+from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bars, stderr_console
 from fade_cli.cli.stopping import STOPS, silence_stdout
 from fade_cli.errors import InputError
 
@@ -42,6 +43,7 @@ from fade_cli.errors import InputError
               show_default=True, help="stdout: a table for people, or JSON lines / CSV for scripts.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @report_option
+@mutual_options
 @engine_options
 @click.pass_context
 def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional[Path], overwrite: bool,
@@ -61,13 +63,19 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
       fade detect ./images --refs ./good --class screw --threshold 0.5 --format jsonl
       fade detect ./images --refs ./good --class screw --calibrate --out run1
       fade detect ./incoming --bank screw.fadebank --out run1
+      fade detect ./batch --class screw --mutual --out run1    # zero-shot, images scored against each other
     """
     from fade_cli.io.folder_lock import output_folder_lock
     from fade_cli.io.images import require_images
+    from fade_cli.engine.mutual import require_mutual_batch
     from fade_cli.io.outputs import RunOutput, refuse_existing_results, rows_to_resume
     from fade_cli.runner import run_detection
 
     options = pop_engine_options(kwargs)
+    mutual = pop_mutual_settings(ctx, kwargs)
+    refuse_with_mutual(mutual, {"--refs": refs is not None, "--bank": bank_path is not None,
+                                "--calibrate": calibrate, "--use-query": bool(options["use_query"]),
+                                "--resume": resume})
     setup = read_run_setup(ctx, options, refs, bank_path, calibrate)
     if calibrate and refs is None:
         raise InputError("--calibrate needs --refs: the good images to calibrate on")
@@ -80,6 +88,8 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     refuse_input_as_output(images, out)
     files = require_images(images, exclude=out, on_skip=warn)
     ref_files = require_images(refs, on_skip=warn) if refs is not None else []
+    if mutual is not None:
+        require_mutual_batch(len(files))
     resumed = None
     if out is not None:
         earlier_results = None if overwrite or resume else functools.partial(refuse_existing_results, out)
@@ -105,15 +115,18 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     try:
         for row in summary_rows:
             printer.row(row)
-        with progress_bar(console, quiet, total=len(todo), description="Scoring") as advance:
+        passes = [("Encoding", len(todo))] if mutual is not None else []
+        with progress_bars(console, quiet, passes + [("Scoring", len(todo))]) as advancers:
             def on_row(row):
                 summary_rows.append(row)
                 if row.error:
                     print_warning(console, row.error)
                 printer.row(row)
-                advance()
+                advancers[-1]()
 
-            guard_engine_failures(lambda: run_detection(engine, todo, output, threshold, on_row, pixel_threshold))
+            on_encoded = advancers[0] if mutual is not None else None
+            guard_engine_failures(lambda: run_detection(engine, todo, output, threshold, on_row, pixel_threshold,
+                                                        mutual, on_encoded))
     except STOPS as stop:
         _finish(output)
         if isinstance(stop, BrokenPipeError):

@@ -11,6 +11,7 @@ from typing import Any, Optional
 import click
 from click.core import ParameterSource
 
+from fade_cli.cli.mutual_options import mutual_options, pop_mutual_settings, refuse_with_mutual
 from fade_cli.cli.options import (
     engine_config_from_options,
     engine_options,
@@ -74,6 +75,7 @@ def _classes(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
 @click.option("--save-maps", is_flag=True, help="Every eval-size map, as scored, as float32 .npy into OUT/maps/.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @report_option
+@mutual_options
 @engine_options
 @click.pass_context
 def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[tuple[str, ...]], shots: int,
@@ -92,6 +94,7 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
       fade eval ./mvtec --dataset mvtec --shots 1 --seeds 0,1,2 --out ./eval-1shot
       fade eval ./visa --dataset visa --shots 0
       fade eval ./my_parts --dataset folder --classes screw,nut --shots 4
+      fade eval ./mvtec --shots 0 --mutual        # each class's test images scored against each other
     """
     from fade_cli.cli.reporting import stderr_console
     from fade_cli.evaluation.datasets import DEFAULT_MASK_SUFFIX, detect_layout, load_dataset
@@ -101,13 +104,15 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
     from fade_cli.io.outputs import REPORT_FILE, clear_previous_outputs
 
     options = pop_engine_options(kwargs)
+    mutual = pop_mutual_settings(ctx, kwargs)
+    refuse_with_mutual(mutual, {f"--shots {shots}": shots > 0, "--use-query": bool(options["use_query"])})
     if (save_worst or save_maps) and out is None:
         raise click.UsageError("--save-worst and --save-maps write into --out DIR; give --out")
     if mask_suffix is not None and layout != "folder":
         raise click.BadParameter("only the folder layout takes a mask suffix", param_hint="--mask-suffix")
     explicit_class = ctx.get_parameter_source("class_name") not in (ParameterSource.DEFAULT, None)
     settings = EvalSettings(shots=shots, seeds=seeds, eval_size=eval_size, quantize_8bit=quantize_8bit,
-                            prompt_class=options["class_name"] if explicit_class else None)
+                            prompt_class=options["class_name"] if explicit_class else None, mutual=mutual)
     if layout == "auto":
         layout = detect_layout(root)
     dataset = load_dataset(root, layout, classes, mask_suffix or DEFAULT_MASK_SUFFIX)
@@ -183,7 +188,7 @@ def _load_evaluator(config, prompt_source, settings, console, quiet):
 
 def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet, thumbnails=False):
     from fade_cli.cli.engine_setup import guard_engine_failures
-    from fade_cli.cli.reporting import print_warning, progress_bar
+    from fade_cli.cli.reporting import print_warning, progress_bars
     from fade_cli.evaluation.report import save_eval_map, save_eval_thumbnails
 
     def on_eval_map(planned, sample, scores):
@@ -194,9 +199,13 @@ def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet, t
 
     sink = on_eval_map if save_maps else None
     scored = on_scored if thumbnails else None
-    with progress_bar(console, quiet, total=len(run.split.test), description=description) as advance:
-        result = guard_engine_failures(lambda: evaluator.evaluate(run, on_image=advance, on_eval_map=sink,
-                                                                  on_scored=scored))
+    count = len(run.split.test)
+    mutual = evaluator.settings.mutual is not None
+    passes = [(f"{description} encoding", count)] if mutual else []
+    with progress_bars(console, quiet, passes + [(description, count)]) as advancers:
+        on_encoded = advancers[0] if mutual else None
+        result = guard_engine_failures(lambda: evaluator.evaluate(run, on_image=advancers[-1], on_eval_map=sink,
+                                                                  on_scored=scored, on_encoded=on_encoded))
     if result.missing_masks:
         print_warning(console, f"{run.label}: {len(result.missing_masks)} defective image(s) without a mask, left "
                                f"out of the pixel metrics (first: {result.missing_masks[0]})")
@@ -213,6 +222,8 @@ def _save_worst(result, count: int, out: Path) -> list[dict]:
 
 def _title(root: Path, layout: str, settings, interrupted: bool) -> str:
     mode = "zero-shot" if settings.shots == 0 else f"{settings.shots}-shot"
+    if settings.mutual is not None:
+        mode += " mutual"
     seeds = "" if settings.shots == 0 else f", seeds {','.join(map(str, settings.seeds))}"
     spread = " (mean ± std over seeds)" if settings.shots and len(settings.seeds) > 1 else ""
     maps = ", 8-bit maps" if settings.quantize_8bit else ""

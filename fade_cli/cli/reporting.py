@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import csv
+import functools
 import sys
 from typing import Callable, Iterator, Optional
 
@@ -52,14 +53,24 @@ def progress_bar(console: Console, quiet: bool, total: Optional[int], descriptio
 
     Yields a function that advances the bar by one.
     """
+    with progress_bars(console, quiet, [(description, total)]) as [advance]:
+        yield advance
+
+
+@contextlib.contextmanager
+def progress_bars(
+    console: Console, quiet: bool, tasks: list[tuple[str, Optional[int]]]
+) -> Iterator[list[Callable[[], None]]]:
+    """Several bars shown together (the passes of a run), one per (description, total); yields their advancers."""
     if not shows_progress(console, quiet):
-        yield lambda: None
+        yield [lambda: None for _ in tasks]
         return
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=total is None) as progress:
-        task = progress.add_task(description, total=total)
-        yield lambda: progress.advance(task)
+    transient = any(total is None for _, total in tasks)
+    with Progress(*columns, console=console, transient=transient) as progress:
+        ids = [progress.add_task(description, total=total) for description, total in tasks]
+        yield [functools.partial(progress.advance, task) for task in ids]
 
 
 def print_warning(console: Console, message: str) -> None:

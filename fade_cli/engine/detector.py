@@ -14,11 +14,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fade_cli.config import EngineConfig, VisionPreset
+from fade_cli.config import EngineConfig, MutualSettings, VisionPreset
 from fade_cli.engine.fusion import average_over_sizes, fuse_maps, patch_scores_to_grid
 from fade_cli.engine.gem import GemVisionEncoder, VisionFeatures
 from fade_cli.engine import text_cache
 from fade_cli.engine.memory_bank import MemoryBank
+from fade_cli.engine import mutual
 from fade_cli.engine.model import LoadedModel, ModelSource, load_model, resolve_device, resolve_model_source
 from fade_cli.engine.sizes import check_input_sizes, model_geometry
 from fade_cli.engine.preprocess import normalise, resize_rgb8, stack_rgb8
@@ -150,6 +151,39 @@ class FadeEngine:
         vision_map = average_over_sizes(vision_grids) * preset.multiplier if use_vision else None
         return _assemble(language_scores, language_map, vision_map, preset)
 
+    def encode_for_mutual(
+        self, pixels_by_size: dict[int, torch.Tensor], settings: MutualSettings
+    ) -> mutual.MutualBatch:
+        """First pass of mutual scoring: a batch's language scores and map, class tokens and stored patch features."""
+        self._refuse_references_for_mutual()
+        feature = self.config.preset(has_references=False, mutual=True).feature
+        language_grids, patches, grids = [], {}, {}
+        for size in _sizes_to_encode(self.config):
+            features = self._encode(pixels_by_size[size])
+            if size == self.config.cls_size:
+                language_scores = abnormal_probability(features.clip_cls_bd, self.cls_classifier_2d)
+                class_tokens = features.clip_cls_bd
+            if size in self.config.seg_sizes:
+                language_grids.append(self._language_grid(features))
+                patches[size] = mutual.stored(features.patches(feature), settings)
+                grids[size] = features.grid
+        return mutual.MutualBatch(language_scores, average_over_sizes(language_grids), class_tokens, patches, grids)
+
+    def detect_mutual(self, batches: list[mutual.MutualBatch], settings: MutualSettings) -> list[Detection]:
+        """Second pass: score a group's images (the batches of :meth:`encode_for_mutual`) against each other."""
+        self._refuse_references_for_mutual()
+        group = mutual.concatenate(batches)
+        preset = self.config.preset(has_references=False, mutual=True)
+        grids = [mutual.mutual_vision_grid(group.patches_by_size[size], group.grids[size], settings)
+                 for size in self.config.seg_sizes]
+        vision_map = average_over_sizes(grids) * preset.multiplier
+        vision_scores = mutual.vision_score_override(vision_map, group, settings)
+        return _assemble(group.language_scores_b, group.language_map_bhw, vision_map, preset, vision_scores)
+
+    def _refuse_references_for_mutual(self) -> None:
+        if self.bank:
+            raise InputError("mutual scoring is zero-shot: the engine holds reference images")
+
     def _encode(self, pixels_bhwc: torch.Tensor) -> VisionFeatures:
         pixels = normalise(pixels_bhwc.to(self.device, non_blocking=True))
         with precision_context(self.config.precision, self.device):
@@ -262,13 +296,18 @@ def _assemble(
     language_map: torch.Tensor,
     vision_map: Optional[torch.Tensor],
     preset: VisionPreset,
+    vision_scores: Optional[torch.Tensor] = None,
 ) -> list[Detection]:
-    """Fuse maps and scores (FADE_SPEC section 6) and move them to numpy."""
+    """Fuse maps and scores (FADE_SPEC section 6) and move them to numpy.
+
+    ``vision_scores`` None: the maximum of each vision map.
+    """
     if vision_map is None:
         fused, vision_scores = language_map, None
     else:
         fused = fuse_maps(language_map, vision_map, preset.weight)
-        vision_scores = vision_map.flatten(1).amax(dim=1)
+        if vision_scores is None:
+            vision_scores = vision_map.flatten(1).amax(dim=1)
     if vision_scores is None or preset.image_score == "language":
         scores = language_scores
     elif preset.image_score == "vision":

@@ -34,9 +34,14 @@ def top_k_similarity(queries_nd: torch.Tensor, bank_md: torch.Tensor, k: int) ->
     return torch.cat(results)
 
 
+def cosine_distance(similarities: torch.Tensor) -> torch.Tensor:
+    """The patch distance of FADE_SPEC section 5, 0.5 * (1 - cos), in [0, 1]."""
+    return 0.5 * (1.0 - similarities)
+
+
 def knn_distance(similarities_k: torch.Tensor, k: int) -> torch.Tensor:
     """0.5 * (1 - cos) to the k-th nearest neighbour, from descending top-k similarities (last dimension)."""
-    return 0.5 * (1.0 - similarities_k[..., k - 1])
+    return cosine_distance(similarities_k[..., k - 1])
 
 
 class MemoryBank:

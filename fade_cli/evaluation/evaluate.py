@@ -14,7 +14,7 @@ run are kept (for the heatmaps of the worst images).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -117,6 +117,7 @@ class Evaluator:
                 "aupro_max_fpr": MAX_FPR,
                 "map_coding": f"uint16 codes of the [0, 1] map ({LEVELS} levels)",
                 "std": "population (ddof=0) over seeds",
+                "mutual": None if self.settings.mutual is None else asdict(self.settings.mutual),
             },
             "engine": engine,
             "model": {**self.loaded.identity, "device": str(self.loaded.device)},
@@ -140,12 +141,16 @@ class Evaluator:
         on_image: Optional[Callable[[], None]] = None,
         on_eval_map: Optional[EvalMapSink] = None,
         on_scored: Optional[ScoredImageSink] = None,
+        on_encoded: Optional[Callable[[], None]] = None,
     ) -> RunResult:
-        """Score every test image of the run's class and compute its metrics."""
+        """Score every test image of the run's class and compute its metrics.
+
+        With mutual scoring, ``on_encoded`` is called as each image is encoded (the first pass).
+        """
         engine = self.engine_for(run)
         collector = _RunCollector(run, self.settings, on_image, on_eval_map, on_scored)
         files = [ImageFile(sample.path, sample.relative) for sample in run.split.test]
-        run_detection(engine, files, output=collector)
+        run_detection(engine, files, output=collector, mutual=self.settings.mutual, on_encoded=on_encoded)
         records = collector.records
         labels, scores = [r.anomalous for r in records], [r.score for r in records]
         metrics = image_metrics(labels, scores)

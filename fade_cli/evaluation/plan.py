@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from fade_cli.config import MutualSettings
 from fade_cli.evaluation.samples import ClassSplit
 from fade_cli.evaluation.shots import choose_references
 from fade_cli.io.images import ImageFile
@@ -18,13 +19,17 @@ DEFAULT_EVAL_SIZE = 448
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """How the benchmark is run. ``prompt_class`` None: each class's own name goes into the prompts."""
+    """How the benchmark is run. ``prompt_class`` None: each class's own name goes into the prompts.
+
+    ``mutual``: zero-shot by mutual scoring of each class's test images (docs/mutual.md).
+    """
 
     shots: int = 0
     seeds: tuple[int, ...] = (0,)
     eval_size: int = DEFAULT_EVAL_SIZE
     quantize_8bit: bool = False
     prompt_class: Optional[str] = None
+    mutual: Optional[MutualSettings] = None
 
     def __post_init__(self) -> None:
         check_map_size(self.eval_size, 1, "--eval-size")  # each image's map and mask at eval size
