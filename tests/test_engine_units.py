@@ -238,13 +238,12 @@ def test_compiled_engine_gives_the_same_results(tiny_config):
 @pytest.mark.parametrize("batch", [1, 2])  # tensors' strides differ for a batch of one
 def test_vision_tower_compiles_as_one_graph(tiny_config, precision, batch):
     """A graph break would make --compile fall back to eager for the whole forward, silently."""
-    from fade_cli.engine.detector import FadeEngine, precision_context
+    from fade_cli.engine.detector import FadeEngine
 
-    engine = FadeEngine.from_config(tiny_config)
+    engine = FadeEngine.from_config(tiny_config.replace(precision=precision))
     pixels = torch.randn(batch, 3, 64, 64)
     torch._dynamo.reset()
-    with precision_context(precision, torch.device("cpu")):
-        explanation = torch._dynamo.explain(engine.encoder)(pixels)
+    explanation = torch._dynamo.explain(engine.encoder)(pixels)
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 

@@ -87,6 +87,9 @@ class GemVisionEncoder(nn.Module):
         self.iters = iters
         self.temperature = temperature
         self.patch_size = visual.conv1.kernel_size[0]
+        # The dtype of the matrix weights (see fade_cli.engine.precision): activations are cast to it where
+        # they enter a matrix product; the residual streams stay float32.
+        self.matrix_dtype = visual.conv1.weight.dtype
         self._pos_cache: dict[int, torch.Tensor] = {}
 
     def positional_embedding(self, grid: int) -> torch.Tensor:
@@ -98,7 +101,7 @@ class GemVisionEncoder(nn.Module):
     def embed_patches(self, pixels_bchw: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Patchify, add the class token and positions, apply ln_pre: (B, 1 + g*g, W)."""
         visual = self.visual
-        x = visual.conv1(pixels_bchw)
+        x = visual.conv1(pixels_bchw.to(self.matrix_dtype)).to(pixels_bchw.dtype)
         grid = x.shape[-1]
         x = x.flatten(2).transpose(1, 2)
         class_token = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
@@ -133,7 +136,7 @@ def _split_heads(block: nn.Module, h_bnw: torch.Tensor) -> torch.Tensor:
     """One shared qkv projection: (3, B, heads, N, head_dim), q, k, v on the first axis."""
     attn: nn.MultiheadAttention = block.attn
     batch, tokens, width = h_bnw.shape
-    qkv = F.linear(h_bnw, attn.in_proj_weight, attn.in_proj_bias)
+    qkv = F.linear(h_bnw.to(attn.in_proj_weight.dtype), attn.in_proj_weight, attn.in_proj_bias)
     qkv = qkv.view(batch, tokens, 3, attn.num_heads, width // attn.num_heads).permute(2, 0, 3, 1, 4)
     return qkv
 
@@ -145,7 +148,7 @@ def _merge_heads(block: nn.Module, o_bhnd: torch.Tensor) -> torch.Tensor:
 
 
 def _mlp_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x + block.ls_2(block.mlp(block.ln_2(x).to(block.mlp.c_fc.weight.dtype)))
 
 
 def _plain_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
