@@ -16,6 +16,9 @@ DEFAULT_TEXT_TEMPLATE = "a photo of a {}."
 DEFAULT_SEG_SIZES = (240, 448, 896)
 DEFAULT_CLS_SIZE = 240
 
+# What the engine computes in; ``auto`` (fade_cli.engine.precision) resolves to one of these on each machine.
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
 FeatureKind = Literal["clip", "gem"]
 # How the image score is made: the language score, the vision score (max of the vision map), or their mean.
 ImageScoreKind = Literal["language", "vision", "mean"]
@@ -51,7 +54,7 @@ class EngineConfig:
     model_config: Optional[str] = None
     cache_dir: Optional[str] = None
     device: str = "auto"
-    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "auto", "tf32", "bf16", "fp16"] = "fp32"  # auto: engine.precision decides
 
     class_name: str = "object"
     cls_size: int = DEFAULT_CLS_SIZE
@@ -125,6 +128,7 @@ __all__ = [
     "DEFAULT_TEXT_TEMPLATE",
     "EngineConfig",
     "FEW_SHOT",
+    "PRECISIONS",
     "VisionPreset",
     "ZERO_SHOT",
     "parse_sizes",

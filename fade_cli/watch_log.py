@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 from PIL import Image
@@ -18,7 +18,7 @@ from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
 from fade_cli.io.images import escape_undecodable
-from fade_cli.io.outputs import ImageWriter, ResultRow, json_line
+from fade_cli.io.outputs import ImageWriter, ResultRow, json_line, write_run_info
 
 RESULTS_FILE = "results.jsonl"
 STATE_FILE = "watch-state.jsonl"
@@ -97,12 +97,15 @@ class ResultsLog(ImageWriter):
     """
 
     def __init__(self, out_dir: Path, map_size: Optional[int] = None, save_maps: bool = True,
-                 save_heatmaps: bool = True):
+                 save_heatmaps: bool = True, run_info: Optional[dict[str, Any]] = None):
+        """``run_info`` (``FadeEngine.run_info``) goes to OUT/run.json: how the watch started last."""
         super().__init__(out_dir, map_size, save_maps, save_heatmaps)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from exc
+        if run_info is not None:
+            write_run_info(out_dir, run_info)
         self.path = out_dir / RESULTS_FILE
         drop_torn_tail(self.path)
         self._names: dict[str, str] = {}

@@ -76,7 +76,8 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
         threshold, pixel_threshold = chosen.thresholds.image, chosen.thresholds.pixel
         console.print(chosen.report, markup=False, highlight=False, soft_wrap=True)
     printer = RowPrinter(output_format, threshold is not None)
-    output = RunOutput(out, overwrite=overwrite, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps) if out else None
+    output = RunOutput(out, overwrite=overwrite, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps,
+                       run_info=engine.run_info()) if out else None
     summary_rows = []
     try:
         with progress_bar(console, quiet, total=len(files), description="Scoring") as advance:

@@ -73,7 +73,7 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
     watcher = FolderWatcher(folder, out, settle_s=settle, move_to=move_to, warn=warn)
     engine, threshold, pixel_threshold = _engine(ctx, options, refs, bank_path, threshold, pixel_threshold,
                                                  console, quiet)
-    output = ResultsLog(out, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps)
+    output = ResultsLog(out, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps, run_info=engine.run_info())
     printer = RowPrinter(output_format, threshold is not None)
     rows = []
 

@@ -24,8 +24,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-# Precisions the engine computes in ("auto" resolves to one of them).
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+from fade_cli.config import PRECISIONS
+from fade_cli.errors import InputError
+
 LOW_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # CPU flags (Linux /proc/cpuinfo names) that mean native bf16 matrix products.
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -119,8 +120,6 @@ def resolve_precision(
     """
     if requested != "auto":
         if requested not in PRECISIONS:
-            from fade_cli.errors import InputError
-
             raise InputError(f"unknown precision {requested!r}: use auto, {', '.join(PRECISIONS)}")
         return PrecisionChoice(requested, requested, "as asked")
     if device.type == "cuda":

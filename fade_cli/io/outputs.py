@@ -7,6 +7,7 @@ kept, so ``a.png`` and ``a.jpg`` never collide)::
     OUT/maps/<relative path>.npy       float32 map
     OUT/heatmaps/<relative path>.png   image with the map overlaid
     OUT/masks/<relative path>.png      binary defect mask (0/255), with a pixel threshold
+    OUT/run.json                       how the engine ran: fade version, device, model, precision and why
 
 With a pixel threshold, ``regions`` lists the defects of an image: 8-connected
 areas of the mask, each ``{"bbox": [x0, y0, x1, y1], "area": pixels, "peak": max
@@ -39,6 +40,7 @@ from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import escape_undecodable
 
 RESULT_FILES = ("results.csv", "results.jsonl")
+RUN_INFO_FILE = "run.json"
 PARTIAL_FILE = "results.partial.jsonl"
 PNG_COMPRESS_LEVEL = 1
 
@@ -108,6 +110,14 @@ def refuse_existing_results(out_dir: Path, names: Iterable[str] = RESULT_FILES, 
         )
 
 
+def write_run_info(out_dir: Path, info: dict[str, Any]) -> None:
+    """OUT/run.json: how the results were computed (``FadeEngine.run_info``) and by which fade."""
+    from fade_cli import __version__
+
+    text = json.dumps({"fade_version": __version__, **info}, indent=2, ensure_ascii=False) + "\n"
+    atomic_write(out_dir / RUN_INFO_FILE, lambda handle: handle.write(text.encode("utf-8")))
+
+
 def write_png(path: Path, picture: Image.Image) -> None:
     """Save a PNG atomically, at zlib level 1: 3 to 4 times faster than PIL's default level 6 for
     files 5 to 20 % larger, which keeps heatmap writing off the critical path of a GPU run."""
@@ -174,8 +184,10 @@ class RunOutput(ImageWriter):
         map_size: Optional[int] = None,
         save_maps: bool = True,
         save_heatmaps: bool = True,
+        run_info: Optional[dict[str, Any]] = None,
     ):
         super().__init__(out_dir, map_size, save_maps, save_heatmaps)
+        self.run_info = run_info
         if not overwrite:
             refuse_existing_results(out_dir)
         try:
@@ -203,6 +215,8 @@ class RunOutput(ImageWriter):
             self._partial.close()
             atomic_write(self.out_dir / "results.jsonl", lambda h: h.write(rows_to_jsonl(self.rows)))
             atomic_write(self.out_dir / "results.csv", lambda h: h.write(rows_to_csv(self.rows)))
+            if self.run_info is not None:
+                write_run_info(self.out_dir, self.run_info)
         except (OSError, OutputError) as exc:
             reason = describe_write_failure(exc) if isinstance(exc, OSError) else str(exc)
             kept = self.out_dir / PARTIAL_FILE
