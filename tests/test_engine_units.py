@@ -104,6 +104,32 @@ def test_top_k_similarity_chunks_agree_with_full_matrix(monkeypatch):
     torch.testing.assert_close(top_k_similarity(queries, bank, 3), full)
 
 
+def test_bf16_search_returns_the_float32_similarities_of_the_neighbours(monkeypatch):
+    torch.manual_seed(2)
+    queries = F.normalize(torch.randn(50, 16), dim=-1)
+    bank = F.normalize(torch.randn(300, 16), dim=-1)
+    full = (queries @ bank.T).topk(2, dim=1).values
+    monkeypatch.setattr("fade_cli.engine.memory_bank.QUERY_CHUNK", 7)
+    monkeypatch.setattr("fade_cli.engine.memory_bank.BANK_CHUNK", 64)
+    found = top_k_similarity(queries, bank, 2, bank.to(torch.bfloat16))
+    assert found.dtype == torch.float32
+    torch.testing.assert_close(found, full, atol=1e-6, rtol=0)  # not the bf16 products' rounded values
+
+
+def test_memory_bank_casts_its_patches_once_per_precision_and_again_after_an_add():
+    torch.manual_seed(3)
+    bank = MemoryBank({64: F.normalize(torch.randn(40, 8), dim=-1)})
+    queries = F.normalize(torch.randn(1, 6, 8), dim=-1)
+    exact = bank.patch_distances(64, queries, use_query=False)
+    low = bank.patch_distances(64, queries, use_query=False, search_dtype=torch.bfloat16)
+    torch.testing.assert_close(low, exact, atol=1e-6, rtol=0)
+    cast = bank._low_precision[(64, torch.bfloat16)]
+    bank.patch_distances(64, queries, use_query=False, search_dtype=torch.bfloat16)
+    assert bank._low_precision[(64, torch.bfloat16)] is cast
+    bank.add(64, queries)  # the query's own patches join the bank: distance 0
+    assert bank.patch_distances(64, queries, use_query=False, search_dtype=torch.bfloat16).abs().max() < 1e-6
+
+
 def test_memory_bank_uses_second_neighbour_with_query_patches():
     patches = F.normalize(torch.randn(1, 5, 4), dim=-1)
     bank = MemoryBank()

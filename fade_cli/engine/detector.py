@@ -48,6 +48,8 @@ class FadeEngine:
         self.encoder = GemVisionEncoder(
             vision_tower(loaded.model, self.precision.precision, loaded.cast_towers), depth=config.gem_depth, iters=config.gem_iters, temperature=config.gem_temperature
         )
+        # The memory bank is searched in the tower's precision (neighbours' similarities recomputed in float32).
+        self.search_dtype = self.encoder.matrix_dtype
         if config.compile:
             # One graph per input size; the first batch at each size pays the compilation.
             self.encoder = torch.compile(self.encoder, dynamic=False)
@@ -92,6 +94,10 @@ class FadeEngine:
         engine.bank = bank
         engine.reference_count = reference_count
         return engine
+
+    def run_info(self) -> dict:
+        """How this engine runs, for a run's metadata: device, model, and the precision with why it was chosen."""
+        return {"device": str(self.device), "model": dict(self.loaded.identity), "precision": self.precision.to_dict()}
 
     @property
     def batch_size(self) -> int:
@@ -160,7 +166,8 @@ class FadeEngine:
         return patch_scores_to_grid(scores, features.grid)
 
     def _vision_grid(self, features: VisionFeatures, size: int, preset: VisionPreset) -> torch.Tensor:
-        distances = self.bank.patch_distances(size, features.patches(preset.feature), preset.use_query)
+        distances = self.bank.patch_distances(size, features.patches(preset.feature), preset.use_query,
+                                              self.search_dtype)
         return patch_scores_to_grid(distances, features.grid)
 
 
