@@ -5,8 +5,9 @@
 
 int8 here is torch's dynamic quantisation (``torch.ao.quantization.quantize_dynamic``):
 the linear layers' weights in int8, activations quantised per call. Printed: the
-matrix products of one ViT block at the input's token count (fp32, bf16 weights,
-int8), the plain open_clip vision tower in each precision, the share of the GEM
+matrix products of one ViT block's MLP at the input's token count (fp32, bf16
+weights, int8), the plain open_clip vision tower in each precision (at its native
+240 x 240: open_clip's forward takes no other size), the share of the GEM
 tower's bf16 time spent in attention (which int8 linear layers leave untouched) and
 the drift of each precision's tower output from fp32. Each time is the minimum of
 ``--repeats`` runs, on ``--threads`` threads.
@@ -71,7 +72,8 @@ def main() -> None:
             print(f"one block's MLP ({tokens} x {width} -> {4 * width} -> {width}), {name:12s}: "
                   f"{best_time(run, args.repeats) * 1e3:7.1f} ms, max drift {drift:.1e} of the output's range")
 
-        pixels = torch.randn(1, 3, args.size, args.size)
+        native = visual.image_size[0] if isinstance(visual.image_size, tuple) else visual.image_size
+        pixels = torch.randn(1, 3, native, native)  # open_clip's own forward takes its native size only
         towers = {"fp32": visual, "bf16 weights": copy.deepcopy(visual).to(torch.bfloat16),
                   "int8 dynamic": int8_dynamic(visual)}
         exact = visual(pixels)
@@ -79,12 +81,13 @@ def main() -> None:
             inputs = pixels.to(tower.conv1.weight.dtype)
             run = lambda: tower(inputs)  # noqa: E731
             drift = 1 - F.cosine_similarity(run().float(), exact).min().item()
-            print(f"plain open_clip tower at {args.size}, {name:12s}: {best_time(run, args.repeats):6.2f} s, "
+            print(f"plain open_clip tower at {native}, {name:12s}: {best_time(run, args.repeats):6.2f} s, "
                   f"1 - cosine to fp32 {drift:.1e}")
 
         from torch.profiler import ProfilerActivity, profile
 
         encoder = GemVisionEncoder(vision_tower(model, "bf16", {}))
+        pixels = torch.randn(1, 3, args.size, args.size)
         encoder(pixels)
         with profile(activities=[ProfilerActivity.CPU]) as profiler:
             encoder(pixels)

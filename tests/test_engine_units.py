@@ -82,7 +82,8 @@ def test_gem_normalisation_stays_in_bf16_under_autocast():
         unit, scaled = _unit_and_scaled(z, inv_temp)
     assert unit.dtype == scaled.dtype == torch.bfloat16
     exact = F.normalize(z.float(), dim=-1)
-    torch.testing.assert_close(unit.float(), exact, rtol=2**-8, atol=1e-6)
+    # Two roundings at most: each row's scale to bf16 (fast same-dtype arithmetic), then each element.
+    torch.testing.assert_close(unit.float(), exact, rtol=2**-7, atol=1e-6)
     torch.testing.assert_close(scaled.float(), exact * inv_temp, rtol=2**-7, atol=1e-6)
 
 
@@ -94,26 +95,19 @@ def test_positional_embedding_keeps_class_position_and_size():
     assert resample_positional_embedding(pos, 4) is pos
 
 
-def test_top_k_similarity_chunks_agree_with_full_matrix(monkeypatch):
+@pytest.mark.parametrize("search_dtype", [torch.float32, torch.bfloat16])
+def test_top_k_similarity_chunks_agree_with_full_matrix(monkeypatch, search_dtype):
     torch.manual_seed(1)
     queries = F.normalize(torch.randn(50, 16), dim=-1)
     bank = F.normalize(torch.randn(300, 16), dim=-1)
     full = (queries @ bank.T).topk(3, dim=1).values
     monkeypatch.setattr("fade_cli.engine.memory_bank.QUERY_CHUNK", 7)
     monkeypatch.setattr("fade_cli.engine.memory_bank.BANK_CHUNK", 64)
-    torch.testing.assert_close(top_k_similarity(queries, bank, 3), full)
-
-
-def test_bf16_search_returns_the_float32_similarities_of_the_neighbours(monkeypatch):
-    torch.manual_seed(2)
-    queries = F.normalize(torch.randn(50, 16), dim=-1)
-    bank = F.normalize(torch.randn(300, 16), dim=-1)
-    full = (queries @ bank.T).topk(2, dim=1).values
-    monkeypatch.setattr("fade_cli.engine.memory_bank.QUERY_CHUNK", 7)
-    monkeypatch.setattr("fade_cli.engine.memory_bank.BANK_CHUNK", 64)
-    found = top_k_similarity(queries, bank, 2, bank.to(torch.bfloat16))
+    low = None if search_dtype == torch.float32 else bank.to(search_dtype)
+    found = top_k_similarity(queries, bank, 3, low)
+    # In bf16 too: float32 similarities of the neighbours, not the bf16 products' rounded values.
     assert found.dtype == torch.float32
-    torch.testing.assert_close(found, full, atol=1e-6, rtol=0)  # not the bf16 products' rounded values
+    torch.testing.assert_close(found, full, atol=1e-6, rtol=0)
 
 
 def test_memory_bank_casts_its_patches_once_per_precision_and_again_after_an_add():

@@ -125,34 +125,30 @@ def test_low_precision_tower_is_cast_once_and_shares_what_stays_float32(tiny_con
     assert original.attn.in_proj_weight.dtype == visual.conv1.weight.dtype == torch.float32  # original untouched
 
 
-def test_auto_without_bf16_instructions_computes_exactly_fp32(tiny_config, cpu_is):
+def _fp32_and_auto(tiny_config, cpu_is, features):
+    """One query scored in fp32 and with --precision auto on a CPU with ``features``: (auto engine, fp32, auto)."""
     from fade_cli.engine.detector import FadeEngine
     from fade_cli.engine.model import load_model
 
-    cpu_is(AVX512_ONLY)
+    cpu_is(features)
     loaded = load_model(tiny_config)
     image = Image.open(sorted(QUERIES.glob("*.png"))[0])
     config = tiny_config.replace(seg_sizes=(240,))
     [exact] = FadeEngine.from_config(config, loaded=loaded).detect([image])
     auto_engine = FadeEngine.from_config(config.replace(precision="auto"), loaded=loaded)
     [auto] = auto_engine.detect([image])
-    assert auto_engine.precision.precision == "fp32"
+    return auto_engine, exact, auto
+
+
+def test_auto_without_bf16_instructions_computes_exactly_fp32(tiny_config, cpu_is):
+    engine, exact, auto = _fp32_and_auto(tiny_config, cpu_is, AVX512_ONLY)
+    assert engine.precision.precision == "fp32"
     assert auto.score == exact.score and np.array_equal(auto.anomaly_map, exact.anomaly_map)
 
 
 def test_auto_with_amx_computes_in_bf16_near_fp32(tiny_config, cpu_is):
-    from fade_cli.engine.detector import FadeEngine
-    from fade_cli.engine.model import load_model
-
-    cpu_is(AMX)
-    loaded = load_model(tiny_config)
-    image = Image.open(sorted(QUERIES.glob("*.png"))[0])
-    config = tiny_config.replace(seg_sizes=(240,))
-    [exact] = FadeEngine.from_config(config, loaded=loaded).detect([image])
-    auto_engine = FadeEngine.from_config(config.replace(precision="auto"), loaded=loaded)
-    [auto] = auto_engine.detect([image])
-    assert auto_engine.precision.precision == "bf16"
-    assert auto_engine.encoder.matrix_dtype == torch.bfloat16
+    engine, exact, auto = _fp32_and_auto(tiny_config, cpu_is, AMX)
+    assert engine.precision.precision == "bf16" and engine.encoder.matrix_dtype == torch.bfloat16
     assert auto.score != exact.score and abs(auto.score - exact.score) < 1e-2
 
 

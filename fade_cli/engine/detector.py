@@ -45,8 +45,9 @@ class FadeEngine:
         self.config = config
         self.device = loaded.device
         self.precision = resolve_precision(config.precision, self.device)
+        tower = vision_tower(loaded.model, self.precision.precision, loaded.cast_towers)
         self.encoder = GemVisionEncoder(
-            vision_tower(loaded.model, self.precision.precision, loaded.cast_towers), depth=config.gem_depth, iters=config.gem_iters, temperature=config.gem_temperature
+            tower, depth=config.gem_depth, iters=config.gem_iters, temperature=config.gem_temperature
         )
         # The memory bank is searched in the tower's precision (neighbours' similarities recomputed in float32).
         self.search_dtype = self.encoder.matrix_dtype
