@@ -104,7 +104,7 @@ def test_partial_results_of_an_interrupted_run_are_refused(tmp_path):
 def test_overwrite_removes_everything_the_earlier_run_wrote(tmp_path):
     out = tmp_path / "out"
     for name in ("maps/old.png.npy", "heatmaps/old.png.png", "masks/old.png.png", "results.partial.jsonl",
-                 "results.jsonl"):
+                 "results.jsonl", "run.json"):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text("from the earlier run")
     (out / "notes.txt").write_text("the user's")
@@ -112,7 +112,9 @@ def test_overwrite_removes_everything_the_earlier_run_wrote(tmp_path):
     assert result.exit_code == 0, result.output
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert files == [MARKER, "heatmaps/cracked_a.png.png", "heatmaps/cracked_b.png.png", "heatmaps/good_a.png.png",
-                     "heatmaps/good_b.png.png", "notes.txt", "results.csv", "results.jsonl", "run-settings.json"]
+                     "heatmaps/good_b.png.png", "notes.txt", "results.csv", "results.jsonl", "run-settings.json",
+                     "run.json"]
+    assert json.loads((out / "run.json").read_text())["precision"]["precision"] == "fp32"  # this run's, not the old
 
 
 def test_resume_scores_only_what_is_missing_and_gives_the_uninterrupted_results(tmp_path, monkeypatch):
