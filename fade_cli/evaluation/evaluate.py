@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from fade_cli.config import EngineConfig
-from fade_cli.engine.detector import FadeEngine, validate_config
+from fade_cli.engine.detector import FadeEngine, checked_model_source, validate_config
 from fade_cli.engine.precision import resolve_precision
 from fade_cli.engine.model import LoadedModel, load_model
 from fade_cli.engine.result import Detection
@@ -97,7 +97,7 @@ class Evaluator:
         validate_config(config)
         self.config = config
         self.settings = settings
-        self.loaded = loaded or load_model(config)
+        self.loaded = loaded or load_model(config, checked_model_source(config))
         self.precision = resolve_precision(config.precision, self.loaded.device)
         self.prompts = ClassPrompts(prompts or fixed_prompts(), self.loaded)
 
