@@ -3,6 +3,7 @@
     python benchmarks/bench_engine.py --arch tiny                      # golden tiny model, CPU
     python benchmarks/bench_engine.py --arch published --images 3      # ViT-B-16-plus-240, random weights
     python benchmarks/bench_engine.py --arch published --device cuda --batch-sizes 1,8,32 --precisions tf32,bf16
+    python benchmarks/bench_engine.py --arch published --images 2 --precisions fp32,auto --threads 2   # CPU station
 
 The published architecture runs with random weights here (weights cannot be
 downloaded in every environment); speed does not depend on the weights' values.
@@ -10,7 +11,10 @@ End-to-end time includes JPEG decoding and resizing (in background threads, as
 `fade detect` does), the forward passes at every size, the memory bank search,
 fusion, and copying maps back to the host; with --write, also saving maps and
 heatmaps (in writer threads, as `fade detect` does). The decoding rate alone is
-printed too: end to end can never beat it.
+printed too: end to end can never beat it. On a CPU the flags that decide
+``--precision auto`` are printed first; each precision after fp32 also prints how
+far its scores and maps are from fp32's on the same images. Times are of one run
+after a warm-up run: on a shared machine, repeat and take the smallest.
 """
 from __future__ import annotations
 
@@ -67,7 +71,26 @@ def time_text(loaded, config) -> float:
     return time.perf_counter() - start
 
 
-def time_run(engine, files, device, write: bool = False) -> float:
+class KeepDetections:
+    """A result sink that keeps each image's detection in memory (for the drift from fp32), writing nothing."""
+
+    writer_threads = 1
+
+    def __init__(self):
+        self.detections = {}
+
+    def write_image(self, relative, image, detection):
+        self.detections[relative] = detection
+        return None, None
+
+    def write_mask(self, relative, mask_hw):
+        return ""
+
+    def add(self, row):
+        pass
+
+
+def time_run(engine, files, device, write: bool = False, keep: KeepDetections = None) -> float:
     """Seconds for run_detection over ``files``; with ``write``, maps and heatmaps are saved as `fade detect` does."""
     import tempfile
 
@@ -78,9 +101,9 @@ def time_run(engine, files, device, write: bool = False) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
-        output = RunOutput(Path(out)) if write else None
+        output = RunOutput(Path(out)) if write else keep
         run_detection(engine, files, output)
-        if output is not None:
+        if write:
             output.finish()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -97,13 +120,24 @@ def decoding_rate(engine, files) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
+def drift_from(reference: dict, detections: dict) -> str:
+    """Largest differences of scores and maps from the reference run's, over the images both scored."""
+    import numpy as np
+
+    common = sorted(set(reference) & set(detections))
+    score = max(abs(reference[k].score - detections[k].score) for k in common)
+    maps = max(float(np.abs(reference[k].anomaly_map - detections[k].anomaly_map).max()) for k in common)
+    return f"max |score - fp32| {score:.1e}, max |map - fp32| {maps:.1e}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", choices=["tiny", "published"], default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--images", type=int, default=4, help="queries per measurement")
     parser.add_argument("--batch-sizes", default="1")
-    parser.add_argument("--precisions", default="fp32", help="comma-separated: fp32, tf32, bf16, fp16")
+    parser.add_argument("--precisions", default="fp32", help="comma-separated: fp32, auto, tf32, bf16, fp16")
+    parser.add_argument("--threads", type=int, help="torch threads [default: torch's choice]")
     parser.add_argument("--scales", default="240,448,896")
     parser.add_argument("--shots", type=int, default=1, help="references (0: zero-shot)")
     parser.add_argument("--write", action="store_true", help="also time runs that save maps and heatmaps")
@@ -114,6 +148,10 @@ def main() -> None:
     from fade_cli.engine.detector import FadeEngine
     from fade_cli.runner import DECODE_THREADS, load_references
 
+    from fade_cli.engine.precision import cpu_features
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     loaded = build_loaded_model(args.arch, device)
     base = EngineConfig(device=args.device, seg_sizes=parse_sizes(args.scales), class_name="cookie")
@@ -127,6 +165,8 @@ def main() -> None:
     print(json.dumps({"machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
                       "arch": args.arch, "scales": args.scales, "shots": args.shots}))
+    if device.type == "cpu":
+        print(f"CPU flags: {cpu_features().describe()}")
     print(f"text encoding: {cold:.2f} s first run, {warm:.3f} s cached")
     largest_batch = max(map(int, args.batch_sizes.split(",")))
     decoder = FadeEngine.from_config(base.replace(batch_size=largest_batch), loaded=loaded)
@@ -136,9 +176,12 @@ def main() -> None:
     references = query_files(args.shots) if args.shots else []
     compile_modes = [False, True] if args.compile else [False]
     settings = itertools.product(compile_modes, args.precisions.split(","), map(int, args.batch_sizes.split(",")))
+    fp32_detections = {}
     for compiled, precision, batch_size in settings:
         config = base.replace(precision=precision, batch_size=batch_size, compile=compiled)
         engine = FadeEngine.from_config(config, loaded=loaded)
+        if precision == "auto":
+            print(engine.precision.describe())
         if references:
             load_references(engine, references)  # in batches, as `fade detect --refs` does
         time_run(engine, query_files(batch_size), device)  # warm-up (and compilation)
@@ -146,10 +189,16 @@ def main() -> None:
             torch.cuda.reset_peak_memory_stats(device)
         count = max(args.images, batch_size)
         count -= count % batch_size  # whole batches: a compiled engine would recompile for a short last one
-        seconds = time_run(engine, query_files(count), device)
+        keep = KeepDetections()
+        seconds = time_run(engine, query_files(count), device, keep=keep)
         label = f"{precision}{'+compile' if compiled else ''}"
+        drift = ""
+        if engine.precision.precision == "fp32" and not fp32_detections:
+            fp32_detections = keep.detections
+        elif fp32_detections:
+            drift = "  " + drift_from(fp32_detections, keep.detections)
         print(f"{label:13s} batch {batch_size:3d}: {count / seconds:8.2f} images/s  {seconds / count:8.3f} s/image  "
-              f"peak memory {peak_memory_mb(device):8.0f} MB", flush=True)
+              f"peak memory {peak_memory_mb(device):8.0f} MB{drift}", flush=True)
         if args.write:
             seconds = time_run(engine, query_files(count), device, write=True)
             print(f"{'':13s} with maps and heatmaps written: {count / seconds:8.2f} images/s", flush=True)

@@ -24,10 +24,13 @@ DEFAULT_CLS_SIZE = 240
 MAX_INPUT_SIZE = 1 << 16
 # Self-self attention iterations: the paper uses 1; each one costs a pass through the GEM blocks.
 MAX_GEM_ITERS = 100
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 FEATURE_KINDS = ("clip", "gem")
 IMAGE_SCORE_KINDS = ("language", "vision", "mean")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?|mps")
+
+# What the engine computes in; ``auto`` (fade_cli.engine.precision) resolves to one of these on each machine.
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+REQUESTABLE_PRECISIONS = ("auto", *PRECISIONS)
 
 FeatureKind = Literal["clip", "gem"]
 # How the image score is made: the language score, the vision score (max of the vision map), or their mean.
@@ -103,7 +106,7 @@ class EngineConfig:
     model_config: Optional[str] = None
     cache_dir: Optional[str] = None
     device: str = "auto"
-    precision: Literal["fp32", "tf32", "bf16", "fp16"] = "fp32"
+    precision: Literal["fp32", "auto", "tf32", "bf16", "fp16"] = "fp32"  # auto: engine.precision decides
 
     class_name: str = "object"
     cls_size: int = DEFAULT_CLS_SIZE
@@ -161,7 +164,7 @@ class EngineConfig:
             "model_config": text("model_config", None),
             "cache_dir": text("cache_dir", None),
             "device": _device_field(fields, default.device),
-            "precision": fields.text("precision", default.precision, choices=PRECISIONS),
+            "precision": fields.text("precision", default.precision, choices=REQUESTABLE_PRECISIONS),
             "class_name": fields.text("class_name", default.class_name),
             "cls_size": fields.integer("cls_size", 1, MAX_INPUT_SIZE, default.cls_size),
             "seg_sizes": tuple(fields.check_integer("seg_sizes", size, 1, MAX_INPUT_SIZE)
@@ -226,6 +229,7 @@ __all__ = [
     "FEW_SHOT",
     "MUTUAL",
     "MutualSettings",
+    "PRECISIONS",
     "VisionPreset",
     "ZERO_SHOT",
     "parse_sizes",

@@ -18,7 +18,7 @@ from PIL import Image
 from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
-from fade_cli.io.outputs import ImageWriter, ResultRow, json_line, json_text, read_json_lines
+from fade_cli.io.outputs import ImageWriter, ResultRow, json_line, json_text, read_json_lines, write_run_info
 
 RESULTS_FILE = "results.jsonl"
 STATE_FILE = "watch-state.jsonl"
@@ -128,12 +128,15 @@ class ResultsLog(ImageWriter):
     """
 
     def __init__(self, out_dir: Path, map_size: Optional[int] = None, save_maps: bool = True,
-                 save_heatmaps: bool = True):
+                 save_heatmaps: bool = True, run_info: Optional[dict[str, Any]] = None):
+        """``run_info`` (``FadeEngine.run_info``) goes to OUT/run.json: how the watch started last."""
         super().__init__(out_dir, map_size, save_maps, save_heatmaps)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from exc
+        if run_info is not None:
+            write_run_info(out_dir, run_info)
         self.path = out_dir / RESULTS_FILE
         drop_torn_tail(self.path)
         self._names: dict[str, str] = {}

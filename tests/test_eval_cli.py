@@ -92,6 +92,7 @@ def test_mvtec_eval_report_numbers_and_detect_agree(tmp_path):
     assert report["prompts"]["sources"] == {"classification": "built-in", "segmentation": "built-in"}
     assert len(report["prompts"]["by_class_name"]["cookie"]["segmentation"]["sha256"]) == 64
     assert report["engine"]["seg_sizes"] == [240, 320]
+    assert report["precision"] == {"requested": "fp32", "precision": "fp32", "reason": "as asked"}
     assert {"torch", "open_clip_torch", "scikit-learn"} <= set(report["software"])
     assert [(r["seed"], r["prompt_class"]) for r in report["runs"]] == [(0, "cookie"), (1, "cookie")]
     for entry in report["runs"]:

@@ -104,7 +104,7 @@ def test_partial_results_of_an_interrupted_run_are_refused(tmp_path):
 def test_overwrite_removes_everything_the_earlier_run_wrote(tmp_path):
     out = tmp_path / "out"
     for name in ("maps/old.png.npy", "heatmaps/old.png.png", "masks/old.png.png", "results.partial.jsonl",
-                 "results.jsonl", "report.html", "thumbnails/image/old.png.jpg", "thumbnails/map/old.png.jpg"):
+                 "results.jsonl", "run.json", "report.html", "thumbnails/image/old.png.jpg", "thumbnails/map/old.png.jpg"):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text("from the earlier run")
     (out / "notes.txt").write_text("the user's")
@@ -113,8 +113,9 @@ def test_overwrite_removes_everything_the_earlier_run_wrote(tmp_path):
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     images = ("cracked_a.png", "cracked_b.png", "good_a.png", "good_b.png")
     assert files == [MARKER, *(f"heatmaps/{name}.png" for name in images), "notes.txt", "report.html",
-                     "results.csv", "results.jsonl", "run-settings.json",
+                     "results.csv", "results.jsonl", "run-settings.json", "run.json",
                      *(f"thumbnails/{kind}/{name}.jpg" for kind in ("image", "map") for name in images)]
+    assert json.loads((out / "run.json").read_text())["precision"]["precision"] == "fp32"  # this run's, not the old
 
 
 def test_resume_scores_only_what_is_missing_and_gives_the_uninterrupted_results(tmp_path, monkeypatch):

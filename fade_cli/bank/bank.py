@@ -9,7 +9,10 @@ metadata (JSON)
     folder, are stored at their defaults); ``prompts``: the classification and segmentation
     prompt sets as given (``{classname}`` unfilled); ``references``: the reference files
     (relative path and SHA-256) in bank order; ``patch_dtype``; ``thresholds``: image and
-    pixel threshold and where they came from; ``calibration``: the leave-one-out statistic.
+    pixel threshold and where they came from; ``calibration``: the leave-one-out statistic;
+    ``precision``: what the patches and thresholds were computed in (fp32, bf16...: the
+    precision ``--precision auto`` resolved to on the building machine; banks without it
+    were computed in their config's precision).
 tensors
     ``patches.<size>`` (M, D) reference patch embeddings per segmentation size, the
     feature the few-shot preset uses, float32 (or float16 when built with ``--dtype
@@ -27,7 +30,7 @@ import numpy as np
 from fade_cli import __version__
 from fade_cli.bank.calibration import Calibration, Thresholds
 from fade_cli.bank.container import BankFileError, decode_container, encode_container
-from fade_cli.config import EngineConfig
+from fade_cli.config import PRECISIONS, EngineConfig
 from fade_cli.errors import InputError
 from fade_cli.io.files import read_file_bytes
 from fade_cli.prompt_set import PromptSet, prompt_set_from_dict
@@ -57,6 +60,7 @@ class ReferenceBank:
     patch_dtype: str = "float32"
     thresholds: Thresholds = field(default_factory=Thresholds)
     calibration: Optional[Calibration] = None
+    precision: str = "fp32"  # computed in (resolved, never "auto")
 
     @property
     def reference_count(self) -> int:
@@ -78,6 +82,7 @@ class ReferenceBank:
             "patch_dtype": self.patch_dtype,
             "thresholds": asdict(self.thresholds),
             "calibration": self.calibration.to_dict() if self.calibration else None,
+            "precision": self.precision,
         }
 
     def tensors(self) -> dict[str, np.ndarray]:
@@ -166,6 +171,7 @@ def _bank_from_parts(metadata: dict[str, Any], tensors: dict[str, np.ndarray], s
         patch_dtype=fields.text("patch_dtype", choices=PATCH_DTYPES),
         thresholds=Thresholds.from_dict(metadata.get("thresholds"), source),
         calibration=Calibration.from_dict(calibration, source) if calibration else None,
+        precision=fields.text("precision", default=config.precision, choices=PRECISIONS),
     )
     _check_shapes(bank)
     _check_finite_tensors(bank, source)

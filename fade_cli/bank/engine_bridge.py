@@ -48,6 +48,7 @@ def bank_from_engine(
         patch_dtype=patch_dtype,
         thresholds=thresholds,
         calibration=calibration,
+        precision=engine.precision.precision,
     )
 
 

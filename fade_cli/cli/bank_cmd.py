@@ -61,7 +61,7 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
       fade bank build ./good --class screw --scales 240,448 --margin 1.2 --out screw.fadebank
     """
     from fade_cli.bank.engine_bridge import bank_from_engine
-    from fade_cli.cli.engine_setup import build_engine, guard_engine_failures
+    from fade_cli.cli.engine_setup import build_engine, guard_engine_failures, report_engine_setup
     from fade_cli.cli.engine_setup import calibrate_references
     from fade_cli.cli.reporting import print_warning, stderr_console
     from fade_cli.io.images import require_images
@@ -74,6 +74,7 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
     console = stderr_console()
     ref_files = require_images(refs, on_skip=functools.partial(print_warning, console))
     engine = build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet)
+    report_engine_setup(console, options["verbose"], engine.device, engine.precision)
     calibration = None
     if len(ref_files) >= MIN_REFERENCES:
         calibration = guard_engine_failures(lambda: calibrate_references(engine, ref_files, margin, console, quiet))
@@ -84,7 +85,7 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
     saved = bank_from_engine(engine, cls_prompts, seg_prompts, ref_files, patch_dtype, thresholds, calibration)
     size = save_bank(saved, out)
     click.echo(f"Wrote {out}: {len(ref_files)} reference(s), sizes {_sizes(saved.patches_by_size)}, "
-               f"{patch_dtype}, {_megabytes(size)}")
+               f"{patch_dtype}, computed in {saved.precision}, {_megabytes(size)}")
     click.echo(f"Thresholds: {describe_thresholds(thresholds, calibration)}")
 
 
@@ -140,6 +141,8 @@ def _info_lines(saved: ReferenceBank, bank_file: Path, size: int) -> list[tuple[
                     f"template {config.text_template!r}"),
         ("references", ", ".join(ref["path"] for ref in saved.references)),
         ("thresholds", describe_thresholds(saved.thresholds, saved.calibration)),
+        ("precision", f"computed in {saved.precision}" + (" (built with --precision auto: a station resolves auto "
+                      "on its own hardware)" if config.precision == "auto" else "")),
     ]
     if saved.calibration is not None:
         calibration = saved.calibration

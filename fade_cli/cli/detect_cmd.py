@@ -107,7 +107,8 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     output = None
     if out is not None:
         output = RunOutput(out, overwrite=overwrite, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps,
-                           resumed=resumed, settings=_settings(ctx.params), save_thumbnails=report)
+                           resumed=resumed, settings=_settings(ctx.params), save_thumbnails=report,
+                           run_info=engine.run_info())
     if resumed:
         console.print(f"Resuming: {len(resumed)} of {len(files)} image(s) already scored in {out}.", markup=False,
                       highlight=False, soft_wrap=True)
@@ -157,7 +158,7 @@ def refuse_input_as_output(images: Path, out: Optional[Path]) -> None:
 
 # Options that do not change a run's results: a --resume may change them.
 _RUNTIME_OPTIONS = {"out", "overwrite", "resume", "quiet", "output_format", "device", "batch_size", "cache_dir",
-                    "compile", "offline", "report"}
+                    "compile", "verbose", "offline", "report"}
 
 
 def _settings(params: dict[str, Any]) -> dict[str, Any]:

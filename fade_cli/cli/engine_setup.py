@@ -18,9 +18,9 @@ from rich.console import Console
 from fade_cli.bank.bank import ReferenceBank, load_bank
 from fade_cli.bank.calibration import DEFAULT_MARGIN, Calibration, Thresholds, choose_thresholds, describe_thresholds
 from fade_cli.bank.compat import BankMismatchError, describe_identity, model_file_contradictions
-from fade_cli.bank.compat import model_files_for_bank, setting_differences
+from fade_cli.bank.compat import model_files_for_bank, precision_warning, setting_differences
 from fade_cli.cli.options import ENGINE_OPTION_NAMES, engine_config_from_options, prompt_sets_from_options
-from fade_cli.cli.reporting import download_announcer, progress_bar, shows_progress, status_line
+from fade_cli.cli.reporting import download_announcer, print_warning, progress_bar, shows_progress, status_line
 from fade_cli.config import EngineConfig
 from fade_cli.errors import FadeError, InputError
 from fade_cli.memory import MEMORY_HINT
@@ -29,7 +29,7 @@ from fade_cli.prompt_set import PromptSet
 # How torch's allocators word a failed allocation (CUDA, and CPU torch's DefaultCPUAllocator).
 OUT_OF_MEMORY_SIGNS = ("out of memory", "can't allocate memory", "enforce fail at alloc_cpu", "defaultcpuallocator")
 # How this machine runs the engine: always taken from the command line, never from a bank.
-RUNTIME_OPTIONS = ("device", "batch_size", "cache_dir", "compile", "precision", "offline")
+RUNTIME_OPTIONS = ("device", "batch_size", "cache_dir", "compile", "precision", "verbose", "offline")
 MODEL_OPTIONS = ("model", "pretrained", "weights", "model_config")
 PROMPT_OPTIONS = ("prompts", "cls_prompts", "seg_prompts", "prompt_generator")
 # Engine options whose EngineConfig field has another name; the others share theirs.
@@ -165,16 +165,18 @@ class RunSetup:
     seg_prompts: Optional[PromptSet] = None
     bank: Optional[ReferenceBank] = None
     bank_path: Optional[Path] = None
+    verbose: bool = False
 
 
 def read_run_setup(
     ctx: click.Context, options: dict[str, Any], refs: Optional[Path], bank_path: Optional[Path], calibrate: bool
 ) -> RunSetup:
     """The run's settings, checked before any image is read or the model is loaded."""
+    verbose = options["verbose"]
     if bank_path is not None:
         bank, config = load_run_bank(ctx, bank_path, options, refs, calibrate)
-        return RunSetup(config, bank=bank, bank_path=bank_path)
-    return RunSetup(engine_config_from_options(options), *prompt_sets_from_options(options))
+        return RunSetup(config, bank=bank, bank_path=bank_path, verbose=verbose)
+    return RunSetup(engine_config_from_options(options), *prompt_sets_from_options(options), verbose=verbose)
 
 
 def start_engine(
@@ -194,12 +196,24 @@ def start_engine(
     if setup.bank is not None:
         source = str(setup.bank_path)
         engine = guard_engine_failures(lambda: engine_for_bank(setup.bank, setup.config, source, console, quiet))
-        return engine, bank_thresholds(setup.bank, source, threshold, pixel_threshold)
+        report_engine_setup(console, setup.verbose, engine.device, engine.precision)
+        chosen = bank_thresholds(setup.bank, source, threshold, pixel_threshold)
+        warning = precision_warning(setup.bank, chosen.thresholds, engine.precision.precision, source)
+        if warning:
+            print_warning(console, warning)
+        return engine, chosen
     engine = build_engine(setup.config, setup.cls_prompts, setup.seg_prompts, ref_files, console, quiet)
+    report_engine_setup(console, setup.verbose, engine.device, engine.precision)
     if not calibrate:
         return engine, None
     calibration = guard_engine_failures(lambda: calibrate_references(engine, ref_files, margin, console, quiet))
     return engine, calibrated_thresholds(calibration, threshold, pixel_threshold)
+
+
+def report_engine_setup(console: Console, verbose: bool, device: Any, precision: Any) -> None:
+    """With --verbose: the device and the precision (a ``PrecisionChoice``), and why that precision."""
+    if verbose:
+        console.print(f"Engine on {device}, {precision.describe()}", markup=False, highlight=False, soft_wrap=True)
 
 
 def build_engine(config: EngineConfig, cls_prompts, seg_prompts, ref_files: list, console: Console, quiet: bool):

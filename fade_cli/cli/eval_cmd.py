@@ -127,6 +127,9 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
         console.print("note: --seeds has no effect with --shots 0 (zero-shot is deterministic): one run per class")
     prompt_source = _prompt_source(options)
     evaluator = _load_evaluator(engine_config_from_options(options), prompt_source, settings, console, quiet)
+    from fade_cli.cli.engine_setup import report_engine_setup
+
+    report_engine_setup(console, options["verbose"], evaluator.loaded.device, evaluator.precision)
     thumbnails = out is not None and report
     results, worst, stop = _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet, thumbnails)
     if results:

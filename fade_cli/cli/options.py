@@ -29,7 +29,7 @@ ENGINE_OPTION_NAMES = (
     "class_name", "scales", "cls_size", "text_template", "prompts", "cls_prompts", "seg_prompts",
     "prompt_generator",
     "cls_classname", "seg_classname", "gem_depth", "gem_iters", "gem_temperature", "vision_feature",
-    "vision_multiplier", "vision_weight", "use_query", "image_score", "batch_size", "compile", "offline",
+    "vision_multiplier", "vision_weight", "use_query", "image_score", "batch_size", "compile", "verbose", "offline",
 )
 
 
@@ -88,10 +88,12 @@ ENGINE_OPTIONS = [
     click.option("--cache-dir", type=click.Path(file_okay=False),
                  help="Model cache folder [default: $FADE_CACHE_DIR, else the Hugging Face cache]."),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-    click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32",
+    click.option("--precision", type=click.Choice(["fp32", "auto", "tf32", "bf16", "fp16"]), default="fp32",
                  show_default=True,
-                 help="fp32 reproduces the published numbers; tf32 is fp32 with TF32 matrix products on NVIDIA "
-                      "GPUs (fp32 elsewhere); bf16/fp16 use autocast and run fastest on a GPU."),
+                 help="fp32 reproduces the published numbers; auto: bf16 where the hardware computes it natively "
+                      "(CPUs with AMX or AVX512-BF16, GPUs with bf16), else fp32 (--verbose says why); tf32 is fp32 "
+                      "with TF32 matrix products on NVIDIA GPUs (fp32 elsewhere); bf16/fp16 as asked (slow on a "
+                      "CPU without bf16 instructions)."),
     click.option("--class", "class_name", default="object", show_default=True,
                  help="Object name put into the prompts, e.g. screw (underscores become spaces)."),
     click.option("--scales", callback=_sizes, default=",".join(map(str, DEFAULT_SEG_SIZES)), show_default=True,
@@ -131,6 +133,8 @@ ENGINE_OPTIONS = [
     click.option("--compile", is_flag=True,
                  help="Compile the vision tower with torch.compile: faster on a GPU for long runs; the first batch "
                       "at each size waits for the compilation (about a minute)."),
+    click.option("-v", "--verbose", is_flag=True,
+                 help="Say how the engine runs: device, precision and why it was chosen."),
     click.option("--offline", is_flag=True, is_eager=True, callback=_offline,
                  help="Never use the network: models must be in the cache (sets HF_HUB_OFFLINE=1)."),
 ]

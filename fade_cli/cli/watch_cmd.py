@@ -80,7 +80,8 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
     try:  # from here on, a stop (SIGTERM while the model loads too) ends the watch the same way
         engine, threshold, pixel_threshold = _engine(ctx, options, refs, bank_path, threshold, pixel_threshold,
                                                      console, quiet)
-        output = ResultsLog(out, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps)
+        output = ResultsLog(out, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps,
+                            run_info=engine.run_info())
         printer = RowPrinter(output_format, threshold is not None)
 
         def on_row(row) -> None:

@@ -21,6 +21,7 @@ from fade_cli.engine import text_cache
 from fade_cli.engine.memory_bank import MemoryBank
 from fade_cli.engine import mutual
 from fade_cli.engine.model import LoadedModel, ModelSource, load_model, resolve_device, resolve_model_source
+from fade_cli.engine.precision import resolve_precision, vision_tower
 from fade_cli.engine.sizes import check_input_sizes, model_geometry
 from fade_cli.engine.preprocess import normalise, resize_rgb8, stack_rgb8
 from fade_cli.engine.result import Detection
@@ -28,7 +29,6 @@ from fade_cli.engine.text import abnormal_probability, text_classifier
 from fade_cli.errors import InputError
 from fade_cli.prompt_set import PromptSet, with_default_prompts
 
-AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # Default images per forward pass: a GPU needs batches to be busy; a CPU gains nothing from them but memory use.
 GPU_BATCH_SIZE, CPU_BATCH_SIZE = 8, 1
 
@@ -46,9 +46,13 @@ class FadeEngine:
         self.loaded = loaded
         self.config = config
         self.device = loaded.device
+        self.precision = resolve_precision(config.precision, self.device)
+        tower = vision_tower(loaded.model, self.precision.precision, loaded.cast_towers)
         self.encoder = GemVisionEncoder(
-            loaded.model.visual, depth=config.gem_depth, iters=config.gem_iters, temperature=config.gem_temperature
+            tower, depth=config.gem_depth, iters=config.gem_iters, temperature=config.gem_temperature
         )
+        # The memory bank is searched in the tower's precision (neighbours' similarities recomputed in float32).
+        self.search_dtype = self.encoder.matrix_dtype
         if config.compile:
             # One graph per input size; the first batch at each size pays the compilation.
             self.encoder = torch.compile(self.encoder, dynamic=False)
@@ -95,6 +99,10 @@ class FadeEngine:
         engine.bank = bank
         engine.reference_count = reference_count
         return engine
+
+    def run_info(self) -> dict:
+        """How this engine runs, for a run's metadata: device, model, and the precision with why it was chosen."""
+        return {"device": str(self.device), "model": dict(self.loaded.identity), "precision": self.precision.to_dict()}
 
     @property
     def batch_size(self) -> int:
@@ -186,7 +194,7 @@ class FadeEngine:
 
     def _encode(self, pixels_bhwc: torch.Tensor) -> VisionFeatures:
         pixels = normalise(pixels_bhwc.to(self.device, non_blocking=True))
-        with precision_context(self.config.precision, self.device):
+        with precision_context(self.precision.precision):
             return self.encoder(pixels)
 
     def _language_grid(self, features: VisionFeatures) -> torch.Tensor:
@@ -194,15 +202,16 @@ class FadeEngine:
         return patch_scores_to_grid(scores, features.grid)
 
     def _vision_grid(self, features: VisionFeatures, size: int, preset: VisionPreset) -> torch.Tensor:
-        distances = self.bank.patch_distances(size, features.patches(preset.feature), preset.use_query)
+        distances = self.bank.patch_distances(size, features.patches(preset.feature), preset.use_query,
+                                              self.search_dtype)
         return patch_scores_to_grid(distances, features.grid)
 
 
-def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for bf16/fp16; for tf32, TF32 matrix products and convolutions, the flags restored after."""
-    dtype = AUTOCAST_DTYPES.get(precision)
-    if dtype is not None:
-        return torch.autocast(device.type, dtype=dtype)
+def precision_context(precision: str) -> contextlib.AbstractContextManager:
+    """For tf32, TF32 matrix products and convolutions, the flags restored after.
+
+    bf16 and fp16 need no context: their tower holds weights of that dtype (``precision.vision_tower``).
+    """
     if precision == "tf32":
         return _tf32_allowed()
     return contextlib.nullcontext()

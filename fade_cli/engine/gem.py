@@ -87,6 +87,9 @@ class GemVisionEncoder(nn.Module):
         self.iters = iters
         self.temperature = temperature
         self.patch_size = visual.conv1.kernel_size[0]
+        # The dtype of the matrix weights (see fade_cli.engine.precision): activations are cast to it where
+        # they enter a matrix product; the residual streams stay float32.
+        self.matrix_dtype = visual.conv1.weight.dtype
         self._pos_cache: dict[int, torch.Tensor] = {}
 
     def positional_embedding(self, grid: int) -> torch.Tensor:
@@ -98,7 +101,7 @@ class GemVisionEncoder(nn.Module):
     def embed_patches(self, pixels_bchw: torch.Tensor) -> tuple[torch.Tensor, int]:
         """Patchify, add the class token and positions, apply ln_pre: (B, 1 + g*g, W)."""
         visual = self.visual
-        x = visual.conv1(pixels_bchw)
+        x = visual.conv1(pixels_bchw.to(self.matrix_dtype)).to(pixels_bchw.dtype)
         grid = x.shape[-1]
         x = x.flatten(2).transpose(1, 2)
         class_token = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
@@ -133,7 +136,7 @@ def _split_heads(block: nn.Module, h_bnw: torch.Tensor) -> torch.Tensor:
     """One shared qkv projection: (3, B, heads, N, head_dim), q, k, v on the first axis."""
     attn: nn.MultiheadAttention = block.attn
     batch, tokens, width = h_bnw.shape
-    qkv = F.linear(h_bnw, attn.in_proj_weight, attn.in_proj_bias)
+    qkv = F.linear(h_bnw.to(attn.in_proj_weight.dtype), attn.in_proj_weight, attn.in_proj_bias)
     qkv = qkv.view(batch, tokens, 3, attn.num_heads, width // attn.num_heads).permute(2, 0, 3, 1, 4)
     return qkv
 
@@ -145,7 +148,7 @@ def _merge_heads(block: nn.Module, o_bhnd: torch.Tensor) -> torch.Tensor:
 
 
 def _mlp_residual(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return x + block.ls_2(block.mlp(block.ln_2(x).to(block.mlp.c_fc.weight.dtype)))
 
 
 def _plain_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -155,23 +158,27 @@ def _plain_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _unit_and_scaled(z: torch.Tensor, inv_temp: Union[torch.Tensor, float]) -> tuple[torch.Tensor, torch.Tensor]:
-    """``z`` L2-normalised over its last axis, and that times ``inv_temp``; both in z's dtype.
+    """``z`` L2-normalised over its last axis, and that times ``inv_temp``: contiguous, in z's dtype.
 
-    Under autocast, F.normalize would return float32 copies of these large
-    tensors (3B x heads x N x head_dim), which the attention kernel then casts
-    back to bf16. Here the norm is accumulated in float32 and each result is
-    rounded once to z's dtype; in fp32 this is F.normalize's arithmetic.
+    The norm is accumulated in float32. In fp32 this is F.normalize's arithmetic.
+    In bf16/fp16 each row is multiplied by its scale rounded to z's dtype: that
+    changes a row's length by at most 2^-9 (as much as rounding its elements
+    does), and arithmetic mixing dtypes on these large tensors (3 x B x heads x N
+    x head_dim) is ten times slower on a CPU than arithmetic in one dtype.
     """
     with torch.autocast(z.device.type, enabled=False):
         norm = torch.linalg.vector_norm(z, dim=-1, keepdim=True, dtype=torch.float32).clamp_min(NORM_EPS)
-        # out= tensors in z's dtype make the float32 arithmetic round once, without a float32 copy;
-        # contiguous, because torch.compile cannot trace out= tensors with other strides.
-        unit = torch.div(z, norm, out=_empty_contiguous(z))
-        scaled = torch.mul(unit, inv_temp, out=_empty_contiguous(z))
-    return unit, scaled
+        if z.dtype == torch.float32:
+            unit = torch.div(z, norm, out=_empty_contiguous(z))
+            return unit, torch.mul(unit, inv_temp, out=_empty_contiguous(z))
+        inverse = norm.reciprocal()
+        unit = torch.mul(z, inverse.to(z.dtype), out=_empty_contiguous(z))
+        return unit, torch.mul(z, (inverse * inv_temp).to(z.dtype), out=_empty_contiguous(z))
 
 
 def _empty_contiguous(like: torch.Tensor) -> torch.Tensor:
+    # Contiguous, so that flattening the q/k/v axis into the batch is a view; torch.compile also
+    # cannot trace out= tensors with other strides.
     return torch.empty(like.shape, dtype=like.dtype, device=like.device)
 
 
@@ -180,20 +187,19 @@ def _self_self_attention(
 ) -> torch.Tensor:
     """GEM's self-self attention of q, k and v, each applied to the values, averaged.
 
-    ``qkv_sbhnd`` is q, k and v stacked on a first axis of 3; they go through the
-    attention kernel as one batch of 3B. The per-image inverse temperature is
-    folded into the queries so that the fused kernel can run with scale 1.
+    ``qkv_sbhnd`` is q, k and v stacked on a first axis of 3 (3, B, heads, N,
+    head_dim); they go through the attention kernel as one batch of 3B. The
+    per-image inverse temperature (B, 1, 1, 1) is folded into the queries so
+    that the fused kernel can run with scale 1.
     """
-    batch = v.shape[0]
-    z = qkv_sbhnd.flatten(0, 1)
-    if isinstance(inv_temp, torch.Tensor):
-        inv_temp = inv_temp.repeat(3, 1, 1, 1)
+    z = qkv_sbhnd
     for _ in range(iters):
         unit, scaled = _unit_and_scaled(z, inv_temp)
-        z = F.scaled_dot_product_attention(scaled, unit, unit, scale=1.0)
+        z = F.scaled_dot_product_attention(scaled.flatten(0, 1), unit.flatten(0, 1), unit.flatten(0, 1), scale=1.0)
+        z = z.unflatten(0, qkv_sbhnd.shape[:2])
     unit, scaled = _unit_and_scaled(z, inv_temp)
-    out = F.scaled_dot_product_attention(scaled, unit, v.repeat(3, 1, 1, 1), scale=1.0)
-    return out.view(3, batch, *out.shape[1:]).mean(dim=0)
+    out = F.scaled_dot_product_attention(scaled.flatten(0, 1), unit.flatten(0, 1), v.repeat(3, 1, 1, 1), scale=1.0)
+    return out.unflatten(0, qkv_sbhnd.shape[:2]).mean(dim=0)
 
 
 def _two_stream_block(

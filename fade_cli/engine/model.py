@@ -12,7 +12,7 @@ import functools
 import hashlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -34,6 +34,8 @@ class LoadedModel:
     device: torch.device
     identity: dict[str, Any]
     has_text_tower: bool = True
+    # Vision towers with their weights cast to a lower precision, made once per precision (engine.precision).
+    cast_towers: dict[str, torch.nn.Module] = field(default_factory=dict, repr=False, compare=False)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -23,6 +23,7 @@ from PIL import Image
 
 from fade_cli.config import EngineConfig
 from fade_cli.engine.detector import FadeEngine, checked_model_source, validate_config
+from fade_cli.engine.precision import resolve_precision
 from fade_cli.engine.model import LoadedModel, load_model
 from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
@@ -101,6 +102,7 @@ class Evaluator:
         self.config = config
         self.settings = settings
         self.loaded = loaded or load_model(config, checked_model_source(config))
+        self.precision = resolve_precision(config.precision, self.loaded.device)
         self.prompts = ClassPrompts(prompts or fixed_prompts(), self.loaded)
 
     def describe(self) -> dict:
@@ -121,6 +123,7 @@ class Evaluator:
             },
             "engine": engine,
             "model": {**self.loaded.identity, "device": str(self.loaded.device)},
+            "precision": self.precision.to_dict(),
             "prompts": {"by_class_name": self.prompts.describe()},
         }
 
