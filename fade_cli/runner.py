@@ -229,7 +229,7 @@ def run_detection(
                     if image is None:
                         rows.put(_done(ResultRow(path=file.relative, error=error)), pixels=0)
                         continue
-                    finish = functools.partial(_finish_row, file, image, next(detections), output, threshold,
+                    finish = functools.partial(finish_row, file, image, next(detections), output, threshold,
                                                pixel_threshold)
                     pixels = image.width * image.height
                     rows.make_room(pixels)
@@ -247,7 +247,7 @@ def _done(row: ResultRow) -> Future:
     return future
 
 
-def _finish_row(
+def finish_row(
     file: ImageFile,
     image: Image.Image,
     detection: Detection,
@@ -255,7 +255,7 @@ def _finish_row(
     threshold: Optional[float],
     pixel_threshold: Optional[float],
 ) -> ResultRow:
-    """One scored image's row, its files written first (runs in a writer thread)."""
+    """One scored image's row, its files written first (runs in a writer thread; `fade serve` builds its rows here too)."""
     row = ResultRow(
         path=file.relative,
         score=detection.score,

@@ -24,6 +24,7 @@ COMMANDS = {
     "bank": ("fade_cli.cli.bank_cmd", "bank", "Build and inspect saved reference banks."),
     "models": ("fade_cli.cli.models_cmd", "models", "List, download and locate model weights."),
     "watch": ("fade_cli.cli.watch_cmd", "watch", "Process images as they arrive in a folder."),
+    "serve": ("fade_cli.cli.serve_cmd", "serve", "Serve detection over HTTP, the model kept warm (needs the serve extra)."),
 }
 
 

@@ -6,6 +6,7 @@ torch at module level.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -112,12 +113,24 @@ def _flag(ctx: click.Context, name: str, value: Any) -> str:
 
 def engine_for_bank(bank: ReferenceBank, config: EngineConfig, source: str, console: Console, quiet: bool):
     """Load the bank's model and rebuild the engine from the bank (no text or reference encoding)."""
-    from fade_cli.bank.engine_bridge import engine_from_bank
-    from fade_cli.engine.model import load_model
+    return engines_for_banks([(bank, config, source)], console, quiet)[0]
 
-    busy = status_line(console, quiet, "Loading model...")
-    with busy:
-        return engine_from_bank(bank, load_model(config), config, source)
+
+def engines_for_banks(banks: list[tuple[ReferenceBank, EngineConfig, str]], console: Console, quiet: bool) -> list:
+    """One engine per (bank, config, source); banks of the same model on the same device share one loaded model."""
+    from fade_cli.bank.engine_bridge import engine_from_bank
+    from fade_cli.engine.model import load_model, resolve_model_source
+
+    loaded: dict[str, Any] = {}
+    engines = []
+    with status_line(console, quiet, "Loading model..."):
+        for bank, config, source in banks:
+            source_of_model = resolve_model_source(config)
+            key = json.dumps([source_of_model.identity, config.model_config, config.device], sort_keys=True)
+            if key not in loaded:
+                loaded[key] = load_model(config, source_of_model)
+            engines.append(engine_from_bank(bank, loaded[key], config, source))
+    return engines
 
 
 def calibrate_references(engine, ref_files: list, margin: float, console: Console, quiet: bool) -> Calibration:

@@ -12,6 +12,7 @@ resized copies it asks for (``fade_cli.engine.preprocess``).
 from __future__ import annotations
 
 import errno
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -132,20 +133,34 @@ def load_image(path: Path) -> Image.Image:
     try:
         if os.stat(path).st_size == 0:
             raise ImageError(f"{path}: empty file (0 bytes)")
+    except OSError as exc:
+        raise ImageError(f"{path}: {_reason(exc)}") from exc
+    return _decode(path, str(path))
+
+
+def decode_image_bytes(data: bytes, label: str) -> Image.Image:
+    """:func:`load_image` for an image held in memory (an upload); ``label`` names it in errors."""
+    if not data:
+        raise ImageError(f"{label}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), label)
+
+
+def _decode(source: Union[Path, io.BytesIO], label: str) -> Image.Image:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as opened:
+            with Image.open(source) as opened:
                 opened.load()
                 ImageOps.exif_transpose(opened, in_place=True)
                 image = to_rgb8(opened)
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{path}: not a readable image (unknown format or not an image)") from exc
+        raise ImageError(f"{label}: not a readable image (unknown format or not an image)") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path}: image too large ({exc})") from exc
+        raise ImageError(f"{label}: image too large ({exc})") from exc
     except OSError as exc:
-        raise ImageError(f"{path}: {_reason(exc)}") from exc
+        raise ImageError(f"{label}: {_reason(exc)}") from exc
     except (SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot decode image ({exc})") from exc
+        raise ImageError(f"{label}: cannot decode image ({exc})") from exc
     # A memory-mapped image would break if the file changed under it: keep a private copy.
     return image.copy() if image.readonly else image
 
