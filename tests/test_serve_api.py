@@ -361,3 +361,90 @@ def test_openapi_schema_describes_the_api(served, client_for):
     assert {"/v1/detect", "/v1/banks", "/healthz", "/readyz", "/metrics"} <= set(schema["paths"])
     content = schema["paths"]["/v1/detect"]["post"]["requestBody"]["content"]
     assert {"image/*", "multipart/form-data"} <= set(content)
+
+
+def test_a_bounded_schemathesis_run_finds_no_server_error(served):
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis.python import asgi
+
+    app = create_app(service_for([served]), ApiSettings(max_bytes=64 * 1024))
+    schema = schemathesis.openapi.from_dict(app.openapi())
+    schema.app = app
+    checked = []
+    with asgi.get_client(app) as client:  # one lifespan: the service loads once
+        deadline = time.monotonic() + 60
+        while client.get("http://localhost/readyz").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for result in schema.get_all_operations():
+            operation = result.ok()
+
+            @given(case=operation.as_strategy())
+            @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+            def no_server_error(case):
+                response = case.call(session=client)
+                checked.append((operation.path, response.status_code))
+                assert response.status_code < 500, (case, response.text)
+
+            no_server_error()
+    assert {path for path, _ in checked} >= {"/v1/detect", "/v1/banks", "/readyz", "/metrics", "/healthz"}
+    assert any(path == "/v1/detect" and status == 422 for path, status in checked)
+
+
+def test_a_client_that_goes_away_is_dropped_from_the_queue_and_holds_up_no_one(served):
+    import asyncio
+
+    from fade_cli.serve.service import ClientGone, Upload
+
+    service = service_for([served], max_batch=1, max_wait_s=0)
+    service.start()
+    deadline = time.monotonic() + 60
+    while service.state != "ready":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    entered, release = gate_scoring(service)
+    upload = Upload("a.png", QUERY_FILES[0].read_bytes())
+
+    async def scenario():
+        first = asyncio.create_task(service.detect(served, [upload]))
+        while not entered.is_set():
+            await asyncio.sleep(0.01)
+        gone = asyncio.Event()
+        leaving = asyncio.create_task(service.detect(served, [upload], client_gone=gone.wait))
+        while service.batcher.depth < 1:
+            await asyncio.sleep(0.01)
+        gone.set()
+        with pytest.raises(ClientGone):
+            await leaving
+        staying = asyncio.create_task(service.detect(served, [upload]))
+        release.set()
+        return await first, await staying
+
+    try:
+        first, staying = asyncio.run(scenario())
+    finally:
+        release.set()
+        service.stop(30)
+    assert first[0]["score"] == staying[0]["score"]
+    assert service.metrics.registry.get_sample_value("fade_batch_size_count") == 2  # the leaver's job: never scored
+
+
+def test_banks_of_one_model_share_one_loaded_model(bank_file):
+    from fade_cli.bank.bank import load_bank
+    from fade_cli.cli.engine_setup import engines_for_banks
+    from fade_cli.cli.reporting import stderr_console
+
+    bank = load_bank(bank_file)
+    config = bank.config.replace(weights=str(WEIGHTS), model_config=str(MODEL_CONFIG), device="cpu")
+    first, second = engines_for_banks([(bank, config, "a"), (bank, config, "b")], stderr_console(), quiet=True)
+    assert first is not second and first.loaded is second.loaded
+
+
+def test_an_archive_that_cannot_be_written_fails_the_request_with_a_reason(served, client_for, tmp_path):
+    archive = Archive(tmp_path / "archive")
+    client = client_for(service_for([served], archive=archive))
+    (tmp_path / "archive" / "images").write_text("a file where the images folder should be")
+    response = client.post("/v1/detect", content=QUERY_FILES[0].read_bytes())
+    assert response.status_code == 500 and "could not be archived" in response.json()["detail"]
+    assert not (tmp_path / "archive" / "results.jsonl").exists()

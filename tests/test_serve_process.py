@@ -14,17 +14,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 
 from conftest import GOLDEN, QUERIES, TINY_MODEL_ARGS  # noqa: E402
-from test_serve_api import ARGS, run  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def bank_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bank") / "widget.fadebank"
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        result = run(["bank", "build", GOLDEN / "images" / "refs2", "--out", path, "--class", "widget", "-q", *ARGS])
-    assert result.exit_code == 0, result.output
-    return path
+from test_serve_api import bank_file, run  # noqa: E402,F401  (bank_file: the fixture)
 
 
 def start_serve(*args: str) -> tuple[subprocess.Popen, str]:
@@ -88,7 +78,7 @@ def test_serve_answers_then_sigterm_drains_the_queue_and_exits_0(bank_file):
             proc.wait()
 
 
-def test_a_model_that_cannot_load_ends_the_process_with_exit_3(bank_file, tmp_path):
+def test_a_model_that_cannot_load_ends_the_process_with_exit_3(tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     proc, url = start_serve("--weights", str(broken), "--model-config", str(GOLDEN / "model" / "fade-golden.json"),
@@ -117,12 +107,3 @@ def test_an_address_in_use_is_a_clear_error(bank_file):
         taken.listen()
         result = run(["serve", "--bank", bank_file, "--port", str(taken.getsockname()[1]), *TINY_MODEL_ARGS])
     assert result.exit_code == 2 and "cannot listen on 127.0.0.1" in result.output
-
-
-def test_help_imports_neither_fastapi_nor_torch():
-    code = ("import sys; from fade_cli.cli import main; sys.argv=['fade','--help'];\n"
-            "try: main()\nexcept SystemExit: pass\n"
-            "assert not {'torch', 'fastapi', 'uvicorn'} & set(sys.modules), 'heavy modules imported'")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    assert "serve" in proc.stdout

@@ -30,8 +30,9 @@ Exit codes:
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; one that is not loopback needs --token-file (or --insecure).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="TCP port (0: a free one).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Most images in one forward pass.")
+@click.option("--max-batch", type=click.IntRange(min=1),
+              help="Most images in one forward pass [default: --batch-size's: 8 on a GPU, 1 on a CPU, where "
+                   "batches gain nothing].")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=5.0, show_default=True,
               help="Longest a request waits for others to share its forward pass.")
 @click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
@@ -51,7 +52,8 @@ Exit codes:
 @engine_options
 @click.pass_context
 def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path], threshold: Optional[float],
-          pixel_threshold: Optional[float], calibrate: bool, margin: float, host: str, port: int, max_batch: int,
+          pixel_threshold: Optional[float], calibrate: bool, margin: float, host: str, port: int,
+          max_batch: Optional[int],
           max_wait_ms: float, max_queue: int, timeout_s: float, max_bytes: int, token_file: Optional[Path],
           insecure: bool, archive: Optional[Path], drain_timeout: float, quiet: bool, **kwargs: Any) -> None:
     """Serve POST /v1/detect over HTTP with the model kept loaded (see docs/serve.md).

@@ -22,6 +22,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from fade_cli import __version__
 from fade_cli.errors import ImageError
+from fade_cli.io.atomic import OutputError
 from fade_cli.serve.batcher import NotRunning, QueueFull
 from fade_cli.serve.service import READY, BankNotNamed, ClientGone, Extras, InspectionService, TimedOut
 from fade_cli.serve.service import UnknownBank, Upload
@@ -166,6 +167,8 @@ async def _detect(service: InspectionService, settings: ApiSettings, request: Re
         raise HTTPException(504, str(exc)) from None
     except ClientGone:
         return Response(status_code=CLIENT_CLOSED)
+    except (OutputError, OSError) as exc:  # --archive: no answer goes out that the audit trail lacks
+        raise HTTPException(500, f"the answer could not be archived: {exc}") from None
     except Exception as exc:  # the engine failed (out of memory...): this request fails, the server goes on
         raise HTTPException(500, f"the engine failed: {exc}") from None
     return {"results": answers} if multipart else answers[0]

@@ -76,7 +76,7 @@ class Prepared:
 
 @dataclass
 class ServiceSettings:
-    max_batch: int = 8
+    max_batch: Optional[int] = None  # None: the engines' batch size (8 on a GPU, 1 on a CPU, or --batch-size)
     max_wait_s: float = 0.005
     max_queue: int = 64
     timeout_s: float = 30.0
@@ -126,7 +126,7 @@ class InspectionService:
         self.state = STARTING
         self.failure: Optional[BaseException] = None
         self.banks: dict[str, ServedBank] = {}
-        self.batcher = Batcher(self._score_batch, self.settings.max_batch, self.settings.max_wait_s,
+        self.batcher = Batcher(self._score_batch, self.settings.max_batch or 1, self.settings.max_wait_s,
                                self.settings.max_queue, observe_batch=self.metrics.batch_size.observe,
                                observe_depth=self.metrics.queue_depth.set)
         self._decoders = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="fade-decode")
@@ -164,6 +164,8 @@ class InspectionService:
             self.on_failure(exc)
             return
         self.banks = {served.name: served for served in banks}
+        if self.settings.max_batch is None:
+            self.batcher.max_batch = max(served.engine.batch_size for served in banks)
         if self.state == STARTING:
             self.state = READY
             self.metrics.ready.set(1)
