@@ -41,6 +41,8 @@ Exit codes:
               help="Seconds a request may wait for the model (queue and forward pass) before a 504.")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=32 * 1024 * 1024, show_default=True,
               help="Largest request body; larger ones get 413.")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=50_000_000, show_default=True,
+              help="Largest image (width x height); larger ones get 422 before they are decoded.")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="File holding a bearer token that every request but /healthz and /readyz must send.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without --token-file.")
@@ -54,7 +56,8 @@ Exit codes:
 def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path], threshold: Optional[float],
           pixel_threshold: Optional[float], calibrate: bool, margin: float, host: str, port: int,
           max_batch: Optional[int],
-          max_wait_ms: float, max_queue: int, timeout_s: float, max_bytes: int, token_file: Optional[Path],
+          max_wait_ms: float, max_queue: int, timeout_s: float, max_bytes: int, max_pixels: int,
+          token_file: Optional[Path],
           insecure: bool, archive: Optional[Path], drain_timeout: float, quiet: bool, **kwargs: Any) -> None:
     """Serve POST /v1/detect over HTTP with the model kept loaded (see docs/serve.md).
 
@@ -83,7 +86,7 @@ def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path]
                          "to serve without a token)")
     load_banks = _bank_loader(ctx, options, bank_paths, refs, threshold, pixel_threshold, calibrate, margin, console)
     settings = ServiceSettings(max_batch=max_batch, max_wait_s=max_wait_ms / 1000, max_queue=max_queue,
-                               timeout_s=timeout_s)
+                               timeout_s=timeout_s, max_pixels=max_pixels)
     sock = bind_socket(host, port)
     url = url_of(sock)
     service = InspectionService(load_banks, settings, archive=Archive(archive) if archive is not None else None)

@@ -138,18 +138,24 @@ def load_image(path: Path) -> Image.Image:
     return _decode(path, str(path))
 
 
-def decode_image_bytes(data: bytes, label: str) -> Image.Image:
-    """:func:`load_image` for an image held in memory (an upload); ``label`` names it in errors."""
+def decode_image_bytes(data: bytes, label: str, max_pixels: Optional[int] = None) -> Image.Image:
+    """:func:`load_image` for an image held in memory (an upload); ``label`` names it in errors.
+
+    ``max_pixels`` refuses larger images from their header, before any pixel is decoded.
+    """
     if not data:
         raise ImageError(f"{label}: empty file (0 bytes)")
-    return _decode(io.BytesIO(data), label)
+    return _decode(io.BytesIO(data), label, max_pixels)
 
 
-def _decode(source: Union[Path, io.BytesIO], label: str) -> Image.Image:
+def _decode(source: Union[Path, io.BytesIO], label: str, max_pixels: Optional[int] = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as opened:
+                if max_pixels is not None and opened.width * opened.height > max_pixels:
+                    raise ImageError(f"{label}: {opened.width}x{opened.height} is over the limit of "
+                                     f"{max_pixels} pixels")
                 opened.load()
                 ImageOps.exif_transpose(opened, in_place=True)
                 image = to_rgb8(opened)

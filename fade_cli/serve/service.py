@@ -80,6 +80,7 @@ class ServiceSettings:
     max_wait_s: float = 0.005
     max_queue: int = 64
     timeout_s: float = 30.0
+    max_pixels: Optional[int] = None  # larger uploads are refused from their header (a small PNG can hold 400 MP)
 
 
 class UnknownBank(LookupError):
@@ -196,8 +197,8 @@ class InspectionService:
         """
         loop = asyncio.get_running_loop()
         received = time.monotonic()
-        prepared = await asyncio.gather(*(loop.run_in_executor(self._decoders, _prepare, served.engine, upload)
-                                          for upload in uploads))
+        prepared = await asyncio.gather(*(loop.run_in_executor(self._decoders, _prepare, served.engine, upload,
+                                                               self.settings.max_pixels) for upload in uploads))
         jobs = self.batcher.submit(served.name, [one.inputs for one in prepared])
         detections = await self._wait_for(jobs, client_gone)
         answers = await asyncio.gather(*(
@@ -226,9 +227,9 @@ class InspectionService:
                 gone.cancel()
         if results in done:
             return results.result()
+        results.cancel()  # first: a gather whose parts were cancelled under it would log an unread error
         for job in jobs:  # not started yet: never scored; already running: the result is dropped
             job.future.cancel()
-        results.cancel()
         if gone is not None and gone in done:
             raise ClientGone()
         raise TimedOut(f"no answer within --timeout {self.settings.timeout_s:g} s")
@@ -242,9 +243,9 @@ class InspectionService:
         self.metrics.ng.labels(served.name).inc(sum(row.verdict == NG for row in rows))
 
 
-def _prepare(engine: FadeEngine, upload: Upload) -> Prepared:
+def _prepare(engine: FadeEngine, upload: Upload, max_pixels: Optional[int]) -> Prepared:
     started = time.monotonic()
-    image = decode_image_bytes(upload.data, upload.label)
+    image = decode_image_bytes(upload.data, upload.label, max_pixels)
     return Prepared(upload, image, engine.resize_for_input(image), time.monotonic() - started)
 
 
