@@ -19,6 +19,7 @@ from PIL import Image
 from fade_cli.engine.detector import FadeEngine
 from fade_cli.engine.result import Detection
 from fade_cli.errors import ImageError, InputError
+from fade_cli.io.atomic import OutputError
 from fade_cli.io.defects import find_defects
 from fade_cli.io.images import ImageFile, load_image
 from fade_cli.io.outputs import ResultRow
@@ -263,8 +264,15 @@ def finish_row(
         vision_score=detection.vision_score,
         verdict=verdict(detection.score, threshold),
     )
-    if output is not None:
-        row.map_path, row.heatmap_path = output.write_image(file.relative, image, detection)
-    if pixel_threshold is not None and row.verdict != OK:
-        _add_defects(row, file, image, detection, output, pixel_threshold)
+    try:
+        if output is not None:
+            row.map_path, row.heatmap_path = output.write_image(file.relative, image, detection)
+        if pixel_threshold is not None and row.verdict != OK:
+            _add_defects(row, file, image, detection, output, pixel_threshold)
+    except OutputError as exc:
+        if exc.stops_the_run:
+            raise
+        # This image's file name cannot be written (too long for the output folder, a sub-folder not
+        # writable): its score and verdict stand, the row says which files are missing.
+        row.error = f"{file.path}: scored, but its output files were not written: {exc}"
     return row

@@ -5,20 +5,22 @@ changed for ``settle_s`` seconds (and at least two polls). Hidden files (a name
 or folder starting with ``.``) are never taken, so writers that upload under a
 hidden temporary name and rename are always safe.
 
-Per file, in this order: its map/heatmap files are written, its row is appended
-to ``OUT/results.jsonl`` (flushed to disk), the file is recorded in
-``OUT/watch-state.jsonl`` (``{"path", "size", "mtime_ns"}``), then it is moved to
-``move_to`` if asked. A file whose path, size and modification time are in the
-state is never scored again. On start, the state is repaired: a row written just
-before a crash gets its state entry, unfinished moves are done, and entries of
-files no longer there are forgotten.
+Per file, in this order: its map/heatmap files are written, a pending entry goes
+to ``OUT/watch-state.jsonl``, its row is appended to ``OUT/results.jsonl``
+(flushed to disk), the file is recorded in the state (path and
+:class:`~fade_cli.watch_log.Identity`: size, times, inode, SHA-256 of the
+content), then it is moved to ``move_to`` if asked. A file whose identity is in
+the state under its path is never scored again; a new file under an old name
+(even with an old time) is. On start, the state is repaired: a pending entry is
+settled (see :class:`~fade_cli.watch_log.WatchState`), unfinished moves are done,
+and entries of files no longer there are forgotten. An entry of the folder that
+cannot be looked at (a symbolic link loop, a broken link) gets one warning.
 
     watcher = FolderWatcher(Path("incoming"), Path("results"), move_to=Path("done"))
     watch_folder(engine, watcher, ResultsLog(Path("results")), threshold=0.6)
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -27,9 +29,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from fade_cli.errors import InputError
-from fade_cli.io.images import ImageFile, discover_images
-from fade_cli.io.outputs import ResultRow
-from fade_cli.watch_log import RESULTS_FILE, STATE_FILE, ResultsLog, Signature, WatchState, drop_torn_tail, last_line
+from fade_cli.io.images import ImageFile, describe_os_error, discover_images
+from fade_cli.io.outputs import PARTIAL_FILE, ResultRow
+from fade_cli.watch_log import RESULTS_FILE, STATE_FILE, Identity, ResultsLog, Signature, WatchState, content_sha256
 from fade_cli.watch_log import signature
 
 Warn = Callable[[str], None]
@@ -80,23 +82,28 @@ class FolderWatcher:
         self.tracker = StabilityTracker(settle_s, clock)
         self.waiting = 0
         self._warned: set[str] = set()
-        self._taken: dict[str, Signature] = {}
+        self._taken: dict[str, Identity] = {}
+        self._digests: dict[tuple[str, Signature], Optional[str]] = {}
         _check_folders(folder, out_dir, move_to)
         _check_out(out_dir)
-        self.state = WatchState(out_dir / STATE_FILE)
+        self.state = WatchState(out_dir / STATE_FILE, out_dir / RESULTS_FILE)
         self._recover()
 
     def poll(self) -> list[ImageFile]:
         """One look at the folder: the files that are complete and not scored yet, oldest first."""
         candidates = {}
         for file in discover_images(self.folder, exclude=[self.out_dir, self.move_to], on_skip=self._warn_once):
-            sig = None if _hidden(file.relative) else signature(file.path)
-            if sig is not None and not self.state.contains(file.relative, sig):
+            sig = None if _hidden(file.relative) else self._signature(file)
+            if sig is not None and not self._scored(file.relative, sig):
                 candidates[file.relative] = (file, sig)
         ready = self.tracker.update(candidates)
         self.waiting = len(candidates) - len(ready)
-        self._taken.update((file.relative, sig) for file, sig in ready)
+        self._taken.update((file.relative, Identity.of(sig, self._sha256(file.relative, sig))) for file, sig in ready)
         return [file for file, sig in sorted(ready, key=lambda item: (item[1].mtime_ns, item[0].relative))]
+
+    def before_row(self, relative: str, results_size: int) -> None:
+        """Note that the row of a taken file is about to be appended to results now ``results_size`` bytes long."""
+        self.state.begin(relative, self._taken[relative], results_size)
 
     def mark_done(self, relative: str) -> None:
         """Record a scored file (after its row is in the results), then move it if asked."""
@@ -104,31 +111,44 @@ class FolderWatcher:
         if self.move_to is not None:
             self._move(relative)
 
+    def _signature(self, file: ImageFile) -> Optional[Signature]:
+        """The file's signature; None, with a warning once, for an entry that cannot be looked at."""
+        try:
+            sig = signature(file.path)
+        except OSError as exc:
+            self._warn_once(f"skipped {file.path}: {describe_os_error(exc)}")
+            return None
+        if sig is None and os.path.islink(file.path):
+            self._warn_once(f"skipped {file.path}: a broken symbolic link (its target is missing); "
+                            "it is scored once the target appears")
+        return sig
+
+    def _scored(self, relative: str, sig: Signature) -> bool:
+        return self.state.contains(relative, sig, lambda: self._sha256(relative, sig))
+
+    def _sha256(self, relative: str, sig: Signature) -> Optional[str]:
+        """The content's SHA-256, read once per version of a file."""
+        key = (relative, sig)
+        if key not in self._digests:
+            self._digests[key] = content_sha256(self.folder / relative)
+        return self._digests[key]
+
     def _recover(self) -> None:
         """Repair the state after a stop: see the module docstring."""
-        self._record_last_row()
-        present = {rel for rel, sig in self.state.done.items() if signature(self.folder / rel) == sig}
+        present = {rel for rel in self.state.done if self._still_there(rel)}
         if self.move_to is not None:
             for relative in sorted(present):
                 self._move(relative)
-            present = {rel for rel in present if signature(self.folder / rel) is not None}
+            present = {rel for rel in present if self._still_there(rel)}
         self.state.keep_only(present)
 
-    def _record_last_row(self) -> None:
-        """A crash between appending a row and recording its file: record the file now."""
-        results = self.out_dir / RESULTS_FILE
-        drop_torn_tail(results)
-        line = last_line(results)
-        if line is None:
-            return
+    def _still_there(self, relative: str) -> bool:
+        """Whether the file scored under ``relative`` is still in the folder (not a new file of that name)."""
         try:
-            relative = json.loads(line)["path"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise InputError(f"the last line of {results} is not a result row; fix or remove it") from exc
-        sig = signature(self.folder / relative)
-        # Only if the file was there, unchanged, when the row was written (not a new file of the same name).
-        if sig is not None and not self.state.contains(relative, sig) and sig.mtime_ns <= os.stat(results).st_mtime_ns:
-            self.state.record(relative, sig)
+            sig = signature(self.folder / relative)
+        except OSError:
+            return False
+        return sig is not None and self._scored(relative, sig)
 
     def _move(self, relative: str) -> None:
         source = self.folder / relative
@@ -160,7 +180,7 @@ def _check_folders(folder: Path, out_dir: Path, move_to: Optional[Path]) -> None
 def _check_out(out_dir: Path) -> None:
     """Results of a `fade detect` run are never appended to; an empty state marks a watch's output folder."""
     state = out_dir / STATE_FILE
-    others = [name for name in (RESULTS_FILE, "results.csv") if (out_dir / name).exists()]
+    others = [name for name in (RESULTS_FILE, "results.csv", PARTIAL_FILE) if (out_dir / name).exists()]
     if others and not state.exists():
         raise InputError(f"{out_dir} holds results of another run ({', '.join(others)}); choose another --out")
     try:
@@ -178,7 +198,7 @@ def _free_name(path: Path) -> Path:
     """``path``, or ``name.2.png``, ``name.3.png``... when it is taken: a moved file never replaces another."""
     number = 1
     candidate = path
-    while candidate.exists() or candidate.is_symlink():
+    while os.path.lexists(candidate):  # False, not an error, for a name too long: the move then says so
         number += 1
         candidate = path.with_name(f"{path.stem}.{number}{path.suffix}")
     return candidate
@@ -204,6 +224,7 @@ def watch_folder(
     from fade_cli.runner import run_detection
 
     scored = 0
+    sink = _RecordedLog(output, watcher)
 
     def finished(row: ResultRow) -> None:
         nonlocal scored
@@ -217,9 +238,24 @@ def watch_folder(
         files = watcher.poll()
         polls += 1
         if files:
-            run_detection(engine, files, output, threshold, finished, pixel_threshold)
+            run_detection(engine, files, sink, threshold, finished, pixel_threshold)
         elif stop_when_idle and watcher.waiting == 0:
             break
         if max_polls is None or polls < max_polls:
             sleep(interval_s)
     return scored
+
+
+class _RecordedLog:
+    """The results log as :func:`run_detection` sees it: each row announced to the state before it is appended."""
+
+    def __init__(self, log: ResultsLog, watcher: FolderWatcher):
+        self.log = log
+        self.watcher = watcher
+        self.writer_threads = log.writer_threads
+        self.write_image = log.write_image
+        self.write_mask = log.write_mask
+
+    def add(self, row: ResultRow) -> None:
+        self.watcher.before_row(row.path, self.log.size())
+        self.log.add(row)

@@ -6,10 +6,11 @@ See :mod:`fade_cli.watch` for the order of the writes and the recovery on start.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 from PIL import Image
@@ -17,27 +18,68 @@ from PIL import Image
 from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
-from fade_cli.io.images import escape_undecodable
-from fade_cli.io.outputs import ImageWriter, ResultRow, json_line
+from fade_cli.io.outputs import ImageWriter, ResultRow, json_line, json_text, read_json_lines
 
 RESULTS_FILE = "results.jsonl"
 STATE_FILE = "watch-state.jsonl"
 
 
 class Signature(NamedTuple):
-    """What identifies one version of a file: same path, size and modification time = same file."""
+    """One version of a file as ``stat`` sees it; a file is complete when this stops changing."""
 
     size: int
     mtime_ns: int
+    inode: int = 0
+    ctime_ns: int = 0
+
+
+class Identity(NamedTuple):
+    """What the state records of a scored file: its signature and the SHA-256 of its content.
+
+    A name and a modification time are not an identity: ``mv``, ``cp -p``, ``rsync -a`` and a
+    camera counter starting again all bring a new file under an old name with an old time.
+    """
+
+    size: int
+    mtime_ns: int
+    inode: Optional[int]
+    ctime_ns: Optional[int]
+    sha256: Optional[str]
+
+    @classmethod
+    def of(cls, sig: Signature, sha256: Optional[str]) -> "Identity":
+        return cls(sig.size, sig.mtime_ns, sig.inode, sig.ctime_ns, sha256)
+
+    def matches(self, sig: Signature, content_sha256: Callable[[], Optional[str]]) -> bool:
+        """Whether ``sig`` is this same file: same size and content (the same inode and change time prove it)."""
+        if sig.size != self.size:
+            return False
+        if (self.inode, self.ctime_ns) == (sig.inode, sig.ctime_ns):
+            return True  # the kernel sets ctime on every write and rename: no other file has both
+        if self.sha256 is None:  # recorded by an older fade, or unreadable when scored
+            return sig.mtime_ns == self.mtime_ns
+        return content_sha256() == self.sha256
 
 
 def signature(path: Path) -> Optional[Signature]:
-    """The file's signature, or None when it vanished meanwhile."""
+    """The file's signature, or None when it vanished meanwhile; other OSErrors (a symbolic link loop) are raised."""
     try:
         stat = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    return Signature(stat.st_size, stat.st_mtime_ns)
+    return Signature(stat.st_size, stat.st_mtime_ns, stat.st_ino, stat.st_ctime_ns)
+
+
+def content_sha256(path: Path) -> Optional[str]:
+    """SHA-256 of the file's bytes, or None when it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def drop_torn_tail(path: Path) -> None:
@@ -59,17 +101,6 @@ def drop_torn_tail(path: Path) -> None:
                 break
             keep = start
         handle.truncate(keep)
-
-
-def last_line(path: Path) -> Optional[str]:
-    """The last line of a text file (read from the end: results logs grow for months)."""
-    if not path.exists():
-        return None
-    with open(path, "rb") as handle:
-        end = handle.seek(0, os.SEEK_END)
-        handle.seek(max(0, end - 65536))
-        lines = handle.read().splitlines()
-    return lines[-1].decode("utf-8") if lines else None
 
 
 def _append_line(path: Path, line: str) -> None:
@@ -117,10 +148,18 @@ class ResultsLog(ImageWriter):
         self._names.pop(row.path, None)
         _append_line(self.path, json_line(row))
 
+    def size(self) -> int:
+        """How long results.jsonl is now: where the next row will start."""
+        try:
+            return os.path.getsize(self.path)
+        except FileNotFoundError:
+            return 0
+
     def _output_name(self, relative: str) -> str:
         if relative not in self._names:
             name, number = relative, 1
-            while any((self.out_dir / kind / f"{name}{ext}").exists()
+            # os.path.exists, not Path.exists: a name too long for the file system is simply not there.
+            while any(os.path.exists(self.out_dir / kind / f"{name}{ext}")
                       for kind, ext in (("maps", ".npy"), ("heatmaps", ".png"), ("masks", ".png"))):
                 number += 1
                 name = f"{relative}.{number}"
@@ -129,43 +168,86 @@ class ResultsLog(ImageWriter):
 
 
 class WatchState:
-    """The files already scored: an append-only log, compacted on start."""
+    """The files already scored: an append-only log, compacted on start.
 
-    def __init__(self, path: Path):
+    Before a file's row is appended to the results, a *pending* entry records the file and
+    the size the results then had; once the row is in, a *done* entry follows. On open, a
+    pending entry left by a crash is settled exactly: the results grew past that size (the
+    row is in: the file is done) or not (it is scored again).
+    """
+
+    def __init__(self, path: Path, results: Path):
         self.path = path
         drop_torn_tail(path)
-        self.done: dict[str, Signature] = {}
+        self.done: dict[str, Identity] = {}
+        pending = None
         if path.exists():
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-                relative, sig = self._parse(line, number)
-                self.done[relative] = sig
+            for number, line in enumerate(read_json_lines(path), start=1):
+                relative, identity, offset = self._parse(line, number)
+                if offset is None:
+                    self.done[relative] = identity
+                    pending = None
+                else:
+                    pending = (relative, identity, offset)
+        if pending is not None:
+            relative, identity, offset = pending
+            if results.exists() and os.path.getsize(results) > offset:
+                self.done[relative] = identity
+            self._rewrite()  # no pending entry stays behind to be misread later
 
-    def _parse(self, line: str, number: int) -> tuple[str, Signature]:
+    def _parse(self, line: str, number: int) -> tuple[str, Identity, Optional[int]]:
         try:
             entry = json.loads(line)
-            return entry["path"], Signature(int(entry["size"]), int(entry["mtime_ns"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            identity = Identity(int(entry["size"]), int(entry["mtime_ns"]), _optional_int(entry.get("inode")),
+                                _optional_int(entry.get("ctime_ns")), _optional_str(entry.get("sha256")))
+            if not isinstance(entry["path"], str):
+                raise TypeError("path")
+            return entry["path"], identity, _optional_int(entry.get("pending_at"))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise InputError(f"{self.path} line {number} is damaged; fix or remove that line") from exc
 
-    def contains(self, relative: str, sig: Signature) -> bool:
-        return self.done.get(relative) == sig
+    def contains(self, relative: str, sig: Signature, content: Callable[[], Optional[str]]) -> bool:
+        """Whether the file at ``relative`` with ``sig`` (and ``content()``, its SHA-256, if needed) was scored."""
+        identity = self.done.get(relative)
+        return identity is not None and identity.matches(sig, content)
 
-    def record(self, relative: str, sig: Signature) -> None:
-        _append_line(self.path, _state_line(relative, sig))
-        self.done[relative] = sig
+    def begin(self, relative: str, identity: Identity, results_size: int) -> None:
+        """Say that the row of this file is about to be appended to results that are ``results_size`` bytes long."""
+        _append_line(self.path, _state_line(relative, identity, pending_at=results_size))
+
+    def record(self, relative: str, identity: Identity) -> None:
+        _append_line(self.path, _state_line(relative, identity))
+        self.done[relative] = identity
 
     def keep_only(self, relatives: set[str]) -> None:
         """Forget files that are gone (moved away or deleted), rewriting the log atomically."""
         if set(self.done) <= relatives:
             return
-        self.done = {rel: sig for rel, sig in self.done.items() if rel in relatives}
-        lines = "".join(_state_line(rel, sig) + "\n" for rel, sig in self.done.items())
+        self.done = {rel: identity for rel, identity in self.done.items() if rel in relatives}
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        lines = "".join(_state_line(rel, identity) + "\n" for rel, identity in self.done.items())
         atomic_write(self.path, lambda handle: handle.write(lines.encode("utf-8")))
 
 
-def _state_line(relative: str, sig: Signature) -> str:
-    """One state entry; a file name that is not valid UTF-8 is kept exactly, as JSON escapes."""
-    return escape_undecodable(json.dumps({"path": relative, "size": sig.size, "mtime_ns": sig.mtime_ns},
-                                         ensure_ascii=False))
+def _optional_int(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("not an integer")
+    return value
 
 
+def _optional_str(value: Any) -> Optional[str]:
+    if value is not None and not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
+
+
+def _state_line(relative: str, identity: Identity, pending_at: Optional[int] = None) -> str:
+    """One state entry; any file name (not valid UTF-8, with U+2028...) is kept exactly, as JSON escapes."""
+    entry = {"path": relative, **identity._asdict()}
+    if pending_at is not None:
+        entry["pending_at"] = pending_at
+    return json_text(entry)

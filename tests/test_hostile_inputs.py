@@ -364,13 +364,13 @@ def test_existing_results_are_refused_and_left_untouched(tmp_path):
     assert _snapshot(out) == before
 
 
-def test_full_disk_exits_3_keeps_earlier_results_and_leaves_no_temporary_files(tmp_path, monkeypatch):
+def test_full_disk_exits_3_keeps_finished_rows_and_leaves_no_temporary_files(tmp_path, monkeypatch):
     import fade_cli.io.outputs as outputs
 
     out = tmp_path / "out"
-    before = _earlier_run(out)
+    _earlier_run(out)
     real_fdopen = outputs.os.fdopen
-    writes_left = [2]  # the first image's map and heatmap fit; then the disk is full
+    writes_left = [4]  # the lock file, the run's settings, the first image's map and heatmap fit; then the disk is full
 
     class FullDisk:
         def __init__(self, handle):
@@ -402,8 +402,8 @@ def test_full_disk_exits_3_keeps_earlier_results_and_leaves_no_temporary_files(t
     assert result.exit_code == 3
     assert "the disk is full" in result.output and "Traceback" not in result.output
     after = _snapshot(out)
-    assert {name: after[name] for name in ("results.jsonl", "results.csv")} == {
-        name: before[name] for name in ("results.jsonl", "results.csv")}
+    assert "results.jsonl" not in after and "results.csv" not in after  # --overwrite: the earlier run is gone
+    assert "maps/good_a.png.npy" not in after  # ...its maps too, none left beside the new rows
     assert not [name for name in after if name.endswith(".tmp")]
     kept = [json.loads(line) for line in after["results.partial.jsonl"].decode().splitlines()]
     assert [row["path"] for row in kept] == ["cracked_a.png"]

@@ -61,7 +61,9 @@ def rows_of(out: Path) -> list[dict]:
 
 
 def state_of(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / STATE_FILE).read_text("utf-8").splitlines()]
+    """The files recorded as scored (not the entries announcing a row about to be appended)."""
+    entries = [json.loads(line) for line in (out / STATE_FILE).read_text("utf-8").split("\n") if line]
+    return [entry for entry in entries if "pending_at" not in entry]
 
 
 def start(folder: Path, out: Path, clock: FakeTime, settle_s: float = 0.0, move_to=None, warn=None):
@@ -162,8 +164,10 @@ def test_a_crash_between_the_row_and_the_state_is_repaired(tmp_path):
     watcher, log = start(folder, out, clock)
     watcher.poll()
     assert sorted(f.relative for f in watcher.poll()) == ["a.png", "b.png"]
+    watcher.before_row("a.png", log.size())
     log.add(ResultRow(path="a.png", score=0.1))
     watcher.mark_done("a.png")
+    watcher.before_row("b.png", log.size())
     log.add(ResultRow(path="b.png", score=0.2))  # ...and the power goes before b.png is recorded
     with open(out / "results.jsonl", "a") as handle:
         handle.write('{"path": "c.png", "sco')  # a torn line from another crash
@@ -173,6 +177,20 @@ def test_a_crash_between_the_row_and_the_state_is_repaired(tmp_path):
     watcher.poll()
     assert watcher.poll() == [] and watcher.waiting == 0
     assert sorted(entry["path"] for entry in state_of(out)) == ["a.png", "b.png"]
+
+
+def test_a_crash_before_the_row_is_appended_scores_the_file_again(tmp_path):
+    folder, out, clock = tmp_path / "in", tmp_path / "out", FakeTime()
+    picture(folder / "a.png")
+    watcher, log = start(folder, out, clock)
+    watcher.poll()
+    assert [f.relative for f in watcher.poll()] == ["a.png"]
+    watcher.before_row("a.png", log.size())  # ...and the power goes before the row is appended
+
+    watcher, log = start(folder, out, clock)
+    watcher.poll()
+    assert [f.relative for f in watcher.poll()] == ["a.png"]
+    assert state_of(out) == [] and "pending_at" not in (out / STATE_FILE).read_text()
 
 
 def test_hidden_files_and_the_output_folder_inside_are_ignored(tmp_path):
@@ -268,3 +286,89 @@ def test_full_disk_while_appending_a_row_leaves_no_half_line(tmp_path, monkeypat
     with pytest.raises(OutputError, match="the disk is full"):
         log.add(ResultRow(path="b.png", score=0.7))
     assert (tmp_path / "out" / "results.jsonl").read_bytes() == before
+
+
+def bitmap(path: Path, shade: int) -> None:
+    """A BMP: its size does not depend on its content, as with many camera formats."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 24), (shade, shade, shade)).save(path, format="BMP")
+
+
+@pytest.mark.parametrize("crashed_before_the_state", [False, True])
+def test_a_new_file_under_a_finished_name_with_an_old_time_is_scored(engine, tmp_path, crashed_before_the_state):
+    folder, out, clock = tmp_path / "in", tmp_path / "out", FakeTime()
+    bitmap(folder / "a.bmp", 90)
+    old = os.stat(folder / "a.bmp")
+    watcher, log = start(folder, out, clock)
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 1
+    if crashed_before_the_state:  # the power went after the row was appended, before the file was recorded
+        lines = (out / STATE_FILE).read_bytes().split(b"\n")
+        (out / STATE_FILE).write_bytes(b"\n".join(lines[:-2]) + b"\n" if len(lines) > 2 else b"")
+
+    # `cp -p` / `rsync -a` / a camera counter starting again: another photo, same name, size and time.
+    bitmap(tmp_path / "new.bmp", 200)
+    os.utime(tmp_path / "new.bmp", ns=(old.st_atime_ns, old.st_mtime_ns))
+    os.replace(tmp_path / "new.bmp", folder / "a.bmp")
+    assert os.stat(folder / "a.bmp").st_size == old.st_size
+
+    watcher, log = start(folder, out, clock)
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 1
+    assert [row["path"] for row in rows_of(out)] == ["a.bmp", "a.bmp"]
+    watcher, log = start(folder, out, clock)  # ...and the new one is not scored twice either
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 0
+
+
+def test_a_scored_file_copied_to_a_new_disk_is_not_scored_again(engine, tmp_path):
+    folder, out, clock = tmp_path / "in", tmp_path / "out", FakeTime()
+    bitmap(folder / "a.bmp", 90)
+    watcher, log = start(folder, out, clock)
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 1
+    shutil.copy2(folder / "a.bmp", tmp_path / "copy.bmp")  # same content: a new inode and change time
+    os.replace(tmp_path / "copy.bmp", folder / "a.bmp")
+    watcher, log = start(folder, out, clock)
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 0
+
+
+def test_symlink_loops_and_dangling_links_are_warned_about_and_the_watch_goes_on(tmp_path):
+    folder, clock, warnings = tmp_path / "in", FakeTime(), []
+    picture(folder / "ok.png")
+    os.symlink("loop.png", folder / "loop.png")
+    os.symlink(tmp_path / "missing.png", folder / "dangling.png")
+    watcher, _ = start(folder, tmp_path / "out", clock, warn=warnings.append)
+    watcher.poll()
+    assert [f.relative for f in watcher.poll()] == ["ok.png"]
+    watcher.poll()
+    assert len(warnings) == 2  # each said once, not at every poll
+    assert any("loop.png: symbolic link loop" in message for message in warnings)
+    assert any("dangling.png: a broken symbolic link" in message for message in warnings)
+
+
+LINE_BREAK_NAMES = ["line\u2028sep.png", "para\u2029sep.png", "next\x85line.png", "cr\rname.png",
+                    "vt\x0bff\x0cname.png", "fs\x1cgs\x1drs\x1ename.png", "nl\nname.png"]
+
+
+def test_any_file_name_survives_the_state_and_the_results(engine, tmp_path):
+    folder, out, clock = tmp_path / "in", tmp_path / "out", FakeTime()
+    for name in LINE_BREAK_NAMES:
+        picture(folder / name)
+    watcher, log = start(folder, out, clock)
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == len(LINE_BREAK_NAMES)
+
+    watcher, log = start(folder, out, clock)  # the state is read back: nothing is damaged or scored again
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 0
+    text = (out / "results.jsonl").read_text("utf-8")
+    rows = [json.loads(line) for line in text.splitlines()]  # even a reader splitting at U+2028 gets whole rows
+    assert sorted(row["path"] for row in rows) == sorted(LINE_BREAK_NAMES)
+    assert sorted(entry["path"] for entry in state_of(out)) == sorted(LINE_BREAK_NAMES)
+
+
+def test_a_name_too_long_for_its_heatmap_is_an_error_row_and_the_watch_goes_on(engine, tmp_path):
+    folder, out, clock, done = tmp_path / "in", tmp_path / "out", FakeTime(), tmp_path / "done"
+    long_name = "t" * 248 + ".png"  # 252 bytes: fits, but heatmaps/<name>.png (256) cannot exist
+    picture(folder / long_name)
+    picture(folder / "b.png")
+    watcher, log = start(folder, out, clock, move_to=done)
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 2
+    rows = {row["path"]: row for row in rows_of(out)}
+    assert rows[long_name]["score"] is not None and "File name too long" in rows[long_name]["error"]
+    assert rows["b.png"]["error"] is None and (done / long_name).exists()

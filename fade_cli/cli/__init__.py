@@ -13,7 +13,8 @@ from typing import Optional
 import click
 
 from fade_cli import __version__
-from fade_cli.cli.exit_codes import EXIT_CODES_HELP, FAILURE, INTERRUPTED
+from fade_cli.cli.exit_codes import EXIT_CODES_HELP, FAILURE, PIPE_CLOSED, Terminated, stop_exit_code
+from fade_cli.cli.stopping import sigterm_as_interrupt, silence_stdout
 from fade_cli.errors import FadeError
 
 # name -> (module, attribute, one-line help shown by `fade --help`)
@@ -49,13 +50,18 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         """Library errors become one message and their documented exit code, never a traceback."""
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt():
+                return super().invoke(ctx)
         except FadeError as exc:
             raise ReportedError(str(exc), exc.exit_code) from exc
-        except KeyboardInterrupt:
-            # Commands that score images catch Ctrl-C themselves to save what is done; this is the rest.
-            click.echo("Interrupted.", err=True)
-            raise click.exceptions.Exit(INTERRUPTED) from None
+        except KeyboardInterrupt as exc:
+            # Commands that score images catch Ctrl-C and SIGTERM themselves to save what is done; this is
+            # the rest (model loading, light commands).
+            click.echo("Stopped (SIGTERM)." if isinstance(exc, Terminated) else "Interrupted.", err=True)
+            raise click.exceptions.Exit(stop_exit_code(exc)) from None
+        except BrokenPipeError:
+            silence_stdout()
+            raise click.exceptions.Exit(PIPE_CLOSED) from None
         except MemoryError as exc:
             raise ReportedError("out of memory; try fewer --scales or a smaller --batch-size", FAILURE) from exc
 

@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any, Optional
 
 import click
 
-from fade_cli.cli.exit_codes import EXIT_CODES_HELP, INTERRUPTED, NG, OK
+from fade_cli.cli.exit_codes import EXIT_CODES_HELP, Terminated, run_exit_code, stop_exit_code
 from fade_cli.bank.calibration import DEFAULT_MARGIN
 from fade_cli.cli.engine_setup import guard_engine_failures, read_run_setup, start_engine
 from fade_cli.cli.options import engine_options, pop_engine_options
 from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bar, stderr_console
+from fade_cli.cli.stopping import STOPS, silence_stdout
 from fade_cli.errors import InputError
 
 
@@ -20,7 +22,10 @@ from fade_cli.errors import InputError
 @click.option("--refs", type=click.Path(path_type=Path), help="Folder of known-good images: few-shot mode.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Output folder for results.csv/.jsonl, maps/ and heatmaps/.")
-@click.option("--overwrite", is_flag=True, help="Replace results already in --out.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace results already in --out: the earlier run's results, maps, heatmaps and masks are removed.")
+@click.option("--resume", is_flag=True,
+              help="Finish an interrupted run in --out: images with a scored row are not scored again.")
 @click.option("--threshold", type=float, help="Score at or above which an image is NG; gives verdicts and exit code 1.")
 @click.option("--pixel-threshold", type=float,
               help="Map value at or above which a pixel is defective: masks/ and defect regions for NG images.")
@@ -41,7 +46,7 @@ from fade_cli.errors import InputError
 def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional[Path], overwrite: bool,
            threshold: Optional[float], map_size: Optional[int], heatmaps: bool, maps: bool, output_format: str,
            quiet: bool, pixel_threshold: Optional[float], bank_path: Optional[Path], calibrate: bool, margin: float,
-           **kwargs: Any) -> None:
+           resume: bool, **kwargs: Any) -> None:
     """Score every image under IMAGES (a folder, searched recursively, or one file).
 
     Without --refs the run is zero-shot; with --refs it is few-shot, using the
@@ -56,30 +61,50 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
       fade detect ./images --refs ./good --class screw --calibrate --out run1
       fade detect ./incoming --bank screw.fadebank --out run1
     """
+    from fade_cli.io.folder_lock import output_folder_lock
     from fade_cli.io.images import require_images
-    from fade_cli.io.outputs import RunOutput, refuse_existing_results
+    from fade_cli.io.outputs import RunOutput, refuse_existing_results, rows_to_resume
     from fade_cli.runner import run_detection
 
     options = pop_engine_options(kwargs)
     setup = read_run_setup(ctx, options, refs, bank_path, calibrate)
     if calibrate and refs is None:
         raise InputError("--calibrate needs --refs: the good images to calibrate on")
+    if overwrite and resume:
+        raise click.UsageError("--overwrite starts again and --resume continues: give one of them")
+    if resume and out is None:
+        raise click.UsageError("--resume continues the run in --out DIR; give --out")
     console = stderr_console()
     warn = functools.partial(print_warning, console)
+    refuse_input_as_output(images, out)
     files = require_images(images, exclude=out, on_skip=warn)
     ref_files = require_images(refs, on_skip=warn) if refs is not None else []
-    if out is not None and not overwrite:
-        refuse_existing_results(out)
+    resumed = None
+    if out is not None:
+        earlier_results = None if overwrite or resume else functools.partial(refuse_existing_results, out)
+        ctx.with_resource(output_folder_lock(out, refuse=earlier_results))
+        if resume:
+            resumed = rows_to_resume(out, (file.relative for file in files), _settings(ctx.params))
+    done = {row.path for row in resumed or []}
+    todo = [file for file in files if file.relative not in done]
 
     engine, chosen = start_engine(setup, ref_files, threshold, pixel_threshold, console, quiet, calibrate, margin)
     if chosen is not None:
         threshold, pixel_threshold = chosen.thresholds.image, chosen.thresholds.pixel
         console.print(chosen.report, markup=False, highlight=False, soft_wrap=True)
     printer = RowPrinter(output_format, threshold is not None)
-    output = RunOutput(out, overwrite=overwrite, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps) if out else None
-    summary_rows = []
+    output = None
+    if out is not None:
+        output = RunOutput(out, overwrite=overwrite, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps,
+                           resumed=resumed, settings=_settings(ctx.params))
+    if resumed:
+        console.print(f"Resuming: {len(resumed)} of {len(files)} image(s) already scored in {out}.", markup=False,
+                      highlight=False, soft_wrap=True)
+    summary_rows = list(resumed or [])
     try:
-        with progress_bar(console, quiet, total=len(files), description="Scoring") as advance:
+        for row in summary_rows:
+            printer.row(row)
+        with progress_bar(console, quiet, total=len(todo), description="Scoring") as advance:
             def on_row(row):
                 summary_rows.append(row)
                 if row.error:
@@ -87,25 +112,57 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
                 printer.row(row)
                 advance()
 
-            guard_engine_failures(lambda: run_detection(engine, files, output, threshold, on_row, pixel_threshold))
-    except KeyboardInterrupt:
+            guard_engine_failures(lambda: run_detection(engine, todo, output, threshold, on_row, pixel_threshold))
+    except STOPS as stop:
         _finish(output)
-        printer.finish(summary_rows)
+        if isinstance(stop, BrokenPipeError):
+            silence_stdout()
+        else:
+            printer.finish(summary_rows)
         saved = f"; their results are in {out}" if out else ""
-        console.print(f"Interrupted after {len(summary_rows)} of {len(files)} images{saved}.", markup=False)
-        ctx.exit(INTERRUPTED)
+        console.print(f"{_stopped_by(stop)} after {len(summary_rows)} of {len(files)} images{saved}.", markup=False,
+                      highlight=False, soft_wrap=True)
+        ctx.exit(stop_exit_code(stop))
     except BaseException:
         _finish(output)
         raise
     _finish(output)
     printer.finish(summary_rows)
-    if all(row.error for row in summary_rows):
+    if all(row.score is None for row in summary_rows):
         raise InputError("no image could be read")
-    ctx.exit(NG if any(row.verdict == "NG" for row in summary_rows) else OK)
+    ctx.exit(run_exit_code(summary_rows, threshold is not None))
+
+
+def refuse_input_as_output(images: Path, out: Optional[Path]) -> None:
+    """--out may lie inside the input folder (it is never read), but must not be that folder."""
+    if out is not None and os.path.realpath(out) == os.path.realpath(images):
+        raise InputError(f"--out {out} is the input folder itself; give another folder (a sub-folder is fine)")
+
+
+# Options that do not change a run's results: a --resume may change them.
+_RUNTIME_OPTIONS = {"out", "overwrite", "resume", "quiet", "output_format", "device", "batch_size", "cache_dir",
+                    "compile", "offline"}
+
+
+def _settings(params: dict[str, Any]) -> dict[str, Any]:
+    """What a run is asked, as JSON values, for a later --resume to compare (paths made absolute)."""
+    def value(item):
+        if isinstance(item, Path):
+            return os.path.abspath(item)
+        if isinstance(item, (tuple, list)):
+            return [value(part) for part in item]
+        return item
+    return {name: value(item) for name, item in sorted(params.items()) if name not in _RUNTIME_OPTIONS}
+
+
+def _stopped_by(stop: BaseException) -> str:
+    if isinstance(stop, Terminated):
+        return "Stopped by SIGTERM"
+    if isinstance(stop, BrokenPipeError):
+        return "Stopped: stdout was closed"
+    return "Interrupted"
 
 
 def _finish(output) -> None:
     if output is not None:
         output.finish()
-
-

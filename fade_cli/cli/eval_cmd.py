@@ -17,14 +17,17 @@ from fade_cli.cli.options import (
     pop_engine_options,
     prompt_sets_from_options,
 )
-from fade_cli.cli.exit_codes import INTERRUPTED, OK
+from fade_cli.cli.exit_codes import OK, Terminated, stop_exit_code
 
 EVAL_EXIT_CODES_HELP = """\b
 Exit codes:
   0    done
-  2    usage or input error (malformed dataset, too few good images for --shots, existing report)
-  3    failure while running (model, memory)
-  130  interrupted (with --out, the report holds the finished runs)"""
+  2    usage or input error (malformed dataset, too few good images for --shots, existing report,
+       --out in use by another run)
+  3    failure while running (model, memory, disk)
+  130  interrupted by Ctrl-C (with --out, the report holds the finished runs, marked incomplete)
+  141  stdout closed early (| head); the report in --out is written first
+  143  stopped by SIGTERM (as Ctrl-C: the report holds the finished runs, marked incomplete)"""
 
 
 def _seeds(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -90,6 +93,9 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
     from fade_cli.cli.reporting import stderr_console
     from fade_cli.evaluation.datasets import DEFAULT_MASK_SUFFIX, detect_layout, load_dataset
     from fade_cli.evaluation.plan import EvalSettings, plan_runs
+    from fade_cli.evaluation.report import REPORT_FILES
+    from fade_cli.io.folder_lock import output_folder_lock
+    from fade_cli.io.outputs import clear_previous_outputs
 
     options = pop_engine_options(kwargs)
     if (save_worst or save_maps) and out is None:
@@ -103,22 +109,24 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
         layout = detect_layout(root)
     dataset = load_dataset(root, layout, classes, mask_suffix or DEFAULT_MASK_SUFFIX)
     runs = plan_runs(dataset, settings)  # fails now, not after hours, when a class lacks good images
-    if out is not None and not overwrite:
-        _refuse_existing_report(out)
+    if out is not None:
+        ctx.with_resource(output_folder_lock(out, refuse=None if overwrite else lambda: _refuse_existing_report(out)))
+        if overwrite:
+            clear_previous_outputs(out, REPORT_FILES, EVAL_FOLDERS)
 
     console = stderr_console()
     if shots == 0 and len(seeds) > 1:
         console.print("note: --seeds has no effect with --shots 0 (zero-shot is deterministic): one run per class")
     prompt_source = _prompt_source(options)
     evaluator = _load_evaluator(engine_config_from_options(options), prompt_source, settings, console, quiet)
-    results, worst, interrupted = _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet)
+    results, worst, stop = _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet)
     if results:
-        _report(results, evaluator, root, layout, dataset, out, worst, interrupted, _prompt_origins(options))
-    ctx.exit(INTERRUPTED if interrupted else OK)
+        _report(results, evaluator, root, layout, dataset, out, worst, stop is not None, _prompt_origins(options))
+    ctx.exit(OK if stop is None else stop_exit_code(stop))
 
 
 def _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet):
-    """Evaluate every planned run; on Ctrl-C keep the finished ones. Returns (results, worst, interrupted)."""
+    """Evaluate every planned run; on Ctrl-C or SIGTERM keep the finished ones. Returns (results, worst, the stop)."""
     results, worst = [], {}
     try:
         for index, run in enumerate(runs, start=1):
@@ -127,17 +135,22 @@ def _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet):
             results.append(result)
             if save_worst:
                 worst[(result.class_name, result.seed)] = _save_worst(result, save_worst, out)
-    except KeyboardInterrupt:
-        console.print(f"Interrupted after {len(results)} of {len(runs)} run(s).")
-        return results, worst, True
-    return results, worst, False
+    except KeyboardInterrupt as stop:
+        console.print(f"{'Stopped by SIGTERM' if isinstance(stop, Terminated) else 'Interrupted'} after "
+                      f"{len(results)} of {len(runs)} run(s).")
+        return results, worst, stop
+    return results, worst, None
+
+
+# What `fade eval --out` writes besides REPORT_FILES: removed by --overwrite with them.
+EVAL_FOLDERS = ("worst", "maps")
 
 
 def _refuse_existing_report(out: Path) -> None:
     from fade_cli.evaluation.report import REPORT_FILES
     from fade_cli.io.outputs import refuse_existing_results
 
-    refuse_existing_results(out, REPORT_FILES, "a report")
+    refuse_existing_results(out, REPORT_FILES, "a report", resumable=False)
 
 
 def _prompt_source(options: dict[str, Any]):
@@ -210,13 +223,12 @@ def _report(results, evaluator, root, layout, dataset, out, worst, interrupted, 
 
     summary = summarise(results)
     title = _title(root, layout, evaluator.settings, interrupted)
+    if out is not None:  # first: a reader that closes stdout early must not cost the report
+        context = {
+            "dataset": {"root": str(root), "layout": layout, "classes": [split.name for split in dataset]},
+            "complete": not interrupted,
+            **evaluator.describe(),
+        }
+        context["prompts"]["sources"] = prompt_origins
+        write_report(out, results, summary, context, title, worst)
     click.echo(f"{title}\n\n{markdown_table(summary)}", nl=False)
-    if out is None:
-        return
-    context = {
-        "dataset": {"root": str(root), "layout": layout, "classes": [split.name for split in dataset]},
-        "complete": not interrupted,
-        **evaluator.describe(),
-    }
-    context["prompts"]["sources"] = prompt_origins
-    write_report(out, results, summary, context, title, worst)

@@ -36,7 +36,7 @@ def list_command(cached_only: bool, include_all: bool, output_format: str, cache
 
     Reads the cache folder only; never uses the network.
     """
-    from rich.console import Console
+    from fade_cli.cli.reporting import stdout_console
     from rich.table import Table
 
     from fade_cli.config import DEFAULT_MODEL, DEFAULT_PRETRAINED
@@ -56,7 +56,7 @@ def list_command(cached_only: bool, include_all: bool, output_format: str, cache
         default = " (default)" if (entry.model, entry.pretrained) == (DEFAULT_MODEL, DEFAULT_PRETRAINED) else ""
         name = entry.model if entry.fade_compatible else f"{entry.model} [dim](not runnable by fade)[/]"
         table.add_row(name, entry.pretrained + default, "yes" if entry.cached else "", _size(entry.size_bytes))
-    Console().print(table)
+    stdout_console().print(table)
 
 
 @models.command("download")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import csv
 import sys
 from typing import Callable, Iterator, Optional
@@ -18,8 +19,26 @@ from fade_cli.io.images import escape_undecodable
 from fade_cli.io.outputs import FIELDS, ResultRow, csv_cells, json_line
 
 
+class _Console(Console):
+    """rich's Console, except that a closed pipe is not ``SystemExit(1)`` (exit 1 means NG).
+
+    A closed stdout raises BrokenPipeError, which commands handle as an interruption
+    (exit 141); a closed stderr only silences the messages.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        if not self.stderr:
+            raise BrokenPipeError(errno.EPIPE, "stdout was closed")
+
+
 def stderr_console() -> Console:
-    return Console(stderr=True)
+    return _Console(stderr=True)
+
+
+def stdout_console() -> Console:
+    """Where tables for people go."""
+    return _Console()
 
 
 @contextlib.contextmanager
@@ -87,4 +106,4 @@ class RowPrinter:
             if row.error:
                 cells[1] = "[red]error[/]"
             table.add_row(*cells)
-        Console().print(table)
+        stdout_console().print(table)

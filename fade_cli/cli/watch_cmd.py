@@ -1,25 +1,26 @@
 """`fade watch`: score images as they arrive in a folder, each once, across restarts."""
 from __future__ import annotations
 
-import contextlib
 import functools
-import signal
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import click
 
 from fade_cli.cli.options import engine_options, pop_engine_options
-from fade_cli.cli.exit_codes import INTERRUPTED, NG, OK
+from fade_cli.cli.exit_codes import OK, Terminated, run_exit_code, stop_exit_code
 from fade_cli.cli.reporting import RowPrinter, print_warning, stderr_console
+from fade_cli.cli.stopping import STOPS, silence_stdout
 
 WATCH_EXIT_CODES_HELP = """\b
 Exit codes:
   0    stopped by SIGTERM (a service stop), or --once done and no image NG
   1    --once done, at least one image NG (with a threshold)
-  2    usage or input error (bad option, missing folder, results of another run in --out)
+  2    usage or input error (bad option, missing folder, results of another run in --out, --out in use)
   3    failure while running (model, memory, disk full)
-  130  stopped by Ctrl-C"""
+  4    --once done, no image NG, but some image(s) not inspected (with a threshold)
+  130  stopped by Ctrl-C
+  141  stopped because stdout was closed (| head)"""
 
 
 @click.command(epilog=WATCH_EXIT_CODES_HELP)
@@ -57,43 +58,50 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
     A file is scored when complete: its size and modification time stayed the
     same for --settle seconds. Files whose name or folder starts with '.' are
     ignored, so a writer can upload under a hidden name and rename when done.
-    OUT/watch-state.jsonl records the files scored (path, size, time): after a
-    restart nothing is scored twice. Runs until Ctrl-C or SIGTERM (or --once).
+    OUT/watch-state.jsonl records the files scored (path, size, inode, times and
+    SHA-256 of the content): after a restart nothing is scored twice, and a new
+    file under an old name is scored. One watch (or other run) at a time may use
+    --out: a second is refused. Runs until Ctrl-C or SIGTERM (or --once).
 
     \b
       fade watch ./incoming --bank screw.fadebank --out ./results --move-to ./done
       fade watch ./incoming --refs ./good --class screw --threshold 0.6 --out ./results
       fade watch ./incoming --bank screw.fadebank --out ./results --once
     """
+    from fade_cli.io.folder_lock import output_folder_lock
     from fade_cli.watch import FolderWatcher, ResultsLog
 
     options = pop_engine_options(kwargs)
     console = stderr_console()
     warn = functools.partial(print_warning, console)
+    ctx.with_resource(output_folder_lock(out))
     watcher = FolderWatcher(folder, out, settle_s=settle, move_to=move_to, warn=warn)
-    engine, threshold, pixel_threshold = _engine(ctx, options, refs, bank_path, threshold, pixel_threshold,
-                                                 console, quiet)
-    output = ResultsLog(out, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps)
-    printer = RowPrinter(output_format, threshold is not None)
     rows = []
+    try:  # from here on, a stop (SIGTERM while the model loads too) ends the watch the same way
+        engine, threshold, pixel_threshold = _engine(ctx, options, refs, bank_path, threshold, pixel_threshold,
+                                                     console, quiet)
+        output = ResultsLog(out, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps)
+        printer = RowPrinter(output_format, threshold is not None)
 
-    def on_row(row) -> None:
-        rows.append(row)
-        if row.error:
-            warn(row.error)
-        printer.row(row)
+        def on_row(row) -> None:
+            rows.append(row)
+            if row.error:
+                warn(row.error)
+            printer.row(row)
 
-    if not quiet:
-        console.print(f"Watching {folder} (results in {out}); Ctrl-C to stop.", markup=False, highlight=False, soft_wrap=True)
-    with _sigterm_as_interrupt() as stop:
-        try:
-            _watch(engine, watcher, output, threshold, pixel_threshold, on_row, interval, once)
-        except KeyboardInterrupt:
-            console.print(f"Stopped after scoring {len(rows)} image(s).", markup=False, highlight=False, soft_wrap=True)
-            ctx.exit(OK if stop["by_sigterm"] else INTERRUPTED)
+        if not quiet:
+            console.print(f"Watching {folder} (results in {out}); Ctrl-C to stop.", markup=False, highlight=False,
+                          soft_wrap=True)
+        _watch(engine, watcher, output, threshold, pixel_threshold, on_row, interval, once)
+    except STOPS as stop:
+        if isinstance(stop, BrokenPipeError):
+            silence_stdout()
+        console.print(f"Stopped after scoring {len(rows)} image(s).", markup=False, highlight=False, soft_wrap=True)
+        # A service manager's stop is the normal end of a watch, not a failure.
+        ctx.exit(OK if isinstance(stop, Terminated) else stop_exit_code(stop))
     if not quiet:
         console.print(f"Scored {len(rows)} image(s).", markup=False, highlight=False, soft_wrap=True)
-    ctx.exit(NG if any(row.verdict == "NG" for row in rows) else OK)
+    ctx.exit(run_exit_code(rows, threshold is not None))
 
 
 def _engine(ctx, options, refs, bank_path, threshold, pixel_threshold, console, quiet):
@@ -117,23 +125,3 @@ def _watch(engine, watcher, output, threshold, pixel_threshold, on_row, interval
 
     guard_engine_failures(lambda: watch_folder(engine, watcher, output, threshold, pixel_threshold, on_row,
                                 interval_s=interval, stop_when_idle=once))
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[dict]:
-    """SIGTERM (a service manager stopping fade) stops the watch as Ctrl-C does; the exit code tells them apart."""
-    stop = {"by_sigterm": False}
-
-    def handler(signum, frame):
-        stop["by_sigterm"] = True
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (fade used as a library): leave signals alone
-        previous = None
-    try:
-        yield stop
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)

@@ -8,46 +8,74 @@ import contextlib
 import errno
 import io
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from fade_cli.errors import FadeError
 
 
 class OutputError(FadeError):
-    """Writing results failed (disk full, permissions)."""
+    """Writing results failed (disk full, permissions); ``errno`` says why when the OS said so."""
 
     exit_code = 3
 
+    def __init__(self, message: str, errno_code: Optional[int] = None):
+        super().__init__(message)
+        self.errno = errno_code
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+    @property
+    def stops_the_run(self) -> bool:
+        """A failure of the whole output folder (full, read-only, broken disk), not of one file's name."""
+        return self.errno is None or self.errno in _FOLDER_WIDE_ERRORS
 
 
-_NEW_FILE_MODE = 0o666 & ~_umask()
+# Write failures that every later write would meet too: the run stops (exit 3) rather than turning every
+# image into an error row. Others (a file name too long, a sub-folder not writable) concern one file.
+_FOLDER_WIDE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+# Temporary names are short and of a fixed length, whatever the final name: they fit wherever it fits
+# (a 250-byte file name leaves no room for a prefix and a suffix). fade_cli.io.folder_lock recognises them.
+_TEMPORARY_ATTEMPTS = 100
+
+
+def _temporary_name() -> str:
+    return f".fade-{secrets.token_hex(6)}.tmp"
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write through a temporary file in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write through a temporary file in the same folder, then rename it over ``path``.
+
+    Any OSError on the way (creating the folder or the temporary file included) is an :class:`OutputError`.
+    """
+    tmp_name = None
     try:
-        # mkstemp creates owner-only files; results and banks are meant to be shared like any file.
-        os.chmod(tmp_name, _NEW_FILE_MODE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = _create_temporary(path.parent)
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
         if isinstance(exc, OSError):
-            raise OutputError(f"cannot write {path}: {describe_write_failure(exc)}") from exc
+            raise OutputError(f"cannot write {path}: {describe_write_failure(exc)}", exc.errno) from exc
         raise
+
+
+def _create_temporary(folder: Path) -> tuple[int, str]:
+    """A new file under a fresh temporary name; the mode is the usual one for new files (umask applies)."""
+    for _ in range(_TEMPORARY_ATTEMPTS):
+        name = os.path.join(folder, _temporary_name())
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(folder))
 
 
 def describe_write_failure(exc: OSError) -> str:

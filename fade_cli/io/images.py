@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fade_cli.errors import ImageError, InputError
+from fade_cli.io.folder_lock import is_fade_output
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 # Large inspection photos are legitimate; only refuse sizes that look like decompression bombs.
@@ -98,10 +99,15 @@ def _as_paths(exclude: Excluded) -> list[Path]:
     return [Path(path) for path in exclude if path is not None]
 
 
-def _walk(root: Path, exclude: Excluded, report: SkipHandler) -> Iterator[Path]:
-    """Every file under ``root``, each real folder visited once, excluded folders left out."""
+def _walk(root: Path, exclude: Excluded, report: SkipHandler, outputs: Optional[list[str]] = None) -> Iterator[Path]:
+    """Every file under ``root``, each real folder visited once, excluded folders left out.
+
+    Output folders of fade runs below ``root`` are left out too (their heatmaps are not product
+    photos), each reported once; ``outputs`` collects the excluded and output folders passed.
+    """
     excluded = {os.path.realpath(path) for path in _as_paths(exclude)}
     seen: set[str] = set()
+    passed = outputs if outputs is not None else []
 
     def unreadable(exc: OSError) -> None:
         report(f"skipped folder {exc.filename}: {_reason(exc)}")
@@ -109,6 +115,14 @@ def _walk(root: Path, exclude: Excluded, report: SkipHandler) -> Iterator[Path]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=unreadable):
         real = os.path.realpath(dirpath)
         if real in seen or real in excluded:
+            if real in excluded:
+                passed.append(dirpath)
+            dirnames[:] = []
+            continue
+        if dirpath != os.fspath(root) and is_fade_output(Path(dirpath)):
+            report(f"skipped folder {dirpath}: it is the output folder of a fade run")
+            passed.append(dirpath)
+            seen.add(real)
             dirnames[:] = []
             continue
         seen.add(real)
@@ -119,8 +133,12 @@ def _walk(root: Path, exclude: Excluded, report: SkipHandler) -> Iterator[Path]:
 
 def _no_images_message(root: Path, exclude: Excluded) -> str:
     """Say whether the folder is empty or holds only other kinds of files, and which kinds are read."""
-    others = sorted(p.relative_to(root).as_posix() for p in _walk(root, exclude, lambda _: None))
+    outputs: list[str] = []
+    others = sorted(p.relative_to(root).as_posix() for p in _walk(root, exclude, lambda _: None, outputs))
     kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+    if not others and outputs:
+        shown = ", ".join(os.path.relpath(folder, root) for folder in outputs[:3])
+        return f"no image files under {root} outside fade's output folders ({shown}), which are never read as input"
     if not others:
         return f"no image files under {root}: the folder is empty"
     shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
@@ -171,17 +189,25 @@ def _decode(source: Union[Path, io.BytesIO], label: str, max_pixels: Optional[in
     return image.copy() if image.readonly else image
 
 
+_OS_REASONS = {
+    errno.ENOENT: "file not found (deleted, or a broken symbolic link)",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ELOOP: "symbolic link loop",
+    errno.EISDIR: "is a folder",
+    errno.ENAMETOOLONG: "file name too long",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """A short, user-facing reason for an operating-system error on one file or folder."""
+    return _OS_REASONS.get(exc.errno, str(exc.strerror or exc))
+
+
 def _reason(exc: OSError) -> str:
     """A short, user-facing reason for an operating-system or decoder error."""
-    reasons = {
-        errno.ENOENT: "file not found (deleted, or a broken symbolic link)",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.ELOOP: "symbolic link loop",
-        errno.EISDIR: "is a folder",
-    }
-    if exc.errno in reasons:
-        return reasons[exc.errno]
+    if exc.errno in _OS_REASONS:
+        return describe_os_error(exc)
     if "truncated" in str(exc).lower():
         return f"truncated image ({exc})"
     return f"cannot decode image ({exc.strerror or exc})"

@@ -16,7 +16,11 @@ list is one JSON-encoded cell.
 Every file is written under a temporary name and renamed into place, so a
 crash, a full disk or Ctrl-C never leaves a half-written file. Rows are also
 appended to ``results.partial.jsonl`` as images finish, so an interrupted run
-keeps what it did.
+keeps what it did: a later run refuses that folder, finishes the run
+(``resumed=`` rows from :func:`rows_to_resume`) or, with ``overwrite``, removes
+everything the earlier run wrote. ``run-settings.json`` holds what the run was
+asked, for a resume to compare. Callers hold the folder's lock
+(:mod:`fade_cli.io.folder_lock`) while writing.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import csv
 import io
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -40,6 +45,9 @@ from fade_cli.io.images import escape_undecodable
 
 RESULT_FILES = ("results.csv", "results.jsonl")
 PARTIAL_FILE = "results.partial.jsonl"
+SETTINGS_FILE = "run-settings.json"  # what the run was asked to do: a --resume must ask the same
+RUN_FILES = (*RESULT_FILES, PARTIAL_FILE)
+IMAGE_FOLDERS = ("maps", "heatmaps", "masks")
 PNG_COMPRESS_LEVEL = 1
 
 
@@ -65,9 +73,30 @@ class ResultRow:
 FIELDS = list(ResultRow.__dataclass_fields__)
 
 
+# Characters that JSON leaves raw but Python's str.splitlines (and other readers) take for line breaks.
+_LINE_BREAKS_JSON_KEEPS = {"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+_ESCAPE_LINE_BREAKS = str.maketrans(_LINE_BREAKS_JSON_KEEPS)
+
+
+def json_text(value: Any) -> str:
+    """``value`` as one line of JSON whatever file names it holds.
+
+    Names that are not valid UTF-8 become JSON escapes (never a crash), and so do the
+    characters that are line breaks to some readers (U+0085, U+2028, U+2029), so that
+    a line is a line to every reader of a JSON-lines file.
+    """
+    return escape_undecodable(json.dumps(value, ensure_ascii=False)).translate(_ESCAPE_LINE_BREAKS)
+
+
 def json_line(row: ResultRow) -> str:
-    """One JSON line; a file name that is not valid UTF-8 is written as JSON escapes, never a crash."""
-    return escape_undecodable(json.dumps(row.to_dict(), ensure_ascii=False))
+    """One row as a JSON line (see :func:`json_text`)."""
+    return json_text(row.to_dict())
+
+
+def read_json_lines(path: Path) -> list[str]:
+    """The lines of a JSON-lines file, split at newlines only (never at U+2028 or the like inside a name)."""
+    text = path.read_bytes().decode("utf-8", "surrogateescape")
+    return [line for line in text.split("\n") if line.strip()]
 
 
 def csv_cells(row: ResultRow) -> dict:
@@ -99,13 +128,35 @@ def rows_to_jsonl(rows: Iterable[ResultRow]) -> bytes:
     return "".join(json_line(row) + "\n" for row in rows).encode("utf-8")
 
 
-def refuse_existing_results(out_dir: Path, names: Iterable[str] = RESULT_FILES, what: str = "results") -> None:
-    """Raise if ``out_dir`` already holds any of ``names`` (a run's results, an eval report): no silent overwrite."""
+def refuse_existing_results(out_dir: Path, names: Iterable[str] = RUN_FILES, what: str = "results",
+                            resumable: bool = True) -> None:
+    """Raise if ``out_dir`` already holds any of ``names`` (a run's results, an eval report): no silent overwrite.
+
+    The partial results of an interrupted run count: a new run must not truncate them.
+    """
     existing = [name for name in names if (out_dir / name).exists()]
     if existing:
-        raise InputError(
-            f"{out_dir} already holds {what} ({', '.join(existing)}); choose another --out or pass --overwrite"
-        )
+        interrupted = " of an interrupted run" if PARTIAL_FILE in existing else ""
+        ways = "pass --resume to finish it, or --overwrite" if interrupted and resumable else "pass --overwrite"
+        raise InputError(f"{out_dir} already holds {what}{interrupted} ({', '.join(existing)}); "
+                         f"choose another --out or {ways}")
+
+
+def clear_previous_outputs(out_dir: Path, files: Iterable[str], folders: Iterable[str]) -> None:
+    """Remove what an earlier run wrote into ``out_dir`` (``--overwrite``): its ``files`` and ``folders``.
+
+    Nothing else is touched: a folder of the user's that happens to be the --out keeps its own files.
+    """
+    try:
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out_dir / name)
+        for name in folders:
+            if (out_dir / name).is_dir() and not (out_dir / name).is_symlink():
+                shutil.rmtree(out_dir / name)
+    except OSError as exc:
+        raise OutputError(f"cannot remove the earlier results in {out_dir}: {describe_write_failure(exc)}",
+                          exc.errno) from exc
 
 
 def write_png(path: Path, picture: Image.Image) -> None:
@@ -165,7 +216,14 @@ class ImageWriter:
 
 
 class RunOutput(ImageWriter):
-    """Writes one run's outputs into ``out_dir``; refuses to clobber earlier results unless asked."""
+    """Writes one run's outputs into ``out_dir``; refuses to clobber earlier results unless asked.
+
+    ``overwrite``: everything an earlier run wrote (results, maps, heatmaps, masks) is
+    removed first, so no stale file is left beside the new rows. ``resumed``: the rows
+    of an interrupted run (from :func:`rows_to_resume`) are kept and the run adds the
+    rest; the final results are those of one uninterrupted run. ``settings`` (what the
+    run was asked, as JSON values) are saved for a later ``--resume`` to compare.
+    """
 
     def __init__(
         self,
@@ -174,16 +232,29 @@ class RunOutput(ImageWriter):
         map_size: Optional[int] = None,
         save_maps: bool = True,
         save_heatmaps: bool = True,
+        resumed: Optional[list[ResultRow]] = None,
+        settings: Optional[dict[str, Any]] = None,
     ):
         super().__init__(out_dir, map_size, save_maps, save_heatmaps)
-        if not overwrite:
-            refuse_existing_results(out_dir)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            self._partial = open(out_dir / PARTIAL_FILE, "w", encoding="utf-8")
         except OSError as exc:
             raise InputError(f"cannot create output folder {out_dir}: {exc.strerror or exc}") from exc
-        self.rows: list[ResultRow] = []
+        self.resumed = resumed is not None
+        self.rows: list[ResultRow] = list(resumed or [])
+        if overwrite and not self.resumed:
+            clear_previous_outputs(out_dir, (*RUN_FILES, SETTINGS_FILE), IMAGE_FOLDERS)
+        elif not self.resumed:
+            refuse_existing_results(out_dir)
+        if settings is not None:
+            atomic_write(out_dir / SETTINGS_FILE, lambda handle: handle.write((json_text(settings) + "\n").encode()))
+        if self.rows:  # the rows kept, written whole (a crash now loses none of them); the run appends to them
+            atomic_write(out_dir / PARTIAL_FILE, lambda handle: handle.write(rows_to_jsonl(self.rows)))
+        try:
+            self._partial = open(out_dir / PARTIAL_FILE, "a" if self.rows else "w", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError(f"cannot write {out_dir / PARTIAL_FILE}: {describe_write_failure(exc)}",
+                              exc.errno) from exc
 
     def add(self, row: ResultRow) -> None:
         """Record a finished image (also appended to the partial file at once)."""
@@ -192,13 +263,16 @@ class RunOutput(ImageWriter):
             self._partial.write(json_line(row) + "\n")
             self._partial.flush()
         except OSError as exc:
-            raise OutputError(f"cannot write {self.out_dir / PARTIAL_FILE}: {describe_write_failure(exc)}") from exc
+            raise OutputError(f"cannot write {self.out_dir / PARTIAL_FILE}: {describe_write_failure(exc)}",
+                              exc.errno) from exc
 
     def finish(self) -> None:
         """Write results.csv and results.jsonl atomically and drop the partial file.
 
         If that fails (a full disk), the partial file is kept: it holds every finished row.
         """
+        if self.resumed:
+            self.rows.sort(key=lambda row: row.path)  # the order of an uninterrupted run: files sorted by path
         try:
             self._partial.close()
             atomic_write(self.out_dir / "results.jsonl", lambda h: h.write(rows_to_jsonl(self.rows)))
@@ -209,3 +283,56 @@ class RunOutput(ImageWriter):
             raise OutputError(f"{reason}; the {len(self.rows)} finished row(s) are kept in {kept}") from exc
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.out_dir / PARTIAL_FILE)
+
+
+def rows_to_resume(out_dir: Path, relatives: Iterable[str], settings: Optional[dict[str, Any]] = None) -> list[ResultRow]:
+    """The scored rows an earlier run left in ``out_dir`` (``--resume``), for the images in ``relatives``.
+
+    Read from results.partial.jsonl (an interrupted run), else results.jsonl (a finished one).
+    Rows without a score (unreadable images) are left out: those images are tried again. With
+    ``settings``, the earlier run must have been asked the same (InputError naming what differs).
+    """
+    _check_same_settings(out_dir, settings)
+    source = next((out_dir / name for name in (PARTIAL_FILE, "results.jsonl") if (out_dir / name).is_file()), None)
+    if source is None:
+        return []
+    wanted = set(relatives)
+    return [row for row in _read_rows(source) if row.path in wanted and row.score is not None]
+
+
+def _read_rows(path: Path) -> list[ResultRow]:
+    try:
+        lines = path.read_bytes().decode("utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {path} to resume: {exc}") from exc
+    if lines and lines[-1] == "":
+        lines.pop()
+    elif lines:
+        lines.pop()  # cut short by a kill: that image is scored again
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            entry = json.loads(line)
+            rows.append(ResultRow(**{key: entry.get(key) for key in FIELDS}))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise InputError(f"{path} line {number} is not a result row; cannot resume from it "
+                             "(remove the line, or start again with --overwrite)") from exc
+        if not isinstance(rows[-1].path, str) or not (rows[-1].score is None or isinstance(rows[-1].score, (int, float))):
+            raise InputError(f"{path} line {number} is not a result row; cannot resume from it")
+    return rows
+
+
+def _check_same_settings(out_dir: Path, settings: Optional[dict[str, Any]]) -> None:
+    path = out_dir / SETTINGS_FILE
+    if settings is None or not path.is_file():
+        return
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}; cannot tell what the interrupted run was asked") from exc
+    if not isinstance(previous, dict):
+        raise InputError(f"{path} is damaged; cannot tell what the interrupted run was asked")
+    differ = sorted(key for key in set(previous) | set(settings) if previous.get(key) != settings.get(key))
+    if differ:
+        raise InputError(f"--resume continues a run with the same options, but these differ from the interrupted "
+                         f"run's ({path}): {', '.join(differ)}")
