@@ -457,3 +457,14 @@ def test_an_image_over_max_pixels_is_refused_from_its_header(served, client_for)
     assert response.status_code == 422
     assert response.json()["detail"] == "image: 1000x1000 is over the limit of 100000 pixels"
     assert client.post("/v1/detect", content=QUERY_FILES[0].read_bytes()).status_code == 422  # 288x384 > 100000
+
+
+def test_a_stop_while_the_model_loads_never_turns_ready(served):
+    loading = threading.Event()
+    service = service_for(lambda: (loading.wait(30), [served])[1])
+    service.start()
+    service.drain()
+    loading.set()
+    assert service.stop(60)
+    assert service.state == "draining"
+    assert service.metrics.registry.get_sample_value("fade_ready") == 0

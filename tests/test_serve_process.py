@@ -107,3 +107,12 @@ def test_an_address_in_use_is_a_clear_error(bank_file):
         taken.listen()
         result = run(["serve", "--bank", bank_file, "--port", str(taken.getsockname()[1]), *TINY_MODEL_ARGS])
     assert result.exit_code == 2 and "cannot listen on 127.0.0.1" in result.output
+
+
+def test_an_archive_another_run_holds_is_refused(bank_file, tmp_path):
+    from fade_cli.io.folder_lock import output_folder_lock
+
+    with output_folder_lock(tmp_path / "archive", command="fade serve --archive archive"):
+        result = run(["serve", "--bank", bank_file, "--port", "0", "--archive", tmp_path / "archive",
+                      *TINY_MODEL_ARGS])
+    assert result.exit_code == 2 and "fade serve --archive archive" in result.output

@@ -86,9 +86,13 @@ def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path]
                          "to serve without a token)")
     load_banks = _bank_loader(ctx, options, bank_paths, refs, threshold, pixel_threshold, calibrate, margin, console)
     settings = ServiceSettings(max_batch=max_batch, max_wait_s=max_wait_ms / 1000, max_queue=max_queue,
-                               timeout_s=timeout_s, max_pixels=max_pixels)
+                               timeout_s=timeout_s, max_pixels=max_pixels, drain_timeout_s=drain_timeout)
     sock = bind_socket(host, port)
     url = url_of(sock)
+    if archive is not None:
+        from fade_cli.io.folder_lock import output_folder_lock
+
+        ctx.with_resource(output_folder_lock(archive))  # one writer per audit trail
     service = InspectionService(load_banks, settings, archive=Archive(archive) if archive is not None else None)
     say = (lambda text: None) if quiet else (lambda text: console.print(text, markup=False, highlight=False,
                                                                           soft_wrap=True))

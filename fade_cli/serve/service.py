@@ -80,6 +80,7 @@ class ServiceSettings:
     max_wait_s: float = 0.005
     max_queue: int = 64
     timeout_s: float = 30.0
+    drain_timeout_s: Optional[float] = None  # how long a stop waits for the worker (a model still loading)
     max_pixels: Optional[int] = None  # larger uploads are refused from their header (a small PNG can hold 400 MP)
 
 
@@ -140,15 +141,19 @@ class InspectionService:
 
     def drain(self) -> None:
         """Stop taking requests (readiness turns 503); what is queued is still answered."""
-        if self.state == READY:
+        if self.state in (STARTING, READY):  # a stop while the model loads: it never turns ready
             self.state = DRAINING
         self.metrics.ready.set(0)
         self.batcher.refuse_new_work()
 
     def stop(self, timeout_s: Optional[float] = None) -> bool:
-        """After the server's drain: finish the queue and stop the worker and the pools."""
+        """After the server's drain: finish the queue and stop the worker and the pools.
+
+        False when the worker was still busy after ``timeout_s`` (default: the settings'
+        drain timeout); it is a daemon thread, so the process can exit anyway.
+        """
         self.drain()
-        finished = self.batcher.stop(timeout_s)
+        finished = self.batcher.stop(timeout_s if timeout_s is not None else self.settings.drain_timeout_s)
         self._decoders.shutdown(wait=False, cancel_futures=True)
         self._archiver.shutdown(wait=True)
         return finished
