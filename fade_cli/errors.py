@@ -28,3 +28,7 @@ class ImageError(FadeError):
     """One image cannot be read; the run reports it and goes on."""
 
     exit_code = 2
+
+
+class FadeWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as ``warning: ...``)."""

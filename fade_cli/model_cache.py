@@ -7,20 +7,34 @@ every published tag from the Hugging Face hub into that folder
 
 Listing reads the folder only; it never asks the network. Offline mode is Hugging Face's
 ``HF_HUB_OFFLINE=1``, which fade sets for ``--offline`` before the hub library is imported.
+
+Fetching (:func:`fetch_weights`) uses weights already in the cache without asking the network.
+Otherwise it asks the hub once, without retries, for the file's size (so that a machine without
+internet access fails in seconds, not after the hub's minute of retries), says in one line what
+it downloads, and lets ``huggingface_hub.hf_hub_download`` write the file: the hub downloads into
+a temporary ``.incomplete`` file and moves it into the cache only once it is complete.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 from fade_cli.errors import InputError, ModelError
 
 CACHE_ENV = "FADE_CACHE_DIR"
 OFFLINE_ENV = "HF_HUB_OFFLINE"
+ETAG_TIMEOUT_ENV = "HF_HUB_ETAG_TIMEOUT"
 URL_CACHE_FALLBACK = "~/.cache/clip"
+# How long fade waits for the hub's first answer unless HF_HUB_ETAG_TIMEOUT says otherwise: the hub
+# answers in well under a second; its own default (10 s, then a minute of retries) reads as a hang.
+PROBE_TIMEOUT_S = 5.0
+
+_log = logging.getLogger(__name__)
 
 
 def go_offline() -> None:
@@ -133,8 +147,8 @@ def cached_weights(model: str, tag: str, folder: Optional[str]) -> Optional[str]
     return None
 
 
-def _cached_hub_file(hf_hub: str, folder: Optional[str]) -> Optional[str]:
-    from huggingface_hub import try_to_load_from_cache
+def _hub_candidates(hf_hub: str) -> tuple[str, list[str]]:
+    """The repository of an open_clip ``hf_hub`` entry and its files, in the order open_clip tries them."""
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     repo_id, filename = os.path.split(hf_hub)
@@ -145,6 +159,13 @@ def _cached_hub_file(hf_hub: str, folder: Optional[str]) -> Optional[str]:
         candidates.insert(0, HF_SAFE_WEIGHTS_NAME)
     elif filename.endswith((".bin", ".pth")):
         candidates.insert(0, filename[:-4] + ".safetensors")
+    return repo_id, candidates
+
+
+def _cached_hub_file(hf_hub: str, folder: Optional[str]) -> Optional[str]:
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, candidates = _hub_candidates(hf_hub)
     for candidate in candidates:
         found = try_to_load_from_cache(repo_id, candidate, cache_dir=folder)
         if isinstance(found, str) and os.path.isfile(found):
@@ -152,26 +173,145 @@ def _cached_hub_file(hf_hub: str, folder: Optional[str]) -> Optional[str]:
     return None
 
 
-def download(model: str, tag: str, explicit_cache: Optional[str] = None) -> str:
-    """Fetch a published pair into the cache with open_clip's own downloader; returns the file."""
+def unavailable_message(model: str, tag: str, explicit_cache: Optional[str], reason: str) -> str:
+    """The paragraph for weights that are neither cached nor downloadable: why, and the three ways out."""
+    return (
+        f"Cannot load the weights of {model} (pretrained '{tag}'): they are not in the cache at "
+        f"{cache_location(explicit_cache)} and could not be downloaded ({reason}). Either run once on a "
+        f"machine with internet access (`fade models download {model} --pretrained {tag}`) and copy that "
+        f"cache folder here (or point {CACHE_ENV} at it), or pass a local checkpoint with --weights FILE."
+    )
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """A weights file on the Hugging Face hub, as its first answer describes it."""
+
+    repo_id: str
+    filename: str
+    url: str
+    size_bytes: Optional[int]
+
+
+def fetch_weights(
+    model: str,
+    tag: str,
+    explicit_cache: Optional[str] = None,
+    announce: Optional[Callable[[str], None]] = None,
+    progress: Optional[bool] = None,
+) -> str:
+    """The weights file of a published pair: from the cache, else downloaded into it.
+
+    ``announce`` receives the one line said before a download (default: a warning on the
+    ``fade_cli.model_cache`` logger); ``progress`` False hides the hub's progress bar, None
+    leaves it to the hub (shown on a terminal). Raises :class:`ModelError` with the
+    :func:`unavailable_message` paragraph when the weights cannot be had.
+    """
     import open_clip
 
+    folder = cache_dir(explicit_cache)
+    cached = cached_weights(model, tag, folder)
+    if cached:
+        return cached
+    hf_hub = open_clip.get_pretrained_cfg(model, tag).get("hf_hub")
+    if not hf_hub:
+        raise ModelError(f"open_clip has no Hugging Face hub source for {model} ({tag})")
+    if is_offline():
+        reason = f"offline mode is on: --offline or {OFFLINE_ENV}=1"
+        raise ModelError(unavailable_message(model, tag, explicit_cache, reason))
+    remote = _find_on_hub(model, tag, hf_hub, explicit_cache)
+    (announce or _log.warning)(download_line(model, tag, remote, explicit_cache))
+    return _download(model, tag, remote, explicit_cache, progress)
+
+
+def download_line(model: str, tag: str, remote: HubFile, explicit_cache: Optional[str]) -> str:
+    """The one line said before a download: what, how big, from where, into which folder."""
+    size = "size unknown" if remote.size_bytes is None else f"{remote.size_bytes / 1e6:,.0f} MB"
+    where = cache_location(explicit_cache)
+    return f"Downloading the weights of {model} ({tag}), {size}, from {remote.url} into {where}"
+
+
+def probe_timeout() -> float:
+    """Seconds to wait for the hub's first answer: HF_HUB_ETAG_TIMEOUT when set, else PROBE_TIMEOUT_S."""
+    from huggingface_hub import constants
+
+    return float(constants.HF_HUB_ETAG_TIMEOUT) if os.environ.get(ETAG_TIMEOUT_ENV) else PROBE_TIMEOUT_S
+
+
+def _find_on_hub(model: str, tag: str, hf_hub: str, explicit_cache: Optional[str]) -> HubFile:
+    """Ask the hub once per candidate file, never retrying: the first network error ends it."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+    from huggingface_hub.utils import httpx as hub_http
+
+    from fade_cli import __version__
+
+    repo_id, candidates = _hub_candidates(hf_hub)
+    timeout = probe_timeout()
+    for filename in candidates:
+        url = hf_hub_url(repo_id, filename)
+        try:
+            metadata = get_hf_file_metadata(url, timeout=timeout, library_name="fade", library_version=__version__)
+        except RemoteEntryNotFoundError:
+            continue
+        except hub_http.TimeoutException as exc:
+            reason = f"no answer from {_endpoint()} within {timeout:g} s: {_first_line(exc)}"
+            raise ModelError(unavailable_message(model, tag, explicit_cache, reason)) from exc
+        except hub_http.TransportError as exc:  # connection refused, no route, name not resolved, proxy
+            reason = f"{_endpoint()} cannot be reached: {_first_line(exc)}"
+            raise ModelError(unavailable_message(model, tag, explicit_cache, reason)) from exc
+        except (OSError, hub_http.HTTPError) as exc:  # an HTTP error: 5xx, or 401 for a private or missing repository
+            reason = f"{_endpoint()} answered: {_first_line(exc)}"
+            raise ModelError(unavailable_message(model, tag, explicit_cache, reason)) from exc
+        if metadata.commit_hash is None or metadata.etag is None:  # a captive portal or a proxy's own page
+            reason = f"{_endpoint()} answered, but not as a Hugging Face hub does (no X-Repo-Commit or ETag header)"
+            raise ModelError(unavailable_message(model, tag, explicit_cache, reason))
+        return HubFile(repo_id, filename, url, metadata.size)
+    reason = f"{_endpoint()} has none of {', '.join(candidates)} in {repo_id}"
+    raise ModelError(unavailable_message(model, tag, explicit_cache, reason))
+
+
+def _download(model: str, tag: str, remote: HubFile, explicit_cache: Optional[str], progress: Optional[bool]) -> str:
+    """The hub writes the file (its ``.incomplete`` file, moved into place once complete)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import httpx as hub_http
+
+    from fade_cli import __version__
+
+    try:
+        with _progress_bars(progress):
+            return hf_hub_download(remote.repo_id, remote.filename, cache_dir=cache_dir(explicit_cache),
+                                   library_name="fade", library_version=__version__)
+    except (OSError, hub_http.HTTPError) as exc:  # lost connection, short file, disk full
+        reason = f"the download from {remote.url} failed: {_first_line(exc)}"
+        raise ModelError(unavailable_message(model, tag, explicit_cache, reason)) from exc
+
+
+@contextlib.contextmanager
+def _progress_bars(shown: Optional[bool]) -> Iterator[None]:
+    if shown is False:
+        from huggingface_hub.utils import disable_progress_bars
+
+        with disable_progress_bars():
+            yield
+    else:
+        yield
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return f"the hub at {constants.ENDPOINT}"
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def download(model: str, tag: str, explicit_cache: Optional[str] = None,
+             announce: Optional[Callable[[str], None]] = None, progress: Optional[bool] = None) -> str:
+    """Fetch a published pair into the cache (see :func:`fetch_weights`); returns the file."""
     check_architecture(model)
     check_pretrained_tag(model, tag)
-    folder = cache_dir(explicit_cache)
-    if is_offline():
-        cached = cached_weights(model, tag, folder)
-        if cached:
-            return cached
-        raise ModelError(
-            f"cannot download {model} ({tag}): offline mode is on ({OFFLINE_ENV} is set) and it is not in the "
-            f"cache at {cache_location(explicit_cache)}; download it on a machine with internet access and copy "
-            "the cache folder here"
-        )
-    try:
-        target = open_clip.download_pretrained(open_clip.get_pretrained_cfg(model, tag), cache_dir=folder)
-    except (OSError, RuntimeError) as exc:  # FileNotFoundError from the hub, URLError, checksum failures
-        raise ModelError(f"cannot download {model} ({tag}) into {cache_location(explicit_cache)}: {exc}") from exc
-    if not target:
-        raise ModelError(f"open_clip has no download source for {model} ({tag})")
-    return str(target)
+    return fetch_weights(model, tag, explicit_cache, announce, progress)

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from fade_cli import strict_json
 from fade_cli.errors import InputError
+from fade_cli.io.files import read_text_file
 
 PLACEHOLDER = "{classname}"
 STATES = ("normal", "abnormal")
@@ -48,11 +50,11 @@ class PromptSet:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_json_dict(), indent=2, ensure_ascii=False, sort_keys=False) + "\n"
+        return strict_json.dumps(self.to_json_dict(), indent=2, sort_keys=False) + "\n"
 
     def digest(self) -> str:
         """A hash of the sentences only (not of meta): same prompts, same digest."""
-        payload = json.dumps([list(self.normal), list(self.abnormal)], ensure_ascii=False)
+        payload = strict_json.dumps([list(self.normal), list(self.abnormal)])
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -76,17 +78,8 @@ def prompt_set_from_dict(data: Any, source: str = "prompt set") -> PromptSet:
 
 def load_prompt_set(path: Union[str, Path]) -> PromptSet:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise InputError(f"prompts file not found: {path}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read prompts file {path}: {exc}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"prompts file {path} is not valid JSON: {exc}") from exc
-    return prompt_set_from_dict(data, source=str(path))
+    text = read_text_file(path, "prompts file")
+    return prompt_set_from_dict(strict_json.loads(text, f"prompts file {path}"), source=str(path))
 
 
 def merge_prompt_sets(sets: list[PromptSet], meta: Optional[dict[str, Any]] = None) -> PromptSet:

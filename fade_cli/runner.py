@@ -242,6 +242,21 @@ def run_detection(
             raise
 
 
+def non_finite_result(detection: Detection) -> Optional[str]:
+    """Why a detection cannot be judged (a NaN or infinite score or map), or None.
+
+    NaN compares False with every threshold: such an image would pass as OK.
+    """
+    scores = {"score": detection.score, "language score": detection.language_score,
+              "vision score": detection.vision_score}
+    for name, value in scores.items():
+        if value is not None and not np.isfinite(value):
+            return f"the {name} is {value} (the engine produced a non-finite number)"
+    if not np.isfinite(detection.anomaly_map).all():
+        return "the anomaly map holds NaN or infinite values (the engine produced non-finite numbers)"
+    return None
+
+
 def _done(row: ResultRow) -> Future:
     future: Future = Future()
     future.set_result(row)
@@ -257,6 +272,9 @@ def finish_row(
     pixel_threshold: Optional[float],
 ) -> ResultRow:
     """One scored image's row, its files written first (runs in a writer thread; `fade serve` builds its rows here too)."""
+    problem = non_finite_result(detection)
+    if problem is not None:
+        return ResultRow(path=file.relative, error=f"{file.path}: not inspected: {problem}")
     row = ResultRow(
         path=file.relative,
         score=detection.score,

@@ -163,6 +163,28 @@ def _resigned(raw: bytes, edit) -> bytes:
     return struct.pack("<Q", len(header_bytes)) + header_bytes + data
 
 
+def forged_bank(path, edit_metadata_text=lambda text: text, edit_index=lambda index: None):
+    """A bank whose metadata text is edited as raw JSON (NaN included) or whose tensor index is edited, with
+    the checksum recomputed: what a forger, or a non-Python writer, could produce."""
+    from fade_cli.bank.container import _checksum, canonical_json
+
+    bank = synthetic_bank()
+    tensors = bank.tensors()
+    text = edit_metadata_text(canonical_json(bank.metadata()))
+    index, chunks, offset = {}, [], 0
+    for name in sorted(tensors):
+        raw = np.ascontiguousarray(tensors[name], dtype="<f4").tobytes()
+        index[name] = {"dtype": "F32", "shape": list(tensors[name].shape), "data_offsets": [offset, offset + len(raw)]}
+        chunks.append(raw)
+        offset += len(raw)
+    data = b"".join(chunks)
+    edit_index(index)
+    header = {"__metadata__": {"fade": text, "fade_sha256": _checksum(text, index, data)}, **index}
+    header_bytes = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    path.write_bytes(struct.pack("<Q", len(header_bytes)) + header_bytes + data)
+    return path
+
+
 @pytest.mark.parametrize("damage", ["unknown_setting", "missing_size", "bad_shape", "object_dtype", "overlap"])
 def test_consistent_checksum_but_malformed_content_is_refused(tmp_path, damage):
     """A file crafted with a valid checksum still has to make sense, and still loads no objects."""

@@ -95,7 +95,7 @@ def test_broken_image_is_reported_and_run_goes_on(images, tmp_path):
     [
         (["--prompts", "BAD_PROMPTS"], "'abnormal' must be"),
         (["--text-template", "no placeholder"], "must contain '{}'"),
-        (["--scales", "240,abc"], "not a positive image size"),
+        (["--scales", "240,abc"], "not an image size from 1 to"),
     ],
 )
 def test_bad_input_exits_2(images, tmp_path, extra, message):

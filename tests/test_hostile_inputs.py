@@ -136,7 +136,7 @@ def test_really_unreadable_file(tmp_path):
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "huge.png"
     Image.new("RGB", (100, 100)).save(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setattr("fade_cli.io.images.MAX_PIXELS", 1000)
     with pytest.raises(ImageError, match="image too large"):
         load_image(path)
 

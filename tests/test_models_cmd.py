@@ -66,7 +66,7 @@ def test_list_all_marks_what_fade_cannot_run():
 def test_download_offline_says_how_to_prepare_a_station():
     result = run(["models", "download", "ViT-B-16-plus-240", "--pretrained", "laion400m_e31"])
     assert result.exit_code == 3
-    assert "offline" in result.output and "copy the cache folder" in result.output
+    assert "offline mode is on" in result.output and "copy that cache folder here" in result.output
 
 
 def test_download_offline_with_the_weights_cached_just_points_at_them(tmp_path):

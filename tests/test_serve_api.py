@@ -389,7 +389,7 @@ def test_a_bounded_schemathesis_run_finds_no_server_error(served):
 
             no_server_error()
     assert {path for path, _ in checked} >= {"/v1/detect", "/v1/banks", "/readyz", "/metrics", "/healthz"}
-    assert any(path == "/v1/detect" and status == 422 for path, status in checked)
+    assert any(path == "/v1/detect" and 400 <= status < 500 for path, status in checked)  # refused, with a reason
 
 
 def test_a_client_that_goes_away_is_dropped_from_the_queue_and_holds_up_no_one(served):

@@ -29,12 +29,16 @@ from fade_cli.bank.calibration import Calibration, Thresholds
 from fade_cli.bank.container import BankFileError, decode_container, encode_container
 from fade_cli.config import EngineConfig
 from fade_cli.errors import InputError
+from fade_cli.io.files import read_file_bytes
 from fade_cli.prompt_set import PromptSet, prompt_set_from_dict
+from fade_cli.validation import Fields
 
 FORMAT_NAME = "fade-bank"
 FORMAT_VERSION = 1
 PATCH_DTYPES = {"float32": np.float32, "float16": np.float16}
 # How a machine runs the engine, not what it computes: never taken from a bank.
+# A bank of thousands of references at several sizes is gigabytes; a file beyond this is not one.
+MAX_BANK_BYTES = 1 << 36
 RUNTIME_DEFAULTS = {"device": "auto", "batch_size": None, "cache_dir": None, "compile": False}
 
 
@@ -116,16 +120,18 @@ def load_bank(path: Union[str, Path]) -> ReferenceBank:
     """Read and check a bank file; any problem is a :class:`BankFileError` (exit code 2)."""
     source = str(path)
     try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError as exc:
-        raise BankFileError(f"bank file not found: {source}") from exc
-    except OSError as exc:
-        raise BankFileError(f"cannot read bank file {source}: {exc.strerror or exc}") from exc
+        raw = read_file_bytes(path, "bank file", limit=MAX_BANK_BYTES)
+    except InputError as exc:
+        raise BankFileError(str(exc)) from exc
     metadata, tensors = decode_container(raw, source)
     _check_format(metadata, source)
     try:
         return _bank_from_parts(metadata, tensors, source)
-    except (KeyError, TypeError, ValueError, InputError) as exc:
+    except BankFileError:
+        raise
+    except InputError as exc:
+        raise BankFileError(f"{exc} (malformed bank content; rebuild the bank)") from exc
+    except (KeyError, TypeError, ValueError) as exc:
         raise BankFileError(f"{source}: malformed bank content ({exc})") from exc
 
 
@@ -141,25 +147,64 @@ def _check_format(metadata: dict[str, Any], source: str) -> None:
 
 
 def _bank_from_parts(metadata: dict[str, Any], tensors: dict[str, np.ndarray], source: str) -> ReferenceBank:
-    config = EngineConfig.from_dict(metadata["config"])
-    patches = {int(name.split(".", 1)[1]): array for name, array in tensors.items() if name.startswith("patches.")}
+    fields = Fields(metadata, source)
+    config = EngineConfig.from_dict(metadata.get("config"), source)
+    patches = {_patch_size(name, source): array for name, array in tensors.items() if name.startswith("patches.")}
     if sorted(patches) != sorted(set(config.seg_sizes)):
         raise ValueError(f"patch sizes {sorted(patches)} do not match the config's sizes {list(config.seg_sizes)}")
+    prompts = fields.object("prompts")
+    calibration = metadata.get("calibration")
     bank = ReferenceBank(
         config=config,
-        identity=dict(metadata["model"]),
-        cls_prompts=prompt_set_from_dict(metadata["prompts"]["cls"], f"{source} (cls prompts)"),
-        seg_prompts=prompt_set_from_dict(metadata["prompts"]["seg"], f"{source} (seg prompts)"),
-        cls_classifier_2d=tensors["text.cls"].astype(np.float32, copy=False),
-        seg_classifier_2d=tensors["text.seg"].astype(np.float32, copy=False),
+        identity=_identity(fields.object("model")),
+        cls_prompts=prompt_set_from_dict(prompts.data.get("cls"), f"{source} (cls prompts)"),
+        seg_prompts=prompt_set_from_dict(prompts.data.get("seg"), f"{source} (seg prompts)"),
+        cls_classifier_2d=_text_tensor(tensors, "text.cls", source),
+        seg_classifier_2d=_text_tensor(tensors, "text.seg", source),
         patches_by_size={size: array.astype(np.float32, copy=False) for size, array in patches.items()},
-        references=[dict(ref) for ref in metadata["references"]],
-        patch_dtype=str(metadata["patch_dtype"]),
-        thresholds=Thresholds(**metadata["thresholds"]),
-        calibration=Calibration.from_dict(metadata["calibration"]) if metadata.get("calibration") else None,
+        references=_references(fields),
+        patch_dtype=fields.text("patch_dtype", choices=PATCH_DTYPES),
+        thresholds=Thresholds.from_dict(metadata.get("thresholds"), source),
+        calibration=Calibration.from_dict(calibration, source) if calibration else None,
     )
     _check_shapes(bank)
+    _check_finite_tensors(bank, source)
     return bank
+
+
+def _patch_size(name: str, source: str) -> int:
+    size = name.split(".", 1)[1]
+    if not size.isdecimal() or len(size) > 6:
+        raise BankFileError(f"{source}: tensor {name!r} is not named patches.<image size>")
+    return int(size)
+
+
+def _identity(model: Fields) -> dict[str, str]:
+    """The model identity: a few names and hashes, all strings."""
+    return {name: model.text(name, optional=True) for name in model.data}
+
+
+def _references(fields: Fields) -> list[dict[str, str]]:
+    references = []
+    for number, entry in enumerate(fields.items("references")):
+        reference = Fields(entry, fields.source, f"references[{number}]")
+        references.append({"path": reference.text("path"), "sha256": reference.text("sha256")})
+    return references
+
+
+def _text_tensor(tensors: dict[str, np.ndarray], name: str, source: str) -> np.ndarray:
+    if name not in tensors:
+        raise BankFileError(f"{source}: the tensor {name} is missing")
+    return tensors[name].astype(np.float32, copy=False)
+
+
+def _check_finite_tensors(bank: ReferenceBank, source: str) -> None:
+    """NaN embeddings would give NaN scores that compare as neither above nor below a threshold."""
+    named = {"text.cls": bank.cls_classifier_2d, "text.seg": bank.seg_classifier_2d,
+             **{f"patches.{size}": array for size, array in bank.patches_by_size.items()}}
+    for name, array in named.items():
+        if not np.isfinite(array).all():
+            raise BankFileError(f"{source}: the tensor {name} holds NaN or infinite values; rebuild the bank")
 
 
 def _check_shapes(bank: ReferenceBank) -> None:

@@ -17,10 +17,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from fade_cli.errors import InputError
+from fade_cli.validation import Fields, check_finite, is_finite_number
 
 STATISTIC = "max_times_margin"
 DEFAULT_MARGIN = 1.1
 MIN_REFERENCES = 2
+SOURCES = ("calibrated", "given")
 
 
 @dataclass(frozen=True)
@@ -47,15 +49,30 @@ class Calibration:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Calibration":
-        if data.get("statistic") != STATISTIC:
-            raise ValueError(f"unknown calibration statistic {data.get('statistic')!r}")
+    def from_dict(cls, data: Any, source: str = "calibration") -> "Calibration":
+        """A calibration read from a file (a bank), every field checked: finite scores, one per file."""
+        fields = Fields(data, source, "calibration")
+        fields.text("statistic", choices=(STATISTIC,))
+        files = fields.items("files", min_length=1)
+        image_scores = fields.items("image_scores", min_length=1)
+        pixel_maxima = fields.items("pixel_maxima", min_length=1)
+        if not len(files) == len(image_scores) == len(pixel_maxima):
+            raise InputError(f"{source}: field calibration: files, image_scores and pixel_maxima differ in length")
+        margin = fields.number("margin", minimum=0.0)
+        if margin == 0:
+            raise fields.fail("margin", "a positive number", margin)
         return cls(
-            margin=float(data["margin"]),
-            files=tuple(str(f) for f in data["files"]),
-            image_scores=tuple(float(s) for s in data["image_scores"]),
-            pixel_maxima=tuple(float(s) for s in data["pixel_maxima"]),
+            margin=margin,
+            files=tuple(fields.text(f"files[{i}]", value) for i, value in enumerate(files)),
+            image_scores=tuple(_finite(fields, f"image_scores[{i}]", value) for i, value in enumerate(image_scores)),
+            pixel_maxima=tuple(_finite(fields, f"pixel_maxima[{i}]", value) for i, value in enumerate(pixel_maxima)),
         )
+
+
+def _finite(fields: Fields, name: str, value: Any) -> float:
+    if not is_finite_number(value):
+        raise fields.fail(name, "a finite number", value)
+    return float(value)
 
 
 @dataclass(frozen=True)
@@ -66,6 +83,22 @@ class Thresholds:
     pixel: Optional[float] = None
     image_source: Optional[str] = None
     pixel_source: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_finite(self.image, "the image threshold")
+        check_finite(self.pixel, "the pixel threshold")
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "thresholds") -> "Thresholds":
+        """Thresholds read from a file (a bank): finite numbers or null, each with its origin."""
+        fields = Fields(data, source, "thresholds")
+        fields.unknown(("image", "pixel", "image_source", "pixel_source"))
+        return cls(
+            image=fields.number("image", default=None, optional=True),
+            pixel=fields.number("pixel", default=None, optional=True),
+            image_source=fields.text("image_source", None, optional=True, choices=SOURCES),
+            pixel_source=fields.text("pixel_source", None, optional=True, choices=SOURCES),
+        )
 
 
 def choose_thresholds(

@@ -18,12 +18,12 @@ dtype, and never unpickles anything.
 from __future__ import annotations
 
 import hashlib
-import json
 import struct
 from typing import Any, Optional
 
 import numpy as np
 
+from fade_cli import strict_json
 from fade_cli.errors import InputError
 
 HEADER_LENGTH_BYTES = 8
@@ -40,7 +40,7 @@ class BankFileError(InputError):
 
 def canonical_json(value: Any) -> str:
     """The one JSON spelling fade writes: sorted keys, no spaces, no NaN."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return strict_json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
 def _dtype_code(dtype: np.dtype) -> str:
@@ -100,10 +100,7 @@ def decode_container(raw: bytes, source: str) -> tuple[dict[str, Any], dict[str,
             f"{source} failed its checksum: the file was modified or damaged after it was written; "
             "copy it again or rebuild it with `fade bank build`"
         )
-    try:
-        metadata = json.loads(metadata_block["fade"])
-    except json.JSONDecodeError as exc:
-        raise BankFileError(f"{source}: the bank's metadata is not valid JSON ({exc})") from exc
+    metadata = _parse(metadata_block["fade"], source, "JSON (the bank's metadata)")
     if not isinstance(metadata, dict):
         raise BankFileError(f"{source}: the bank's metadata is not a JSON object")
     return metadata, {name: _tensor(name, entry, data, source) for name, entry in header.items()}
@@ -120,13 +117,17 @@ def _split(raw: bytes, source: str) -> tuple[dict[str, Any], bytes]:
     end = HEADER_LENGTH_BYTES + header_length
     if end > len(raw):
         raise BankFileError(f"{source} is truncated (its header alone needs {end} bytes, the file has {len(raw)})")
-    try:
-        header = json.loads(raw[HEADER_LENGTH_BYTES:end].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BankFileError(f"{not_a_bank} (its header is not JSON: {exc})") from exc
+    header = _parse(raw[HEADER_LENGTH_BYTES:end], source, "JSON (the safetensors header)")
     if not isinstance(header, dict):
         raise BankFileError(f"{not_a_bank} (its header is not a JSON object)")
     return header, raw[end:]
+
+
+def _parse(text, source: str, what: str) -> Any:
+    try:
+        return strict_json.loads(text, source, what)
+    except InputError as exc:
+        raise BankFileError(f"{exc}; {source} is not a usable fade bank file") from exc
 
 
 def _data_length(index: dict[str, Any]) -> Optional[int]:
@@ -134,24 +135,31 @@ def _data_length(index: dict[str, Any]) -> Optional[int]:
     ends = []
     for entry in index.values():
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)):
             return None
         ends.append(offsets[1])
     return max(ends, default=0)
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _tensor(name: str, entry: Any, data: bytes, source: str) -> np.ndarray:
     """One tensor as a float array that owns its memory, after checking its index entry."""
     bad = f"{source}: tensor {name!r} has a malformed index entry"
-    if not isinstance(entry, dict) or entry.get("dtype") not in DTYPES:
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str) or entry["dtype"] not in DTYPES:
         raise BankFileError(f"{bad} (dtype must be one of {', '.join(DTYPES)})")
     shape, offsets = entry.get("shape"), entry.get("data_offsets")
-    if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
-        raise BankFileError(f"{bad} (shape)")
-    if not (isinstance(offsets, list) and len(offsets) == 2 and 0 <= offsets[0] <= offsets[1] <= len(data)):
+    if not (isinstance(shape, list) and len(shape) <= 8 and all(_is_count(s) and s <= len(data) for s in shape)):
+        raise BankFileError(f"{bad} (shape must be a list of up to 8 counts, none larger than the data)")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(o) for o in offsets)
+            and offsets[0] <= offsets[1] <= len(data)):
         raise BankFileError(f"{bad} (data_offsets)")
     dtype = DTYPES[entry["dtype"]]
-    count = int(np.prod(shape, dtype=np.int64))
+    count = 1
+    for extent in shape:  # Python integers: a hostile shape cannot overflow into a small product
+        count *= extent
     if count * dtype.itemsize != offsets[1] - offsets[0]:
         raise BankFileError(f"{bad} (its shape does not match its byte length)")
     return np.frombuffer(data, dtype=dtype, count=count, offset=offsets[0]).reshape(shape).copy()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 import importlib.util
+import warnings
 from typing import Optional
 
 import click
@@ -15,7 +16,8 @@ import click
 from fade_cli import __version__
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP, FAILURE, PIPE_CLOSED, Terminated, stop_exit_code
 from fade_cli.cli.stopping import sigterm_as_interrupt, silence_stdout
-from fade_cli.errors import FadeError
+from fade_cli.errors import FadeError, FadeWarning
+from fade_cli.memory import MEMORY_HINT
 
 # name -> (module, attribute, one-line help shown by `fade --help`)
 COMMANDS = {
@@ -63,7 +65,7 @@ class LazyGroup(click.Group):
             silence_stdout()
             raise click.exceptions.Exit(PIPE_CLOSED) from None
         except MemoryError as exc:
-            raise ReportedError("out of memory; try fewer --scales or a smaller --batch-size", FAILURE) from exc
+            raise ReportedError(f"out of memory; {MEMORY_HINT}", FAILURE) from exc
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
@@ -90,4 +92,16 @@ def main() -> None:
     """Console entry point."""
     # open_clip and huggingface_hub log download retries and failures; fade reports them itself.
     logging.disable(logging.ERROR)
+    warnings.showwarning = _show_warning
     cli()
+
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """fade's own warnings as one ``warning:`` line, like the CLI's other warnings; others as Python shows them."""
+    if issubclass(category, FadeWarning):
+        click.echo(f"warning: {message}", err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)

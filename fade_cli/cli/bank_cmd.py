@@ -2,17 +2,17 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 import click
 
+from fade_cli import strict_json
 from fade_cli.bank.bank import FORMAT_VERSION, ReferenceBank, load_bank, save_bank
 from fade_cli.bank.calibration import DEFAULT_MARGIN, MIN_REFERENCES, choose_thresholds, describe_thresholds
 from fade_cli.bank.compat import describe_identity
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP
-from fade_cli.cli.options import engine_config_from_options, engine_options, pop_engine_options
+from fade_cli.cli.options import FiniteFloat, engine_config_from_options, engine_options, pop_engine_options
 from fade_cli.cli.options import prompt_sets_from_options
 from fade_cli.errors import InputError
 
@@ -38,9 +38,9 @@ def bank() -> None:
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help=f"Bank file to write (by convention *{BANK_SUFFIX}).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing bank file.")
-@click.option("--threshold", type=float, help="Image threshold to store instead of the calibrated one.")
-@click.option("--pixel-threshold", type=float, help="Pixel threshold to store instead of the calibrated one.")
-@click.option("--margin", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_MARGIN, show_default=True,
+@click.option("--threshold", type=FiniteFloat(), help="Image threshold to store instead of the calibrated one.")
+@click.option("--pixel-threshold", type=FiniteFloat(), help="Pixel threshold to store instead of the calibrated one.")
+@click.option("--margin", type=FiniteFloat(min=0, min_open=True), default=DEFAULT_MARGIN, show_default=True,
               help="Calibration: threshold = margin x the highest leave-one-out reference score.")
 @click.option("--dtype", "patch_dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage of the reference patches; float16 halves the file, scores move slightly.")
@@ -118,7 +118,7 @@ def info_command(bank_file: Path, output_format: str) -> None:
     size = bank_file.stat().st_size
     if output_format == "json":
         shapes = {name: list(array.shape) for name, array in sorted(saved.tensors().items())}
-        click.echo(json.dumps({**saved.metadata(), "tensors": shapes, "file_size": size}, indent=2, ensure_ascii=False))
+        click.echo(strict_json.dumps({**saved.metadata(), "tensors": shapes, "file_size": size}, indent=2))
         return
     for label, value in _info_lines(saved, bank_file, size):
         click.echo(f"{label + ':':<13}{value}")

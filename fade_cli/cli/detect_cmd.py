@@ -11,7 +11,7 @@ import click
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP, Terminated, run_exit_code, stop_exit_code
 from fade_cli.bank.calibration import DEFAULT_MARGIN
 from fade_cli.cli.engine_setup import guard_engine_failures, read_run_setup, start_engine
-from fade_cli.cli.options import engine_options, pop_engine_options
+from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options
 from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bar, stderr_console
 from fade_cli.cli.stopping import STOPS, silence_stdout
 from fade_cli.errors import InputError
@@ -26,14 +26,14 @@ from fade_cli.errors import InputError
               help="Replace results already in --out: the earlier run's results, maps, heatmaps and masks are removed.")
 @click.option("--resume", is_flag=True,
               help="Finish an interrupted run in --out: images with a scored row are not scored again.")
-@click.option("--threshold", type=float, help="Score at or above which an image is NG; gives verdicts and exit code 1.")
-@click.option("--pixel-threshold", type=float,
+@click.option("--threshold", type=FiniteFloat(), help="Score at or above which an image is NG; gives verdicts and exit code 1.")
+@click.option("--pixel-threshold", type=FiniteFloat(),
               help="Map value at or above which a pixel is defective: masks/ and defect regions for NG images.")
 @click.option("--bank", "bank_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Saved reference bank (`fade bank build`): model, settings, references and thresholds.")
 @click.option("--calibrate", is_flag=True,
               help="Set the thresholds from --refs alone (leave-one-out); --threshold/--pixel-threshold win.")
-@click.option("--margin", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_MARGIN, show_default=True,
+@click.option("--margin", type=FiniteFloat(min=0, min_open=True), default=DEFAULT_MARGIN, show_default=True,
               help="With --calibrate: threshold = margin x the highest leave-one-out reference score.")
 @click.option("--map-size", type=click.IntRange(min=1), help="Save maps as N x N [default: the image's own size].")
 @click.option("--heatmaps/--no-heatmaps", default=True, show_default=True, help="Write heatmap images.")

@@ -5,11 +5,12 @@ torch at module level.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import click
 from click.core import ParameterSource
@@ -20,11 +21,14 @@ from fade_cli.bank.calibration import DEFAULT_MARGIN, Calibration, Thresholds, c
 from fade_cli.bank.compat import BankMismatchError, describe_identity, model_file_contradictions
 from fade_cli.bank.compat import model_files_for_bank, setting_differences
 from fade_cli.cli.options import ENGINE_OPTION_NAMES, engine_config_from_options, prompt_sets_from_options
-from fade_cli.cli.reporting import progress_bar, status_line
+from fade_cli.cli.reporting import download_announcer, progress_bar, shows_progress, status_line
 from fade_cli.config import EngineConfig
 from fade_cli.errors import FadeError, InputError
+from fade_cli.memory import MEMORY_HINT
 from fade_cli.prompt_set import PromptSet
 
+# How torch's allocators word a failed allocation (CUDA, and CPU torch's DefaultCPUAllocator).
+OUT_OF_MEMORY_SIGNS = ("out of memory", "can't allocate memory", "enforce fail at alloc_cpu", "defaultcpuallocator")
 # How this machine runs the engine: always taken from the command line, never from a bank.
 RUNTIME_OPTIONS = ("device", "batch_size", "cache_dir", "compile", "precision", "offline")
 MODEL_OPTIONS = ("model", "pretrained", "weights", "model_config")
@@ -119,17 +123,16 @@ def engine_for_bank(bank: ReferenceBank, config: EngineConfig, source: str, cons
 def engines_for_banks(banks: list[tuple[ReferenceBank, EngineConfig, str]], console: Console, quiet: bool) -> list:
     """One engine per (bank, config, source); banks of the same model on the same device share one loaded model."""
     from fade_cli.bank.engine_bridge import engine_from_bank
-    from fade_cli.engine.model import load_model, resolve_model_source
+    from fade_cli.engine.model import load_model
 
     loaded: dict[str, Any] = {}
     engines = []
-    with status_line(console, quiet, "Loading model..."):
-        for bank, config, source in banks:
-            source_of_model = resolve_model_source(config)
-            key = json.dumps([source_of_model.identity, config.model_config, config.device], sort_keys=True)
-            if key not in loaded:
-                loaded[key] = load_model(config, source_of_model)
-            engines.append(engine_from_bank(bank, loaded[key], config, source))
+    for bank, config, source in banks:
+        key = json.dumps([config.model, config.pretrained, config.weights, config.model_config, config.device])
+        if key not in loaded:
+            with loading_model(config, console, quiet, "Loading model...") as model_source:
+                loaded[key] = load_model(config, model_source)
+        engines.append(engine_from_bank(bank, loaded[key], config, source))
     return engines
 
 
@@ -217,12 +220,32 @@ def build_engine(config: EngineConfig, cls_prompts, seg_prompts, ref_files: list
     from fade_cli.engine import FadeEngine
     from fade_cli.runner import load_references
 
-    with status_line(console, quiet, "Loading model and encoding prompts..."):
+    with loading_model(config, console, quiet, "Loading model and encoding prompts..."):
         engine = guard_engine_failures(lambda: FadeEngine.from_config(config, cls_prompts, seg_prompts))
     if ref_files:
         with progress_bar(console, quiet, total=None, description=f"Encoding {len(ref_files)} reference(s)"):
             guard_engine_failures(lambda: load_references(engine, ref_files))
     return engine
+
+
+@contextlib.contextmanager
+def loading_model(config: EngineConfig, console: Console, quiet: bool, text: str) -> Iterator["ModelSource"]:
+    """Fetch the weights of a pretrained tag first (one line, then a download bar), then a spinner with ``text``;
+    yields the checked model source.
+
+    The download comes before the spinner so that its bar is not drawn under it; the model
+    loaded inside then finds the weights in the cache.
+    """
+    from fade_cli.engine.detector import checked_model_source
+    from fade_cli.model_cache import fetch_weights
+
+    # Usage errors (sizes, files, devices) come before a download of hundreds of megabytes.
+    source = guard_engine_failures(lambda: checked_model_source(config))
+    if not source.is_file:
+        fetch_weights(source.name, source.pretrained, config.cache_dir, announce=download_announcer(console),
+                      progress=shows_progress(console, quiet))
+    with status_line(console, quiet, text):
+        yield source
 
 
 def guard_engine_failures(action):
@@ -232,6 +255,12 @@ def guard_engine_failures(action):
     except FadeError:
         raise
     except RuntimeError as exc:
-        if "out of memory" in str(exc).lower():
-            raise FadeError("out of memory; try --batch-size 1, fewer --scales or --device cpu") from exc
+        if is_out_of_memory(exc):
+            raise FadeError(f"out of memory; {MEMORY_HINT}") from exc
         raise FadeError(f"the engine failed: {exc}") from exc
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA says "out of memory"; CPU torch says "can't allocate memory" or "enforce fail at alloc_cpu.cpp"."""
+    text = str(exc).lower()
+    return any(sign in text for sign in OUT_OF_MEMORY_SIGNS)

@@ -166,11 +166,10 @@ def _prompt_source(options: dict[str, Any]):
 
 
 def _load_evaluator(config, prompt_source, settings, console, quiet):
-    from fade_cli.cli.engine_setup import guard_engine_failures
-    from fade_cli.cli.reporting import status_line
+    from fade_cli.cli.engine_setup import guard_engine_failures, loading_model
     from fade_cli.evaluation.evaluate import Evaluator
 
-    with status_line(console, quiet, "Loading model..."):
+    with loading_model(config, console, quiet, "Loading model..."):
         return guard_engine_failures(lambda: Evaluator(config, prompt_source, settings))
 
 

@@ -1,10 +1,11 @@
 """`fade models`: list, download and locate model weights (for stations without internet)."""
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 import click
+
+from fade_cli import strict_json
 
 CACHE_HELP = "Model cache folder [default: $FADE_CACHE_DIR, else the Hugging Face cache ($HF_HOME/hub)]."
 
@@ -45,9 +46,9 @@ def list_command(cached_only: bool, include_all: bool, output_format: str, cache
     entries = [e for e in list_cached_models(cache_dir, include_all) if e.cached or not cached_only]
     if output_format == "jsonl":
         for entry in entries:
-            click.echo(json.dumps({"model": entry.model, "pretrained": entry.pretrained, "cached": entry.cached,
+            click.echo(strict_json.dumps({"model": entry.model, "pretrained": entry.pretrained, "cached": entry.cached,
                                    "size_bytes": entry.size_bytes, "path": entry.path,
-                                   "fade_compatible": entry.fade_compatible}))
+                                   "fade_compatible": entry.fade_compatible}, ensure_ascii=True))
         return
     table = Table(title=f"cache: {cache_location(cache_dir)}")
     for column in ("model", "pretrained", "cached", "size"):
@@ -63,8 +64,12 @@ def list_command(cached_only: bool, include_all: bool, output_format: str, cache
 @click.argument("model")
 @click.option("--pretrained", required=True, help="Pretrained tag, e.g. laion400m_e31 (see `fade models list`).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help=CACHE_HELP)
-def download_command(model: str, pretrained: str, cache_dir: Optional[str]) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (the line saying what is downloaded stays).")
+def download_command(model: str, pretrained: str, cache_dir: Optional[str], quiet: bool) -> None:
     """Download MODEL's weights into the cache (needs internet access).
+
+    Weights already in the cache are used as they are, without asking the network. Without
+    network access it fails within seconds (HF_HUB_ETAG_TIMEOUT sets the wait, 5 s by default).
 
     \b
       fade models download ViT-B-16-plus-240 --pretrained laion400m_e31
@@ -72,9 +77,12 @@ def download_command(model: str, pretrained: str, cache_dir: Optional[str]) -> N
     """
     import os
 
+    from fade_cli.cli.reporting import download_announcer, shows_progress, stderr_console
     from fade_cli.model_cache import cache_location, download
 
-    path = download(model, pretrained, cache_dir)
+    console = stderr_console()
+    path = download(model, pretrained, cache_dir, announce=download_announcer(console),
+                    progress=shows_progress(console, quiet))
     click.echo(path)
     click.echo(f"{model} ({pretrained}): {_size(os.path.getsize(path))} in {cache_location(cache_dir)}", err=True)
 

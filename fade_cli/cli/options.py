@@ -6,6 +6,7 @@ the prompt files. Nothing here imports torch.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Optional
 
 import click
@@ -16,6 +17,8 @@ from fade_cli.config import (
     DEFAULT_PRETRAINED,
     DEFAULT_SEG_SIZES,
     DEFAULT_TEXT_TEMPLATE,
+    MAX_GEM_ITERS,
+    MAX_INPUT_SIZE,
     EngineConfig,
     parse_sizes,
 )
@@ -28,6 +31,29 @@ ENGINE_OPTION_NAMES = (
     "cls_classname", "seg_classname", "gem_depth", "gem_iters", "gem_temperature", "vision_feature",
     "vision_multiplier", "vision_weight", "use_query", "image_score", "batch_size", "compile", "offline",
 )
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option that refuses nan, inf and -inf (exit 2), optionally within a range.
+
+    Every float option of every command uses it: NaN compares False with everything,
+    so a NaN threshold or weight would pass any range check and judge every image OK.
+    """
+
+    def __init__(self, min: Optional[float] = None, max: Optional[float] = None, min_open: bool = False,
+                 max_open: bool = False):
+        super().__init__(min, max, min_open, max_open)
+        if min is None and max is None:
+            self.name = "float"
+
+    def _describe_range(self) -> str:
+        return "" if self.min is None and self.max is None else super()._describe_range()
+
+    def convert(self, value: Any, param: Optional[click.Parameter], ctx: Optional[click.Context]) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[tuple[int, ...]]:
@@ -70,7 +96,7 @@ ENGINE_OPTIONS = [
                  help="Object name put into the prompts, e.g. screw (underscores become spaces)."),
     click.option("--scales", callback=_sizes, default=",".join(map(str, DEFAULT_SEG_SIZES)), show_default=True,
                  help="Segmentation input sizes, comma-separated; fewer or smaller sizes run faster."),
-    click.option("--cls-size", type=click.IntRange(min=16), default=DEFAULT_CLS_SIZE, show_default=True,
+    click.option("--cls-size", type=click.IntRange(min=16, max=MAX_INPUT_SIZE), default=DEFAULT_CLS_SIZE, show_default=True,
                  help="Input size for the image-level (classification) score."),
     click.option("--text-template", default=DEFAULT_TEXT_TEMPLATE, show_default=True,
                  help="Wrapper put around every prompt; {} marks the prompt."),
@@ -86,13 +112,13 @@ ENGINE_OPTIONS = [
                  help="Fill {classname} with --class in map prompts (else 'object')."),
     click.option("--gem-depth", type=click.IntRange(min=2), default=7, show_default=True,
                  help="GEM depth D: the last D-1 blocks get the GEM stream."),
-    click.option("--gem-iters", type=click.IntRange(min=0), default=1, show_default=True,
+    click.option("--gem-iters", type=click.IntRange(min=0, max=MAX_GEM_ITERS), default=1, show_default=True,
                  help="Self-self attention iterations."),
-    click.option("--gem-temperature", type=float, help="Constant inverse temperature [default: per image]."),
+    click.option("--gem-temperature", type=FiniteFloat(), help="Constant inverse temperature [default: per image]."),
     click.option("--vision-feature", type=click.Choice(["clip", "gem"]),
                  help="Patch features of the memory bank [default: gem zero-shot, clip few-shot]."),
-    click.option("--vision-multiplier", type=float, help="Vision map multiplier [default: 80 zero-shot, 3.5 few-shot]."),
-    click.option("--vision-weight", type=click.FloatRange(0, 1),
+    click.option("--vision-multiplier", type=FiniteFloat(), help="Vision map multiplier [default: 80 zero-shot, 3.5 few-shot]."),
+    click.option("--vision-weight", type=FiniteFloat(0, 1),
                  help="Weight of the vision map in the fusion [default: 0.5 zero-shot, 0.85 few-shot]."),
     click.option("--use-query/--no-use-query", default=None,
                  help="Add the query's own patches to the bank (2nd neighbour) [default: on zero-shot, off few-shot]."),
@@ -164,6 +190,7 @@ def prompt_sets_from_options(options: dict[str, Any]) -> tuple[Optional[PromptSe
 
 
 __all__ = [
+    "FiniteFloat",
     "engine_config_from_options",
     "engine_options",
     "pop_engine_options",

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 import click
 
+from fade_cli.cli.options import FiniteFloat
 from fade_cli.errors import InputError
 from fade_cli.prompt_set import PLACEHOLDER, STATES, PromptSet, load_prompt_set
 from fade_cli.prompting import (
@@ -74,6 +75,8 @@ def click_option(option: GeneratorOption) -> click.Option:
         value_type: Any = click.Path(exists=True, dir_okay=False, path_type=Path)
     elif option.choices is not None:
         value_type = click.Choice(option.choices)
+    elif option.type is float:
+        value_type = FiniteFloat()
     else:
         value_type = option.type
     # No default at all (not None) when the option has none, or click would not enforce `required`.
@@ -263,7 +266,8 @@ def _show_meta(meta: dict[str, Any]) -> None:
 def regenerate_command(meta: dict[str, Any]) -> str:
     """The `fade prompts generate` command line that remakes a set from its meta block."""
     words = ["fade", "prompts", "generate", str(meta.get("class_name", "object")), "--generator", str(meta["generator"])]
-    for name, value in (meta.get("options") or {}).items():
+    options = meta.get("options")
+    for name, value in (options if isinstance(options, dict) else {}).items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
             words.append(flag if value else f"--no-{flag[2:]}")

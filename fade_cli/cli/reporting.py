@@ -41,13 +41,18 @@ def stdout_console() -> Console:
     return _Console()
 
 
+def shows_progress(console: Console, quiet: bool) -> bool:
+    """Progress bars and spinners are for a person at a terminal: not with --quiet, not into a log file."""
+    return not quiet and console.is_terminal
+
+
 @contextlib.contextmanager
 def progress_bar(console: Console, quiet: bool, total: Optional[int], description: str) -> Iterator[Callable[[], None]]:
     """A rich progress bar on stderr; silent with --quiet or when stderr is not a terminal.
 
     Yields a function that advances the bar by one.
     """
-    if quiet or not console.is_terminal:
+    if not shows_progress(console, quiet):
         yield lambda: None
         return
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -64,7 +69,12 @@ def print_warning(console: Console, message: str) -> None:
 
 def status_line(console: Console, quiet: bool, text: str) -> contextlib.AbstractContextManager:
     """A spinner with ``text`` on stderr while a slow step runs; nothing when quiet or not a terminal."""
-    return console.status(text) if not quiet and console.is_terminal else contextlib.nullcontext()
+    return console.status(text) if shows_progress(console, quiet) else contextlib.nullcontext()
+
+
+def download_announcer(console: Console) -> Callable[[str], None]:
+    """Says on stderr what is downloaded, even with --quiet: a long download must not look like a hang."""
+    return lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _fmt(value: Optional[float]) -> str:

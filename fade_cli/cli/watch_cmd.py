@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import click
 
-from fade_cli.cli.options import engine_options, pop_engine_options
+from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options
 from fade_cli.cli.exit_codes import OK, Terminated, run_exit_code, stop_exit_code
 from fade_cli.cli.reporting import RowPrinter, print_warning, stderr_console
 from fade_cli.cli.stopping import STOPS, silence_stdout
@@ -32,12 +32,12 @@ Exit codes:
               help="Saved reference bank (`fade bank build`): model, settings, references and thresholds.")
 @click.option("--move-to", type=click.Path(path_type=Path, file_okay=False),
               help="Move each scored file here (sub-folders mirrored; a name already there gets .2, .3...).")
-@click.option("--threshold", type=float, help="Score at or above which an image is NG.")
-@click.option("--pixel-threshold", type=float,
+@click.option("--threshold", type=FiniteFloat(), help="Score at or above which an image is NG.")
+@click.option("--pixel-threshold", type=FiniteFloat(),
               help="Map value at or above which a pixel is defective: masks/ and defect regions for NG images.")
-@click.option("--settle", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--settle", type=FiniteFloat(min=0), default=2.0, show_default=True,
               help="Seconds a file's size and time must stay unchanged before it is scored.")
-@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True,
+@click.option("--interval", type=FiniteFloat(min=0.05), default=1.0, show_default=True,
               help="Seconds between two looks at the folder.")
 @click.option("--once", is_flag=True, help="Score what is in the folder (once complete), then exit.")
 @click.option("--map-size", type=click.IntRange(min=1), help="Save maps as N x N [default: the image's own size].")

@@ -19,7 +19,8 @@ from fade_cli.engine.fusion import average_over_sizes, fuse_maps, patch_scores_t
 from fade_cli.engine.gem import GemVisionEncoder, VisionFeatures
 from fade_cli.engine import text_cache
 from fade_cli.engine.memory_bank import MemoryBank
-from fade_cli.engine.model import LoadedModel, load_model, resolve_model_source
+from fade_cli.engine.model import LoadedModel, ModelSource, load_model, resolve_device, resolve_model_source
+from fade_cli.engine.sizes import check_input_sizes, model_geometry
 from fade_cli.engine.preprocess import normalise, resize_rgb8, stack_rgb8
 from fade_cli.engine.result import Detection
 from fade_cli.engine.text import abnormal_probability, text_classifier
@@ -67,8 +68,10 @@ class FadeEngine:
         validate_config(config)
         cls_prompts, seg_prompts = with_default_prompts(cls_prompts, seg_prompts)
         if loaded is None:
-            source = resolve_model_source(config)
-            cached = cached_prompt_classifiers(source.identity, config, cls_prompts, seg_prompts)
+            source = checked_model_source(config)
+            geometry = model_geometry(source.name)
+            dim = geometry.embed_dim if geometry is not None else None
+            cached = cached_prompt_classifiers(source.identity, config, cls_prompts, seg_prompts, dim)
             loaded = load_model(config, source, text_tower=cached is None)
             if cached is not None:
                 return cls(loaded, config, *cached)
@@ -95,9 +98,7 @@ class FadeEngine:
     @property
     def batch_size(self) -> int:
         """Images per forward pass: the configured number, else the device's default."""
-        if self.config.batch_size is not None:
-            return self.config.batch_size
-        return GPU_BATCH_SIZE if self.device.type == "cuda" else CPU_BATCH_SIZE
+        return batch_size_for(self.config, self.device)
 
     @property
     def preset(self) -> VisionPreset:
@@ -194,6 +195,23 @@ def validate_config(config: EngineConfig) -> None:
         raise InputError("--batch-size must be at least 1")
 
 
+def batch_size_for(config: EngineConfig, device: torch.device) -> int:
+    """Images per forward pass: the configured number, else the device's default."""
+    if config.batch_size is not None:
+        return config.batch_size
+    return GPU_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE
+
+
+def checked_model_source(config: EngineConfig) -> ModelSource:
+    """What :func:`load_model` will load, after checking the settings, the model files and the input sizes
+    against the model and the device's memory: every usage error before any weight is read."""
+    validate_config(config)
+    source = resolve_model_source(config)
+    device = resolve_device(config.device)
+    check_input_sizes(config, source.name, device, batch_size_for(config, device))
+    return source
+
+
 def _filled_prompt_sets(config: EngineConfig, cls_prompts: PromptSet, seg_prompts: PromptSet) -> list[PromptSet]:
     """{classname} filled as configured: the class name, or 'object'."""
     cls_name = config.class_name if config.cls_use_classname else "object"
@@ -206,12 +224,12 @@ def _cache_key(identity: dict, config: EngineConfig, prompts: PromptSet) -> str:
 
 
 def cached_prompt_classifiers(
-    identity: dict, config: EngineConfig, cls_prompts: PromptSet, seg_prompts: PromptSet
+    identity: dict, config: EngineConfig, cls_prompts: PromptSet, seg_prompts: PromptSet, dim: Optional[int] = None
 ) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-    """Both (2, D) classifiers from the on-disk cache, or None if either is missing."""
+    """Both (2, ``dim``) classifiers from the on-disk cache, or None if either is missing or damaged."""
     directory = text_cache.text_cache_dir(config.cache_dir)
     found = [
-        text_cache.load_cached(directory, _cache_key(identity, config, prompts))
+        text_cache.load_cached(directory, _cache_key(identity, config, prompts), dim)
         for prompts in _filled_prompt_sets(config, cls_prompts, seg_prompts)
     ]
     return None if any(f is None for f in found) else (found[0], found[1])
@@ -225,7 +243,7 @@ def encode_prompt_sets(
     classifiers = []
     for prompts in _filled_prompt_sets(config, cls_prompts, seg_prompts):
         key = _cache_key(loaded.identity, config, prompts)
-        classifier = text_cache.load_cached(directory, key)
+        classifier = text_cache.load_cached(directory, key, int(loaded.model.visual.output_dim))
         if classifier is None:
             if not loaded.has_text_tower:
                 raise RuntimeError("the text tower was not loaded, but prompt embeddings are missing from the cache")

@@ -1,5 +1,6 @@
 """Building the open_clip backbone: built-in architectures, custom JSON configs,
-pretrained tags (downloaded and cached by open_clip) and local weight files.
+pretrained tags (their weights fetched into the cache by :mod:`fade_cli.model_cache`,
+then loaded from that file) and local weight files.
 
 Nothing here ever falls back to random weights: a model that cannot be loaded
 raises :class:`ModelError` with a message that says how to fix it.
@@ -9,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from fade_cli.config import EngineConfig
+from fade_cli.engine.model_files import check_checkpoint_file, read_model_config
 from fade_cli.errors import InputError, ModelError
-from fade_cli.model_cache import CACHE_ENV, check_architecture, check_pretrained_tag, default_cache_dir
-from fade_cli.model_cache import describe_cache_dir
+from fade_cli.model_cache import check_architecture, check_pretrained_tag, default_cache_dir, fetch_weights
 
 
 
@@ -41,7 +41,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"--device {name} was asked for, but torch sees no CUDA device on this machine.")
+        raise InputError(f"--device {name} was asked for, but torch sees no CUDA device on this machine.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise InputError("--device mps was asked for, but torch sees no Apple GPU (MPS) on this machine.")
     try:
         return torch.device(name)
     except RuntimeError as exc:
@@ -73,30 +75,9 @@ def register_model_config(path: str) -> str:
     import open_clip
 
     config_path = Path(path)
-    if not config_path.is_file():
-        raise InputError(f"model config not found: {path}")
-    try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"model config {path} is not valid JSON: {exc}") from exc
-    missing = [key for key in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(data, dict) or key not in data]
-    if missing:
-        raise InputError(f"model config {path} lacks {', '.join(missing)} (open_clip's model config format)")
-    if not isinstance(data["vision_cfg"], dict) or "patch_size" not in data["vision_cfg"]:
-        raise InputError(f"model config {path}: vision_cfg must describe a ViT (with patch_size)")
+    read_model_config(config_path)
     open_clip.add_model_config(config_path)
     return config_path.stem
-
-
-def _offline_message(config: EngineConfig, cache_dir: Optional[str], reason: Exception) -> str:
-    reason_text = str(reason).split(". ")[0].removeprefix(f"Failed to download weights for tag '{config.pretrained}': ")
-    return (
-        f"Cannot load the weights of {config.model} (pretrained '{config.pretrained}'): they are not in "
-        f"the cache at {describe_cache_dir(cache_dir)} and could not be downloaded ({reason_text}). "
-        f"Either run once on a machine with internet access (`fade models download {config.model} "
-        f"--pretrained {config.pretrained}`) and copy that cache folder here (or point {CACHE_ENV} at it), "
-        f"or pass a local checkpoint with --weights FILE."
-    )
 
 
 @dataclass(frozen=True)
@@ -118,6 +99,7 @@ def resolve_model_source(config: EngineConfig) -> ModelSource:
     # open_clip's `pretrained` may itself be a file path; --weights wins over it.
     checkpoint = config.weights or (config.pretrained if config.pretrained and os.path.isfile(config.pretrained) else None)
     if checkpoint:
+        check_checkpoint_file(checkpoint)
         return ModelSource(name, checkpoint, True, {"model": name, "weights_sha256": file_sha256(checkpoint)})
     if not config.pretrained:
         raise InputError(f"{name}: give --pretrained TAG or --weights FILE (fade never runs random weights)")
@@ -136,12 +118,14 @@ def load_model(config: EngineConfig, source: Optional[ModelSource] = None, text_
 
     source = source or resolve_model_source(config)
     device = resolve_device(config.device)
-    cache_dir = config.cache_dir or default_cache_dir()
+    checkpoint = source.pretrained if source.is_file else fetch_weights(
+        source.name, source.pretrained, config.cache_dir or default_cache_dir())
+    quick_gelu = _tag_uses_quick_gelu(source)
     model = None
     if not text_tower:
-        model = _vision_tower_only(source, cache_dir, device)
+        model = _vision_tower_only(source.name, checkpoint, quick_gelu, device)
     if model is None:
-        model = _full_model(config, source, cache_dir, device)
+        model = _full_model(source.name, checkpoint, quick_gelu, device)
         text_tower = True
     model.eval()
     return LoadedModel(
@@ -153,33 +137,35 @@ def load_model(config: EngineConfig, source: Optional[ModelSource] = None, text_
     )
 
 
-def _full_model(config: EngineConfig, source: ModelSource, cache_dir: Optional[str], device: torch.device):
+def _tag_uses_quick_gelu(source: ModelSource) -> bool:
+    """Weights published with QuickGELU (the openai tags) need it in the model, whichever path loads them."""
+    from open_clip import get_pretrained_cfg
+
+    if source.is_file:
+        return False
+    return bool(get_pretrained_cfg(source.name, source.pretrained).get("quick_gelu", False))
+
+
+def _full_model(name: str, checkpoint: str, quick_gelu: bool, device: torch.device):
     import open_clip
 
     try:
         return open_clip.create_model(
-            source.name, pretrained=source.pretrained, device=device, cache_dir=cache_dir, require_pretrained=True
+            name, pretrained=checkpoint, device=device, force_quick_gelu=quick_gelu, require_pretrained=True
         )
     except RuntimeError as exc:
-        if source.is_file:
-            raise ModelError(f"cannot load weights {source.pretrained} into {source.name}: {exc}") from exc
-        raise ModelError(_offline_message(config, cache_dir, exc)) from exc
+        raise ModelError(f"cannot load weights {checkpoint} into {name}: {exc}") from exc
 
 
-def _vision_tower_only(source: ModelSource, cache_dir: Optional[str], device: torch.device):
+def _vision_tower_only(name: str, checkpoint: str, quick_gelu: bool, device: torch.device):
     """The CLIP model with only its vision weights loaded, or None where the checkpoint is in
     a form this fast path does not know (the caller then loads the full model)."""
     import open_clip
-    from open_clip.pretrained import download_pretrained, get_pretrained_cfg
 
-    tag_cfg = {} if source.is_file else get_pretrained_cfg(source.name, source.pretrained)
     try:
-        checkpoint = source.pretrained if source.is_file else download_pretrained(tag_cfg, cache_dir=cache_dir)
-        visual_state = _visual_state_dict(str(checkpoint))
+        visual_state = _visual_state_dict(checkpoint)
         with torch.device("meta"), _no_warnings():  # open_clip warns "no pretrained weights": they follow here
-            model = open_clip.create_model(
-                source.name, pretrained=None, device="meta", force_quick_gelu=bool(tag_cfg.get("quick_gelu", False))
-            )
+            model = open_clip.create_model(name, pretrained=None, device="meta", force_quick_gelu=quick_gelu)
         model.visual.load_state_dict(visual_state, strict=True, assign=True)
     except (RuntimeError, OSError, KeyError, ValueError):
         return None

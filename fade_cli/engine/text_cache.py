@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
 
+from fade_cli import strict_json
 from fade_cli import __version__
+from fade_cli.errors import FadeWarning
 from fade_cli.io.atomic import OutputError, atomic_write
 from fade_cli.model_cache import default_cache_dir
 
@@ -41,18 +43,40 @@ def classifier_key(identity: dict[str, Any], template: str, normal: tuple[str, .
         "fade": __version__,
         "open_clip": open_clip.__version__,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()
+    return hashlib.sha256(strict_json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def load_cached(directory: Path, key: str) -> Optional[torch.Tensor]:
+def load_cached(directory: Path, key: str, dim: Optional[int] = None) -> Optional[torch.Tensor]:
+    """The cached (2, D) classifier, or None when there is none.
+
+    The cache is untrusted input like any file: an entry that is not a finite float
+    (2, ``dim``) array (damaged, truncated, written by something else) is discarded with
+    a warning naming it, and the caller encodes the prompts again.
+    """
     path = directory / f"{key}.npy"
+    if not path.exists():
+        return None
     try:
         array = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
+        problem = _entry_problem(array, dim)
+    except (OSError, ValueError, EOFError) as exc:
+        problem = f"not a readable .npy array ({exc})"
+    if problem is not None:
+        warnings.warn(f"discarded the damaged text-embedding cache entry {path}: {problem}; the prompts are "
+                      "encoded again", FadeWarning, stacklevel=2)
+        with contextlib.suppress(OSError):
+            path.unlink()
         return None
-    if array.ndim != 2 or array.shape[0] != 2:
-        return None
-    return torch.from_numpy(array)
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+
+
+def _entry_problem(array: np.ndarray, dim: Optional[int]) -> Optional[str]:
+    expected = f"(2, {dim})" if dim else "(2, D)"
+    if array.dtype.kind != "f" or array.ndim != 2 or array.shape[0] != 2 or (dim and array.shape[1] != dim):
+        return f"a {array.dtype} array of shape {tuple(array.shape)}, not float {expected}"
+    if not np.isfinite(array).all():
+        return "it holds NaN or infinite values"
+    return None
 
 
 def store(directory: Path, key: str, classifier_2d: torch.Tensor) -> None:

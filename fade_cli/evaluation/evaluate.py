@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from fade_cli.config import EngineConfig
-from fade_cli.engine.detector import FadeEngine, validate_config
+from fade_cli.engine.detector import FadeEngine, checked_model_source, validate_config
 from fade_cli.engine.model import LoadedModel, load_model
 from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
@@ -96,7 +96,7 @@ class Evaluator:
         validate_config(config)
         self.config = config
         self.settings = settings
-        self.loaded = loaded or load_model(config)
+        self.loaded = loaded or load_model(config, checked_model_source(config))
         self.prompts = ClassPrompts(prompts or fixed_prompts(), self.loaded)
 
     def describe(self) -> dict:

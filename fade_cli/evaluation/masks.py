@@ -21,7 +21,8 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fade_cli.errors import InputError
+from fade_cli.errors import ImageError, InputError
+from fade_cli.io.images import check_pixel_count
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
@@ -92,8 +93,11 @@ def _varying_alpha(image: Image.Image):
 def _open(path: Path) -> Image.Image:
     try:
         with Image.open(path) as opened:
+            check_pixel_count(opened, path)
             opened.load()
             return opened.copy()
+    except ImageError as exc:
+        raise InputError(f"cannot read mask {exc}") from exc
     except FileNotFoundError as exc:
         raise InputError(f"mask not found: {path}") from exc
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:

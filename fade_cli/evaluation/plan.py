@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 from fade_cli.evaluation.samples import ClassSplit
 from fade_cli.evaluation.shots import choose_references
 from fade_cli.io.images import ImageFile
+from fade_cli.memory import check_map_size
 
 DEFAULT_EVAL_SIZE = 448
 
@@ -24,6 +25,9 @@ class EvalSettings:
     eval_size: int = DEFAULT_EVAL_SIZE
     quantize_8bit: bool = False
     prompt_class: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check_map_size(self.eval_size, 1, "--eval-size")  # each image's map and mask at eval size
 
     def run_seeds(self) -> tuple[Optional[int], ...]:
         """Zero-shot is deterministic: one run without a seed."""

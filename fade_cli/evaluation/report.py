@@ -7,7 +7,6 @@ written, so the same arguments give byte-identical files.
 from __future__ import annotations
 
 import io
-import json
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -18,6 +17,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from fade_cli import strict_json
 from fade_cli import __version__
 from fade_cli.evaluation.summary import METRICS, Aggregate, Metrics, Summary
 from fade_cli.io.atomic import atomic_write
@@ -195,7 +195,7 @@ def write_report(
 ) -> None:
     """Write every report file into ``out_dir`` (each atomically)."""
     document = report_json(runs, summary, context, worst)
-    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    text = strict_json.dumps(document, indent=2) + "\n"
     atomic_write(out_dir / "metrics.json", lambda h: h.write(text.encode("utf-8")))
     atomic_write(out_dir / "metrics.csv", lambda h: h.write(csv_bytes(CSV_FIELDS, metrics_csv_rows(runs, summary))))
     atomic_write(out_dir / "scores.csv", lambda h: h.write(csv_bytes(SCORE_FIELDS, score_rows(runs))))

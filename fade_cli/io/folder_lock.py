@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from fade_cli import strict_json
 from fade_cli.errors import InputError
 
 MARKER = ".fade-output"
@@ -143,7 +144,7 @@ def _describe_self(handle, command: Optional[str]) -> None:
     if command is None:
         command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]) if sys.argv else "?"
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    text = json.dumps({"pid": os.getpid(), "command": command, "started": started}, ensure_ascii=True)
+    text = strict_json.dumps({"pid": os.getpid(), "command": command, "started": started}, ensure_ascii=True)
     with contextlib.suppress(OSError):  # the lock holds without it; only a refused run's message is poorer
         handle.seek(0)
         handle.truncate()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,16 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fade_cli.errors import ImageError, InputError
+from fade_cli.io.files import special_file_kind
 from fade_cli.io.folder_lock import is_fade_output
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
 # Large inspection photos are legitimate; only refuse sizes that look like decompression bombs.
-Image.MAX_IMAGE_PIXELS = 400_000_000
+MAX_PIXELS = 400_000_000
+# fade checks the pixel count itself (check_pixel_count), from the header, before decoding. PIL's own check
+# only warns between its limit and twice it, and catching that warning needs warnings.catch_warnings(),
+# which is process-wide state and not safe in the decoding threads.
+Image.MAX_IMAGE_PIXELS = None
 
 # Called with a one-line message when discovery has to skip something (an unreadable sub-folder).
 SkipHandler = Callable[[str], None]
@@ -149,8 +155,7 @@ def _no_images_message(root: Path, exclude: Excluded) -> str:
 def load_image(path: Path) -> Image.Image:
     """Decode one image to 8-bit RGB as displayed (EXIF orientation applied)."""
     try:
-        if os.stat(path).st_size == 0:
-            raise ImageError(f"{path}: empty file (0 bytes)")
+        _check_plain_file(path)
     except OSError as exc:
         raise ImageError(f"{path}: {_reason(exc)}") from exc
     return _decode(path, str(path))
@@ -168,25 +173,39 @@ def decode_image_bytes(data: bytes, label: str, max_pixels: Optional[int] = None
 
 def _decode(source: Union[Path, io.BytesIO], label: str, max_pixels: Optional[int] = None) -> Image.Image:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as opened:
-                if max_pixels is not None and opened.width * opened.height > max_pixels:
-                    raise ImageError(f"{label}: {opened.width}x{opened.height} is over the limit of "
-                                     f"{max_pixels} pixels")
-                opened.load()
-                ImageOps.exif_transpose(opened, in_place=True)
-                image = to_rgb8(opened)
+        with Image.open(source) as opened:
+            check_pixel_count(opened, label)
+            if max_pixels is not None and opened.width * opened.height > max_pixels:
+                raise ImageError(f"{label}: {opened.width}x{opened.height} is over the limit of {max_pixels} pixels")
+            opened.load()
+            ImageOps.exif_transpose(opened, in_place=True)
+            image = to_rgb8(opened, label)
     except UnidentifiedImageError as exc:
         raise ImageError(f"{label}: not a readable image (unknown format or not an image)") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{label}: image too large ({exc})") from exc
     except OSError as exc:
         raise ImageError(f"{label}: {_reason(exc)}") from exc
     except (SyntaxError, ValueError) as exc:
         raise ImageError(f"{label}: cannot decode image ({exc})") from exc
     # A memory-mapped image would break if the file changed under it: keep a private copy.
     return image.copy() if image.readonly else image
+
+
+def _check_plain_file(path: Path) -> None:
+    """Refuse, without opening them, files that are not regular files: a FIFO would block the run."""
+    status = os.stat(path)
+    kind = special_file_kind(status.st_mode)
+    if kind is not None:
+        raise ImageError(f"{path}: {kind}, not an image file")
+    if status.st_size == 0 and stat.S_ISREG(status.st_mode):
+        raise ImageError(f"{path}: empty file (0 bytes)")
+
+
+def check_pixel_count(image: Image.Image, path: Path) -> None:
+    """Refuse a decompression bomb from its header (PIL reads the size when it opens a file, not the pixels)."""
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise ImageError(f"{path}: image too large ({width} x {height} = {width * height} pixels, more than "
+                         f"{MAX_PIXELS}; a decompression bomb guard)")
 
 
 _OS_REASONS = {
@@ -213,15 +232,19 @@ def _reason(exc: OSError) -> str:
     return f"cannot decode image ({exc.strerror or exc})"
 
 
-def to_rgb8(image: Image.Image) -> Image.Image:
+def to_rgb8(image: Image.Image, path: Optional[Path] = None) -> Image.Image:
     """Convert any PIL mode to 8-bit RGB, scaling 16- and 32-bit data instead of clipping it.
 
-    An image that is already RGB is returned as it is (no copy).
+    An image that is already RGB is returned as it is (no copy). In a float image,
+    NaN pixels become black and infinities the extremes of the finite values; an
+    image without a single finite pixel is an :class:`ImageError`.
     """
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            array = _finite_pixels(array, path)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         if image.mode == "F":
             peak = max(float(array.max()), 1e-12) if array.max() > 1.0 else 1.0
@@ -230,3 +253,13 @@ def to_rgb8(image: Image.Image) -> Image.Image:
     # Alpha is dropped, keeping the colour under it: what PIL's RGB conversion, and so the
     # published pipeline, does (FADE_SPEC section 1: "decode to RGB").
     return image.convert("RGB")
+
+
+def _finite_pixels(array: np.ndarray, path: Optional[Path]) -> np.ndarray:
+    finite = np.isfinite(array)
+    if finite.all():
+        return array
+    if not finite.any():
+        raise ImageError(f"{path or 'image'}: a float image without a single finite pixel value (all NaN or infinite)")
+    values = array[finite]
+    return np.nan_to_num(array, nan=0.0, posinf=float(values.max()), neginf=min(0.0, float(values.min())))

@@ -37,11 +37,13 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from fade_cli import strict_json
 from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
 from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import escape_undecodable
+from fade_cli.memory import check_map_size
 
 RESULT_FILES = ("results.csv", "results.jsonl")
 PARTIAL_FILE = "results.partial.jsonl"
@@ -85,7 +87,7 @@ def json_text(value: Any) -> str:
     characters that are line breaks to some readers (U+0085, U+2028, U+2029), so that
     a line is a line to every reader of a JSON-lines file.
     """
-    return escape_undecodable(json.dumps(value, ensure_ascii=False)).translate(_ESCAPE_LINE_BREAKS)
+    return escape_undecodable(strict_json.dumps(value)).translate(_ESCAPE_LINE_BREAKS)
 
 
 def json_line(row: ResultRow) -> str:
@@ -105,7 +107,7 @@ def csv_cells(row: ResultRow) -> dict:
         if value is None:
             return ""
         if isinstance(value, (list, dict)):
-            return json.dumps(value, separators=(",", ":"))
+            return strict_json.dumps(value, separators=(",", ":"), ensure_ascii=True)
         return escape_undecodable(value) if isinstance(value, str) else value
     return {key: cell(value) for key, value in row.to_dict().items()}
 
@@ -183,6 +185,7 @@ class ImageWriter:
         save_maps: bool = True,
         save_heatmaps: bool = True,
     ):
+        check_map_size(map_size if save_maps else None, self.writer_threads)
         self.out_dir = out_dir
         self.map_size = map_size
         self.save_maps = save_maps

@@ -6,10 +6,12 @@ or third-party, gets the same checks and the same ``meta`` block.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
+from fade_cli import strict_json
+from fade_cli.io.files import require_regular_file
+from fade_cli.validation import check_finite
 from fade_cli import __version__
 from fade_cli.errors import FadeError, InputError
 from fade_cli.prompt_set import PromptSet
@@ -89,8 +91,10 @@ def _converted_one(option: GeneratorOption, value: Any) -> Any:
         converted = option.type(value)
     except (TypeError, ValueError) as exc:
         raise InputError(f"{option.flag}: {value!r} is not a valid {option.type.__name__}") from exc
-    if option.type is Path and not converted.is_file():
-        raise InputError(f"{option.flag}: file not found: {converted}")
+    if option.type is Path:
+        require_regular_file(converted, f"{option.flag}: file")
+    if option.type is float:
+        check_finite(converted, option.flag)
     if option.choices is not None and converted not in option.choices:
         raise InputError(f"{option.flag}: {converted!r} is not one of {', '.join(option.choices)}")
     return converted
@@ -110,7 +114,7 @@ def generation_meta(
     for key, value in extra.items():
         meta.setdefault(key, jsonable(value))
     try:
-        json.dumps(meta)
+        strict_json.dumps(meta)
     except (TypeError, ValueError) as exc:
         raise FadeError(f"prompt generator '{generator.name}' returned meta that is not JSON: {exc}") from exc
     return meta
