@@ -251,7 +251,8 @@ def run_detection(
                     if item.detection is None:
                         rows.put(_done(ResultRow(path=item.file.relative, error=item.error)), pixels=0)
                         continue
-                    finish = functools.partial(_finish_row, item, output, threshold, pixel_threshold)
+                    finish = functools.partial(finish_row, item.file, item.image, item.detection, output, threshold,
+                                               pixel_threshold)
                     rows.make_room(item.pixels)
                     rows.put(writers.submit(finish), item.pixels)
                 rows.hand_over()
@@ -324,19 +325,21 @@ def _done(row: ResultRow) -> Future:
     return future
 
 
-def _finish_row(
-    item: _Scored,
+def finish_row(
+    file: ImageFile,
+    image: Optional[Image.Image],
+    detection: Detection,
     output: Optional[ResultSink],
     threshold: Optional[float],
     pixel_threshold: Optional[float],
 ) -> ResultRow:
-    """One scored image's row, its files written first (runs in a writer thread)."""
-    file, detection = item.file, item.detection
+    """One scored image's row, its files written first (runs in a writer thread; `fade serve` builds its rows here
+    too). Without ``image`` (mutual scoring keeps no decoded images) the file is decoded again."""
     problem = non_finite_result(detection)
     if problem is not None:
         return ResultRow(path=file.relative, error=f"{file.path}: not inspected: {problem}")
     try:
-        image = item.image if item.image is not None else load_image(file.path)
+        image = image if image is not None else load_image(file.path)
     except ImageError as exc:  # changed on disk since it was scored
         return ResultRow(path=file.relative, error=str(exc))
     row = ResultRow(

@@ -28,6 +28,7 @@ COMMANDS = {
     "models": ("fade_cli.cli.models_cmd", "models", "List, download and locate model weights."),
     "watch": ("fade_cli.cli.watch_cmd", "watch", "Process images as they arrive in a folder."),
     "report": ("fade_cli.cli.report_cmd", "report", "Write the offline HTML report of a run (gallery, threshold, curves)."),
+    "serve": ("fade_cli.cli.serve_cmd", "serve", "Serve detection over HTTP, the model kept warm (needs the serve extra)."),
 }
 
 

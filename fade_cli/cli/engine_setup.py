@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -116,11 +117,23 @@ def _flag(ctx: click.Context, name: str, value: Any) -> str:
 
 def engine_for_bank(bank: ReferenceBank, config: EngineConfig, source: str, console: Console, quiet: bool):
     """Load the bank's model and rebuild the engine from the bank (no text or reference encoding)."""
+    return engines_for_banks([(bank, config, source)], console, quiet)[0]
+
+
+def engines_for_banks(banks: list[tuple[ReferenceBank, EngineConfig, str]], console: Console, quiet: bool) -> list:
+    """One engine per (bank, config, source); banks of the same model on the same device share one loaded model."""
     from fade_cli.bank.engine_bridge import engine_from_bank
     from fade_cli.engine.model import load_model
 
-    with loading_model(config, console, quiet, "Loading model...") as model_source:
-        return engine_from_bank(bank, load_model(config, model_source), config, source)
+    loaded: dict[str, Any] = {}
+    engines = []
+    for bank, config, source in banks:
+        key = json.dumps([config.model, config.pretrained, config.weights, config.model_config, config.device])
+        if key not in loaded:
+            with loading_model(config, console, quiet, "Loading model...") as model_source:
+                loaded[key] = load_model(config, model_source)
+        engines.append(engine_from_bank(bank, loaded[key], config, source))
+    return engines
 
 
 def calibrate_references(engine, ref_files: list, margin: float, console: Console, quiet: bool) -> Calibration:

@@ -74,6 +74,16 @@ def text_classifier(
 
 
 def abnormal_probability(embeddings: torch.Tensor, classifier_2d: torch.Tensor) -> torch.Tensor:
-    """p(abnormal) = softmax(100 * [e.m_normal, e.m_abnormal])[1] for (..., D) embeddings."""
-    logits = LOGIT_SCALE * embeddings.float() @ classifier_2d.T.to(embeddings.device, torch.float32)
+    """p(abnormal) = softmax(100 * [e.m_normal, e.m_abnormal])[1] for (..., D) embeddings.
+
+    One image's (B, D) embeddings are multiplied one row at a time: a (B, D) product takes
+    another BLAS path than a (1, D) one and differs in the last bit, and an image's score
+    must not depend on the images it shared a batch with (`fade serve` batches requests).
+    """
+    classifier_d2 = classifier_2d.T.to(embeddings.device, torch.float32)
+    embeddings = embeddings.float()
+    if embeddings.dim() == 2:
+        logits = torch.cat([LOGIT_SCALE * embeddings[i : i + 1] @ classifier_d2 for i in range(len(embeddings))])
+    else:
+        logits = LOGIT_SCALE * embeddings @ classifier_d2
     return logits.softmax(dim=-1)[..., 1]

@@ -12,6 +12,7 @@ resized copies it asks for (``fade_cli.engine.preprocess``).
 from __future__ import annotations
 
 import errno
+import io
 import os
 import stat
 import warnings
@@ -155,17 +156,36 @@ def load_image(path: Path) -> Image.Image:
     """Decode one image to 8-bit RGB as displayed (EXIF orientation applied)."""
     try:
         _check_plain_file(path)
-        with Image.open(path) as opened:
-            check_pixel_count(opened, path)
-            opened.load()
-            ImageOps.exif_transpose(opened, in_place=True)
-            image = to_rgb8(opened, path)
-    except UnidentifiedImageError as exc:
-        raise ImageError(f"{path}: not a readable image (unknown format or not an image)") from exc
     except OSError as exc:
         raise ImageError(f"{path}: {_reason(exc)}") from exc
+    return _decode(path, str(path))
+
+
+def decode_image_bytes(data: bytes, label: str, max_pixels: Optional[int] = None) -> Image.Image:
+    """:func:`load_image` for an image held in memory (an upload); ``label`` names it in errors.
+
+    ``max_pixels`` refuses larger images from their header, before any pixel is decoded.
+    """
+    if not data:
+        raise ImageError(f"{label}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), label, max_pixels)
+
+
+def _decode(source: Union[Path, io.BytesIO], label: str, max_pixels: Optional[int] = None) -> Image.Image:
+    try:
+        with Image.open(source) as opened:
+            check_pixel_count(opened, label)
+            if max_pixels is not None and opened.width * opened.height > max_pixels:
+                raise ImageError(f"{label}: {opened.width}x{opened.height} is over the limit of {max_pixels} pixels")
+            opened.load()
+            ImageOps.exif_transpose(opened, in_place=True)
+            image = to_rgb8(opened, label)
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{label}: not a readable image (unknown format or not an image)") from exc
+    except OSError as exc:
+        raise ImageError(f"{label}: {_reason(exc)}") from exc
     except (SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot decode image ({exc})") from exc
+        raise ImageError(f"{label}: cannot decode image ({exc})") from exc
     # A memory-mapped image would break if the file changed under it: keep a private copy.
     return image.copy() if image.readonly else image
 

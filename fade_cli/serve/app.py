@@ -1,0 +1,257 @@
+"""The HTTP API of `fade serve` (FastAPI): routes, limits, errors and the optional bearer token.
+
+Every failure is an HTTP status and a JSON ``{"detail": "..."}`` that says why: 400 a
+malformed request, 401 a missing or wrong token, 404 an unknown bank, 413 a body over
+``max_bytes`` (or more images than the queue holds), 422 an image that cannot be
+decoded, 503 (with Retry-After) while starting, draining or when the queue is full,
+504 when the model did not answer within the timeout. Never a traceback.
+"""
+from __future__ import annotations
+
+import contextlib
+import hmac
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Literal, Optional
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from fade_cli import __version__
+from fade_cli.errors import ImageError
+from fade_cli.io.atomic import OutputError
+from fade_cli.serve.batcher import NotRunning, QueueFull
+from fade_cli.serve.service import READY, BankNotNamed, ClientGone, Extras, InspectionService, TimedOut
+from fade_cli.serve.service import UnknownBank, Upload
+
+DEFAULT_MAX_BYTES = 32 * 1024 * 1024
+RETRY_AFTER_S = "1"
+CLIENT_CLOSED = 499  # nginx's code for a client that went away; only ever seen in the metrics
+DETECT_BODY = {
+    "required": True,
+    "description": "One image as the body (any format fade reads), or multipart/form-data with one file part "
+                   "per image (several images: one answer each, in order).",
+    "content": {
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {"schema": {"type": "object", "additionalProperties": {
+            "type": "string", "format": "binary"}}},
+    },
+}
+
+
+@dataclass
+class ApiSettings:
+    max_bytes: int = DEFAULT_MAX_BYTES
+    token: Optional[str] = None
+
+
+class Timings(BaseModel):
+    decode_ms: float
+    queue_ms: float
+    model_ms: float
+    total_ms: float
+    batch_size: int
+
+
+class Detection(BaseModel):
+    """A results.jsonl row of `fade detect` (file paths null: nothing is written), its bank and timings."""
+
+    path: str
+    score: Optional[float] = None
+    language_score: Optional[float] = None
+    vision_score: Optional[float] = None
+    verdict: Optional[Literal["OK", "NG"]] = None
+    map_path: Optional[str] = None
+    heatmap_path: Optional[str] = None
+    mask_path: Optional[str] = None
+    regions: Optional[list[dict[str, Any]]] = None
+    error: Optional[str] = None
+    bank: str
+    timings: Timings
+    heatmap_png: Optional[str] = None
+    map_npy: Optional[str] = None
+
+
+class Detections(BaseModel):
+    results: list[Detection]
+
+
+def create_app(service: InspectionService, settings: ApiSettings = ApiSettings()) -> FastAPI:
+    """The ASGI app; its lifespan starts the service (loading runs in the background) and stops it."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            service.stop()
+
+    app = FastAPI(title="fade serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Visual anomaly detection (FADE) as a service: POST an image, get its score and verdict.")
+    app.add_middleware(CountRequests, service=service)
+    protected = [Depends(_token_check(settings.token))]
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": f"internal error ({type(exc).__name__}); see the server's log"}, status_code=500)
+
+    @app.get("/healthz", summary="The process is alive.")
+    async def healthz() -> dict[str, str]:
+        return {"status": service.state}
+
+    @app.get("/readyz", summary="200 once the model and banks are loaded and warmed up; 503 while starting or draining.",
+             responses={503: {"description": "starting, draining or failed"}})
+    async def readyz() -> JSONResponse:
+        ready = service.state == READY
+        return JSONResponse({"status": service.state}, status_code=200 if ready else 503,
+                            headers=None if ready else {"Retry-After": RETRY_AFTER_S})
+
+    @app.get("/metrics", summary="Prometheus metrics (text format).", dependencies=protected,
+             response_class=Response)
+    async def metrics() -> Response:
+        return Response(service.metrics.exposition(), media_type=service.metrics.content_type)
+
+    @app.get("/v1/banks", summary="The banks served: name, class, model, thresholds.", dependencies=protected)
+    async def banks() -> dict[str, list[dict[str, Any]]]:
+        _require_ready(service)
+        return {"banks": [served.describe() for served in service.banks.values()]}
+
+    @app.post("/v1/detect", summary="Score one image (the body) or several (multipart).", dependencies=protected,
+              response_model=None, openapi_extra={"requestBody": DETECT_BODY},
+              responses={200: {"model": Detection, "description": "one image: its row; multipart: "
+                                                                  "``{\"results\": [row, ...]}``"},
+                         400: {}, 401: {}, 404: {}, 413: {}, 422: {}, 503: {}, 504: {}})
+    async def detect(
+        request: Request,
+        bank: Optional[str] = Query(None, description="Bank name (see /v1/banks); optional when one is served."),
+        name: str = Query("image", max_length=255, description="Label put in the row's path (raw body only)."),
+        heatmap: Optional[Literal["png"]] = Query(None, description="png: add the heatmap, base64 PNG."),
+        map: Optional[Literal["npy"]] = Query(None, description="npy: add the anomaly map at image size, "
+                                                                "base64 .npy float32."),
+    ) -> Any:
+        started = time.monotonic()
+        try:
+            return await _detect(service, settings, request, bank, name, Extras(heatmap == "png", map == "npy"))
+        finally:
+            service.metrics.latency.observe(time.monotonic() - started)
+
+    return app
+
+
+async def _detect(service: InspectionService, settings: ApiSettings, request: Request, bank: Optional[str],
+                  name: str, extras: Extras) -> Any:
+    _require_ready(service)
+    try:
+        served = service.bank(bank)
+    except UnknownBank as exc:
+        raise HTTPException(404, str(exc)) from None
+    except BankNotNamed as exc:
+        raise HTTPException(400, str(exc)) from None
+    body = await _read_body(request, settings.max_bytes)
+    multipart = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+    uploads = await _multipart_uploads(request, body, service.settings.max_queue) if multipart else [Upload(name, body)]
+    if len(uploads) > service.settings.max_queue:
+        raise HTTPException(413, f"{len(uploads)} images in one request; the queue holds {service.settings.max_queue}")
+    try:
+        answers = await service.detect(served, uploads, extras, client_gone=lambda: _disconnected(request))
+    except ImageError as exc:
+        raise HTTPException(422, str(exc)) from None
+    except (QueueFull, NotRunning) as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
+    except TimedOut as exc:
+        raise HTTPException(504, str(exc)) from None
+    except ClientGone:
+        return Response(status_code=CLIENT_CLOSED)
+    except (OutputError, OSError) as exc:  # --archive: no answer goes out that the audit trail lacks
+        raise HTTPException(500, f"the answer could not be archived: {exc}") from None
+    except Exception as exc:  # the engine failed (out of memory...): this request fails, the server goes on
+        raise HTTPException(500, f"the engine failed: {exc}") from None
+    return {"results": answers} if multipart else answers[0]
+
+
+def _require_ready(service: InspectionService) -> None:
+    if service.state != READY:
+        raise HTTPException(503, f"the service is {service.state}", headers={"Retry-After": RETRY_AFTER_S})
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The body, refused with 413 as soon as it is known to pass ``max_bytes`` (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise HTTPException(413, f"the body ({declared} bytes) is over the limit of {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPException(413, f"the body is over the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _multipart_uploads(request: Request, body: bytes, max_files: int) -> list[Upload]:
+    """One upload per file part, in order; a part that is not a file is refused."""
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    parser = MultiPartParser(request.headers, stream(), max_files=max_files, max_fields=0)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise HTTPException(400, f"malformed multipart body: {exc.message}") from None
+    try:
+        uploads = [Upload(part.filename or field, await part.read()) for field, part in form.multi_items()]
+    finally:
+        await form.close()
+    if not uploads:
+        raise HTTPException(400, "the multipart body holds no file part")
+    return uploads
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client goes away (the body has been read: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _token_check(token: Optional[str]):
+    bearer = HTTPBearer(auto_error=False, description="The token of --token-file.")
+
+    async def check(credentials: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
+        if token is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode("utf-8"), token.encode("utf-8")):
+            raise HTTPException(401, "a valid bearer token is needed (Authorization: Bearer TOKEN)",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+class CountRequests:
+    """ASGI middleware: counts answers by route (the route's template, never the raw path) and status."""
+
+    def __init__(self, app: Any, service: InspectionService):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = [500]
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "other")
+            self.service.metrics.requests.labels(route, str(status[0])).inc()

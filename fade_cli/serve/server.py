@@ -1,0 +1,96 @@
+"""Running the app under uvicorn on a socket fade binds itself, with a graceful drain on SIGTERM/SIGINT.
+
+Binding first means a port in use is a clear error (not a log line and exit 1), and
+``--port 0`` picks a free port whose number is printed. On a stop signal the service
+turns not-ready at once, uvicorn stops accepting connections and waits up to the
+drain timeout for the requests in flight (the queued ones are still scored), then the
+worker stops. uvicorn would re-raise the signal after its shutdown, killing the
+process by SIGTERM; a service that drained cleanly exits 0 instead.
+"""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import signal
+import socket
+import threading
+from typing import Any, Iterator
+
+import uvicorn
+
+from fade_cli.errors import FadeError, InputError
+from fade_cli.serve.service import InspectionService
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+BACKLOG = 2048  # uvicorn's default
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` names is a loopback address (127.0.0.0/8, ::1)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InputError(f"--host {host}: {exc.strerror}") from exc
+    return all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host``:``port`` (0: a free port)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except (socket.gaierror, OSError) as exc:
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)  # connections wait in the backlog until uvicorn's loop accepts them
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the service to drain on the first stop signal and not re-raising it."""
+
+    def __init__(self, config: uvicorn.Config, service: InspectionService):
+        super().__init__(config)
+        self.service = service
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.service.drain()
+        super().handle_exit(sig, frame)
+
+
+def run_server(app: Any, service: InspectionService, sock: socket.socket, drain_timeout_s: float) -> None:
+    """Serve until a stop signal (or a failed start); raises the loading error, if any."""
+    config = uvicorn.Config(app, lifespan="on", timeout_graceful_shutdown=drain_timeout_s, access_log=False,
+                            log_config=None, server_header=False)
+    server = DrainingServer(config, service)
+    service.on_failure = lambda exc: setattr(server, "should_exit", True)
+    with sock:
+        server.run(sockets=[sock])
+    failure = service.failure
+    if isinstance(failure, FadeError):
+        raise failure
+    if failure is not None:  # torch's and open_clip's own errors: still one message, never a traceback
+        raise FadeError(f"the model could not be loaded: {type(failure).__name__}: {failure}") from failure
