@@ -46,7 +46,9 @@ def tiny_config():
     return EngineConfig(model_config=str(MODEL_CONFIG), weights=str(WEIGHTS), device="cpu", class_name="widget")
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API keeps an event loop running in this thread while it is
+# open, and asyncio.run() in any later test (the serve tests) would refuse to start.
+@pytest.fixture(scope="module")
 def chromium():
     """Debian's Chromium driven by Playwright; missing, the tests fail (skip only with FADE_SKIP_BROWSER_TESTS=1)."""
     from report_support import SKIP_ENV, browser_unavailable, launch_chromium
