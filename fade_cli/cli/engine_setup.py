@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import click
 from click.core import ParameterSource
@@ -26,6 +26,9 @@ from fade_cli.config import EngineConfig
 from fade_cli.errors import FadeError, InputError
 from fade_cli.memory import MEMORY_HINT
 from fade_cli.prompt_set import PromptSet
+
+if TYPE_CHECKING:  # importing the model module pulls in torch
+    from fade_cli.engine.model import ModelSource
 
 # How torch's allocators word a failed allocation (CUDA, and CPU torch's DefaultCPUAllocator).
 OUT_OF_MEMORY_SIGNS = ("out of memory", "can't allocate memory", "enforce fail at alloc_cpu", "defaultcpuallocator")
@@ -234,8 +237,8 @@ def build_engine(config: EngineConfig, cls_prompts, seg_prompts, ref_files: list
     from fade_cli.engine import FadeEngine
     from fade_cli.runner import load_references
 
-    with loading_model(config, console, quiet, "Loading model and encoding prompts..."):
-        engine = guard_engine_failures(lambda: FadeEngine.from_config(config, cls_prompts, seg_prompts))
+    with loading_model(config, console, quiet, "Loading model and encoding prompts...") as source:
+        engine = guard_engine_failures(lambda: FadeEngine.from_config(config, cls_prompts, seg_prompts, source=source))
     if ref_files:
         with progress_bar(console, quiet, total=None, description=f"Encoding {len(ref_files)} reference(s)"):
             guard_engine_failures(lambda: load_references(engine, ref_files))
@@ -243,7 +246,7 @@ def build_engine(config: EngineConfig, cls_prompts, seg_prompts, ref_files: list
 
 
 @contextlib.contextmanager
-def loading_model(config: EngineConfig, console: Console, quiet: bool, text: str) -> Iterator["ModelSource"]:
+def loading_model(config: EngineConfig, console: Console, quiet: bool, text: str) -> Iterator[ModelSource]:
     """Fetch the weights of a pretrained tag first (one line, then a download bar), then a spinner with ``text``;
     yields the checked model source.
 

@@ -185,8 +185,8 @@ def _load_evaluator(config, prompt_source, settings, console, quiet):
     from fade_cli.cli.engine_setup import guard_engine_failures, loading_model
     from fade_cli.evaluation.evaluate import Evaluator
 
-    with loading_model(config, console, quiet, "Loading model..."):
-        return guard_engine_failures(lambda: Evaluator(config, prompt_source, settings))
+    with loading_model(config, console, quiet, "Loading model...") as source:
+        return guard_engine_failures(lambda: Evaluator(config, prompt_source, settings, source=source))
 
 
 def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet, thumbnails=False):

@@ -68,12 +68,16 @@ class FadeEngine:
         cls_prompts: Optional[PromptSet] = None,
         seg_prompts: Optional[PromptSet] = None,
         loaded: Optional[LoadedModel] = None,
+        source: Optional[ModelSource] = None,
     ) -> "FadeEngine":
-        """Load the model and encode the prompt sets (built-in defaults when not given)."""
+        """Load the model and encode the prompt sets (built-in defaults when not given).
+
+        ``source`` is what :func:`checked_model_source` returned for ``config``, when the caller has it.
+        """
         validate_config(config)
         cls_prompts, seg_prompts = with_default_prompts(cls_prompts, seg_prompts)
         if loaded is None:
-            source = checked_model_source(config)
+            source = source or checked_model_source(config)
             geometry = model_geometry(source.name)
             dim = geometry.embed_dim if geometry is not None else None
             cached = cached_prompt_classifiers(source.identity, config, cls_prompts, seg_prompts, dim)

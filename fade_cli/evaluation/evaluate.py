@@ -24,7 +24,7 @@ from PIL import Image
 from fade_cli.config import EngineConfig
 from fade_cli.engine.detector import FadeEngine, checked_model_source, validate_config
 from fade_cli.engine.precision import resolve_precision
-from fade_cli.engine.model import LoadedModel, load_model
+from fade_cli.engine.model import LoadedModel, ModelSource, load_model
 from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
 from fade_cli.evaluation.aupro import MAX_FPR
@@ -96,12 +96,14 @@ class Evaluator:
         prompts: Optional[PromptSource] = None,
         settings: EvalSettings = EvalSettings(),
         loaded: Optional[LoadedModel] = None,
+        source: Optional[ModelSource] = None,
     ):
-        """``prompts`` gives each class name its prompt sets (default: the built-in sets)."""
+        """``prompts`` gives each class name its prompt sets (default: the built-in sets); ``source`` is what
+        :func:`checked_model_source` returned for ``config``, when the caller has it."""
         validate_config(config)
         self.config = config
         self.settings = settings
-        self.loaded = loaded or load_model(config, checked_model_source(config))
+        self.loaded = loaded or load_model(config, source or checked_model_source(config))
         self.precision = resolve_precision(config.precision, self.loaded.device)
         self.prompts = ClassPrompts(prompts or fixed_prompts(), self.loaded)
 
