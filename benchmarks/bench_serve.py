@@ -70,7 +70,8 @@ class Server:
         started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fade_cli", "serve", "--bank", str(bank), "--port", "0", "--max-batch",
-             str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-queue", "1024", *engine_args],
+             str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-queue", "1024", "--timeout", "3600",
+             *engine_args],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self.url = re.search(r"http://127\.0\.0\.1:\d+", self.proc.stderr.readline()).group(0)
         while "Ready" not in self.proc.stderr.readline():

@@ -19,7 +19,8 @@ Printed per run, in seconds (the last three since the process was started, fork 
   build        building the model's modules (random initialisation included where it runs)
   weights      reading the weights into the model
   other        the rest before the first forward pass: interpreter, fade's imports, options, checks
-  forward@     when the first forward pass starts: the figure the start-up target is about
+  forward@     when the first forward pass starts
+  -weights     the same less the weights' read time: the figure the start-up target is about
   forward      the first forward pass itself (allocations and kernel choice included)
   ready        serve: when /readyz answered 200; detect: when the process exited
 The timeline of the last run follows (when each phase started and ended), and
@@ -209,7 +210,7 @@ def row(spans: dict, ready: float) -> dict[str, float]:
     values = {"torch": total("import torch"), "open_clip": total("import open_clip"), "bank": total("bank"),
               "hash": total("hash"), "build": total("build") - nested_weights, "weights": total("weights")}
     return {**values, "other": forward[0] - sum(values.values()), "forward@": forward[0],
-            "forward": forward[1] - forward[0], "ready": ready}
+            "-weights": forward[0] - values["weights"], "forward": forward[1] - forward[0], "ready": ready}
 
 
 def import_times(fade_args: list[str], env: dict, workdir: Path) -> dict[str, float]:

@@ -126,6 +126,45 @@ def test_weights_of_another_model_are_refused_with_the_model_error(tmp_path, tex
         load_model(tiny_config(tmp_path, path), text_tower=text_tower)
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_a_weights_file_rewritten_in_place_changes_nothing_in_a_loaded_model(tmp_path, suffix):
+    """`cp new.pt weights.pt` while a server runs truncates the file it loaded: memory-mapped weights
+    would crash the process (SIGBUS) or change under it; a subprocess, so that a crash fails the test."""
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".pt":
+        path.write_bytes(WEIGHTS.read_bytes())
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in golden_state().items()}, str(path))
+    code = (
+        "import torch\n"
+        "from fade_cli.config import EngineConfig\n"
+        "from fade_cli.engine.model import load_model\n"
+        f"config = EngineConfig(model_config={str(MODEL_CONFIG)!r}, weights={str(path)!r}, device='cpu',"
+        f" cache_dir={str(tmp_path / 'cache')!r})\n"
+        "for text_tower in (True, False):\n"
+        "    model = load_model(config, text_tower=text_tower).model\n"
+        "    before = {k: v.clone() for k, v in model.visual.state_dict().items()}\n"
+        f"    open({str(path)!r}, 'wb').close()\n"
+        "    assert all(torch.equal(before[k], v) for k, v in model.visual.state_dict().items())\n"
+        f"    open({str(path)!r}, 'wb').write(open({str(tmp_path / 'keep')!r}, 'rb').read())\n"
+    )
+    (tmp_path / "keep").write_bytes(path.read_bytes())
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("extra", [{"epoch": 3}, {"visual.proj": 5}])
+def test_a_checkpoint_with_values_that_are_not_weights_is_refused_with_the_model_error(tmp_path, extra):
+    from fade_cli.engine.model import load_model
+
+    path = tmp_path / "odd.pt"
+    torch.save({**golden_state(), **extra}, path)
+    with pytest.raises(ModelError, match="cannot load weights .*odd.pt into fade-golden: "):
+        load_model(tiny_config(tmp_path, path))
+
+
 def test_a_checkpoint_without_vision_weights_is_refused_with_the_model_error(tmp_path):
     from fade_cli.engine.model import load_model
 

@@ -147,8 +147,8 @@ def _model_from_checkpoint(name: str, checkpoint: str, quick_gelu: bool, device:
 
     The modules are built on the meta device (no memory, no random initialisation, which
     costs seconds for a ViT-B), then the tensors read from the file become the parameters
-    (``assign=True``: a memory-mapped checkpoint is not copied). Whatever is not loaded stays
-    on the meta device, where using it fails loudly.
+    (``assign=True``: not copied once more). Whatever is not loaded stays on the meta device,
+    where using it fails loudly.
     """
     open_clip = open_clip_module()
     enable_backends_for(open_clip.get_model_config(name) or {})
@@ -168,20 +168,23 @@ def _read_state_dict(checkpoint: str, prefix: str) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors whose names start with ``prefix`` (all with ""), under open_clip's names.
 
     Read with ``weights_only`` (a pickle is never executed) and memory-mapped where the
-    format allows, so tensors not asked for are never read.
+    format allows, so tensors not asked for are never read. Those asked for are copied out of
+    the mapping: a model must not change, or crash the process with SIGBUS, when its file is
+    rewritten in place (``cp new.pt weights.pt``) while a server runs.
     """
     if checkpoint.endswith(".safetensors"):
         from safetensors import safe_open
 
         with safe_open(checkpoint, framework="pt") as handle:
-            return {key: handle.get_tensor(key) for key in handle.keys() if key.startswith(prefix)}
+            return {key: handle.get_tensor(key).clone() for key in handle.keys() if key.startswith(prefix)}
     with open(checkpoint, "rb") as handle:
         zipped = handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC  # the legacy pickle format cannot be memory-mapped
     state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=zipped)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     state = {key.removeprefix("module."): value for key, value in state.items()}
-    chosen = {key: value for key, value in state.items() if key.startswith(prefix)}
+    chosen = {key: value.clone() if isinstance(value, torch.Tensor) else value
+              for key, value in state.items() if key.startswith(prefix)}
     if not chosen:
         raise KeyError(f"no {prefix}* weights in the checkpoint" if prefix else "no weights in the checkpoint")
     return chosen
@@ -215,13 +218,18 @@ def _assign_weights(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> 
     the only tensors left on the meta device: they are computed here.
     """
     expected = dict(module.state_dict(keep_vars=True))
-    state = {key: value.to(expected[key].dtype) if key in expected and value.dtype != expected[key].dtype
-             else value for key, value in state.items()}
+    state = {key: value.to(expected[key].dtype) if _needs_cast(value, expected.get(key)) else value
+             for key, value in state.items()}
     module.load_state_dict(state, strict=True, assign=True)
     for owner in module.modules():
         for buffer_name, buffer in list(owner.named_buffers(recurse=False)):
             if buffer.is_meta:
                 owner.register_buffer(buffer_name, _unloaded_buffer(owner, buffer_name, buffer), persistent=False)
+
+
+def _needs_cast(value: Any, own: Optional[torch.Tensor]) -> bool:
+    """fp16 weights (the openai tags) go into a float32 model as float32, as load_state_dict's copy would make them."""
+    return isinstance(value, torch.Tensor) and own is not None and value.dtype != own.dtype
 
 
 def _unloaded_buffer(owner: torch.nn.Module, name: str, buffer: torch.Tensor) -> torch.Tensor:
