@@ -220,6 +220,20 @@ def test_ray_options_that_cannot_work_are_refused(tmp_path, args, message):
     assert message in result.output
 
 
+def test_an_address_where_no_cluster_listens_fails_in_seconds(tmp_path):
+    import socket
+
+    (tmp_path / "img.png").write_bytes((QUERIES / "good_a.png").read_bytes())
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # nothing listens once closed
+    started = time.monotonic()
+    proc = fade("detect", str(tmp_path), *FAST_ARGS, "--ray", f"127.0.0.1:{port}", timeout=120)
+    assert proc.returncode == 3
+    assert f"cannot reach the Ray cluster at 127.0.0.1:{port}" in proc.stderr
+    assert time.monotonic() - started < 60
+
+
 def test_a_worker_node_without_the_weights_names_itself_and_the_fix(tiny_config, tmp_path):
     from fade_cli.distributed.cluster import WorkerNodeError
     from fade_cli.distributed.ray_detect import PreparedEngine

@@ -30,6 +30,8 @@ BLOCKS_PER_WORKER = 4
 # Times a batch is run again after its worker process died (killed, out of memory, a crash in a decoder): enough
 # for a lost node, and a batch that kills every worker it meets fails the job instead of retrying forever.
 BATCH_RETRIES = 3
+# Seconds to wait for a cluster's address to answer before saying it cannot be reached.
+CONNECT_TIMEOUT_S = 10
 
 
 class ClusterError(FadeError):
@@ -126,12 +128,24 @@ def _init(ray, address: str) -> None:
     if address == "local":
         ray.init(**options)
         return
+    if address != "auto":
+        check_reachable(address)
     try:
         ray.init(address=address, **options)
     except ConnectionError as exc:
         if address != "auto":
             raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc}") from exc
         ray.init(**options)  # no cluster running: a local one, for this run only
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail in seconds when nothing listens at HOST:PORT: Ray itself retries for minutes before it gives up."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} (is `ray start --head` "
+                           "running there, and the port open from this machine?)") from exc
 
 
 def quiet_ray_data() -> None:
