@@ -10,7 +10,7 @@ import functools
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Protocol
+from typing import Callable, Iterable, Iterator, Optional, Protocol
 
 import numpy as np
 import torch
@@ -93,17 +93,21 @@ def load_references(engine: FadeEngine, files: list[ImageFile]) -> None:
         engine.add_references(images)
 
 
-def _decode_one(engine: FadeEngine, file: ImageFile) -> tuple[Optional[Image.Image], Optional[dict], Optional[str]]:
-    """(image, its resized inputs, None), or (None, None, why) for a file that cannot be decoded."""
+def decode_one(
+    file: ImageFile, resize: Callable[[Image.Image], dict[int, np.ndarray]]
+) -> tuple[Optional[Image.Image], Optional[dict], Optional[str]]:
+    """(image, ``resize(image)``, None), or (None, None, why) for a file that cannot be decoded.
+
+    ``resize`` is ``engine.resize_for_input``, or ``resize_for_config`` where decoding runs apart from the model."""
     try:
         image = load_image(file.path)
     except ImageError as exc:
         return None, None, str(exc)
-    return image, engine.resize_for_input(image), None
+    return image, resize(image), None
 
 
 def _decode_batch(engine: FadeEngine, files: list[ImageFile], image_pool: ThreadPoolExecutor) -> DecodedBatch:
-    decoded = list(image_pool.map(lambda file: _decode_one(engine, file), files))
+    decoded = list(image_pool.map(lambda file: decode_one(file, engine.resize_for_input), files))
     resized = [inputs for _, inputs, _ in decoded if inputs is not None]
     return DecodedBatch(
         files,
@@ -238,12 +242,37 @@ def run_detection(
     KeyboardInterrupt the rows of every image already scored are still written and
     passed on (up to a failed one); the caller decides how to finish.
     """
-    threads = output.writer_threads if output is not None else 1
-    rows = _RowsInOrder(output, on_row, capacity=engine.batch_size + threads, pixel_budget=WRITE_PIXEL_BUDGET)
     if mutual is None:
-        scored = _scored_batches(engine, files)
+        scored = _scored_batches(engine, decoded_batches(engine, files))
     else:
         scored = _mutual_scored_groups(engine, files, mutual, on_encoded)
+    _finish_rows(engine, scored, output, threshold, on_row, pixel_threshold)
+
+
+def run_decoded(
+    engine: FadeEngine,
+    batches: Iterable[DecodedBatch],
+    output: Optional[ResultSink] = None,
+    threshold: Optional[float] = None,
+    on_row: Optional[Callable[[ResultRow], None]] = None,
+    pixel_threshold: Optional[float] = None,
+) -> None:
+    """:func:`run_detection` for batches decoded elsewhere (the decoding tasks of a Ray run): same rows, same files."""
+    decoded = (batch for batch in batches)
+    _finish_rows(engine, _scored_batches(engine, decoded), output, threshold, on_row, pixel_threshold)
+
+
+def _finish_rows(
+    engine: FadeEngine,
+    scored: Iterator[list[_Scored]],
+    output: Optional[ResultSink],
+    threshold: Optional[float],
+    on_row: Optional[Callable[[ResultRow], None]],
+    pixel_threshold: Optional[float],
+) -> None:
+    """Write each scored image's files in writer threads and pass its row on in file order (see run_detection)."""
+    threads = output.writer_threads if output is not None else 1
+    rows = _RowsInOrder(output, on_row, capacity=engine.batch_size + threads, pixel_budget=WRITE_PIXEL_BUDGET)
     with ThreadPoolExecutor(max_workers=threads) as writers, contextlib.closing(scored) as batches:
         try:
             for batch in batches:
@@ -262,9 +291,9 @@ def run_detection(
             raise
 
 
-def _scored_batches(engine: FadeEngine, files: list[ImageFile]) -> Iterator[list[_Scored]]:
+def _scored_batches(engine: FadeEngine, decoded: Iterator[DecodedBatch]) -> Iterator[list[_Scored]]:
     """Each batch scored as soon as it is decoded."""
-    with contextlib.closing(decoded_batches(engine, files)) as batches:
+    with contextlib.closing(decoded) as batches:
         for batch in batches:
             detections = iter(engine.detect_prepared(batch.pixels_by_size) if batch.pixels_by_size else [])
             yield [

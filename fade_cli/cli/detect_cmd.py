@@ -13,6 +13,7 @@ from fade_cli.bank.calibration import DEFAULT_MARGIN
 from fade_cli.cli.engine_setup import guard_engine_failures, read_run_setup, start_engine
 from fade_cli.cli.mutual_options import mutual_options, pop_mutual_settings, refuse_with_mutual
 from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options, report_option
+from fade_cli.cli.ray_options import RAY_OPTION_NAMES, pop_ray_settings, ray_options, start_ray
 from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bars, stderr_console
 from fade_cli.cli.stopping import STOPS, silence_stdout
 from fade_cli.errors import InputError
@@ -43,6 +44,7 @@ from fade_cli.errors import InputError
               show_default=True, help="stdout: a table for people, or JSON lines / CSV for scripts.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @report_option
+@ray_options
 @mutual_options
 @engine_options
 @click.pass_context
@@ -64,6 +66,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
       fade detect ./images --refs ./good --class screw --calibrate --out run1
       fade detect ./incoming --bank screw.fadebank --out run1
       fade detect ./batch --class screw --mutual --out run1    # zero-shot, images scored against each other
+      fade detect /shared/archive --bank screw.fadebank --out /shared/rescored --ray --ray-gpus-per-worker 1
     """
     from fade_cli.io.folder_lock import output_folder_lock
     from fade_cli.io.images import require_images
@@ -73,9 +76,10 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
 
     options = pop_engine_options(kwargs)
     mutual = pop_mutual_settings(ctx, kwargs)
+    ray = pop_ray_settings(ctx, kwargs)
     refuse_with_mutual(mutual, {"--refs": refs is not None, "--bank": bank_path is not None,
                                 "--calibrate": calibrate, "--use-query": bool(options["use_query"]),
-                                "--resume": resume})
+                                "--resume": resume, "--ray": ray is not None})
     setup = read_run_setup(ctx, options, refs, bank_path, calibrate)
     if calibrate and refs is None:
         raise InputError("--calibrate needs --refs: the good images to calibrate on")
@@ -98,6 +102,8 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
             resumed = rows_to_resume(out, (file.relative for file in files), _settings(ctx.params))
     done = {row.path for row in resumed or []}
     todo = [file for file in files if file.relative not in done]
+    if ray is not None:
+        start_ray(ctx, ray, options["device"])
 
     engine, chosen = start_engine(setup, ref_files, threshold, pixel_threshold, console, quiet, calibrate, margin)
     if chosen is not None:
@@ -126,8 +132,13 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
                 advancers[-1]()
 
             on_encoded = advancers[0] if mutual is not None else None
-            guard_engine_failures(lambda: run_detection(engine, todo, output, threshold, on_row, pixel_threshold,
-                                                        mutual, on_encoded))
+            if ray is None:
+                guard_engine_failures(lambda: run_detection(engine, todo, output, threshold, on_row, pixel_threshold,
+                                                            mutual, on_encoded))
+            else:
+                from fade_cli.distributed.ray_detect import run_detection_on_ray
+
+                run_detection_on_ray(engine, todo, ray, output, threshold, on_row, pixel_threshold)
     except STOPS as stop:
         _finish(output)
         if isinstance(stop, BrokenPipeError):
@@ -158,7 +169,7 @@ def refuse_input_as_output(images: Path, out: Optional[Path]) -> None:
 
 # Options that do not change a run's results: a --resume may change them.
 _RUNTIME_OPTIONS = {"out", "overwrite", "resume", "quiet", "output_format", "device", "batch_size", "cache_dir",
-                    "compile", "verbose", "offline", "report"}
+                    "compile", "verbose", "offline", "report", *RAY_OPTION_NAMES}
 
 
 def _settings(params: dict[str, Any]) -> dict[str, Any]:

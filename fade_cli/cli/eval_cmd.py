@@ -20,6 +20,7 @@ from fade_cli.cli.options import (
     report_option,
 )
 from fade_cli.cli.exit_codes import OK, Terminated, stop_exit_code
+from fade_cli.cli.ray_options import pop_ray_settings, ray_options, start_ray
 from fade_cli.io.thumbnails import THUMBNAILS_DIR
 
 EVAL_EXIT_CODES_HELP = """\b
@@ -75,6 +76,7 @@ def _classes(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
 @click.option("--save-maps", is_flag=True, help="Every eval-size map, as scored, as float32 .npy into OUT/maps/.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @report_option
+@ray_options
 @mutual_options
 @engine_options
 @click.pass_context
@@ -95,6 +97,7 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
       fade eval ./visa --dataset visa --shots 0
       fade eval ./my_parts --dataset folder --classes screw,nut --shots 4
       fade eval ./mvtec --shots 0 --mutual        # each class's test images scored against each other
+      fade eval /shared/mvtec --shots 1 --seeds 0,1,2 --ray --ray-gpus-per-worker 1   # classes x seeds on a cluster
     """
     from fade_cli.cli.reporting import stderr_console
     from fade_cli.evaluation.datasets import DEFAULT_MASK_SUFFIX, detect_layout, load_dataset
@@ -105,6 +108,7 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
 
     options = pop_engine_options(kwargs)
     mutual = pop_mutual_settings(ctx, kwargs)
+    ray = pop_ray_settings(ctx, kwargs)
     refuse_with_mutual(mutual, {f"--shots {shots}": shots > 0, "--use-query": bool(options["use_query"])})
     if (save_worst or save_maps) and out is None:
         raise click.UsageError("--save-worst and --save-maps write into --out DIR; give --out")
@@ -121,6 +125,8 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
         ctx.with_resource(output_folder_lock(out, refuse=None if overwrite else lambda: _refuse_existing_report(out)))
         if overwrite:
             clear_previous_outputs(out, (*REPORT_FILES, REPORT_FILE), EVAL_FOLDERS)
+    if ray is not None:
+        start_ray(ctx, ray, options["device"])
 
     console = stderr_console()
     if shots == 0 and len(seeds) > 1:
@@ -131,7 +137,11 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
 
     report_engine_setup(console, options["verbose"], evaluator.loaded.device, evaluator.precision)
     thumbnails = out is not None and report
-    results, worst, stop = _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet, thumbnails)
+    if ray is None:
+        results, worst, stop = _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet, thumbnails)
+    else:
+        results, worst, stop = _run_all_on_ray(evaluator, runs, ray, out, save_maps, save_worst, console, quiet,
+                                               thumbnails)
     if results:
         _report(results, evaluator, root, layout, dataset, out, worst, stop is not None, _prompt_origins(options))
         if thumbnails:
@@ -152,10 +162,36 @@ def _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet, thumbn
             if save_worst:
                 worst[(result.class_name, result.seed)] = _save_worst(result, save_worst, out)
     except KeyboardInterrupt as stop:
-        console.print(f"{'Stopped by SIGTERM' if isinstance(stop, Terminated) else 'Interrupted'} after "
-                      f"{len(results)} of {len(runs)} run(s).")
+        _print_stop(console, stop, len(results), len(runs))
         return results, worst, stop
     return results, worst, None
+
+
+def _run_all_on_ray(evaluator, runs, ray, out, save_maps, save_worst, console, quiet, thumbnails=False):
+    """:func:`_run_all` with the runs spread over a Ray cluster; the finished runs come back in the plan's order."""
+    from fade_cli.cli.reporting import progress_bar
+    from fade_cli.distributed.ray_eval import evaluate_on_ray, in_plan_order
+
+    on_eval_map, on_scored = _image_sinks(out, save_maps, thumbnails)
+    finished, stop = {}, None
+    try:
+        with progress_bar(console, quiet, total=len(runs), description=f"{len(runs)} run(s) on Ray") as advance:
+            for index, result in evaluate_on_ray(evaluator, runs, ray, on_eval_map, on_scored):
+                finished[index] = result
+                _warn_missing_masks(console, runs[index], result)
+                advance()
+    except KeyboardInterrupt as interrupt:
+        _print_stop(console, interrupt, len(finished), len(runs))
+        stop = interrupt
+    results = in_plan_order(evaluator, finished)
+    worst = {(result.class_name, result.seed): _save_worst(result, save_worst, out) for result in results
+             if save_worst}
+    return results, worst, stop
+
+
+def _print_stop(console, stop: BaseException, finished: int, planned: int) -> None:
+    console.print(f"{'Stopped by SIGTERM' if isinstance(stop, Terminated) else 'Interrupted'} after "
+                  f"{finished} of {planned} run(s).")
 
 
 # What `fade eval --out` writes besides REPORT_FILES: removed by --overwrite with them.
@@ -191,7 +227,23 @@ def _load_evaluator(config, prompt_source, settings, console, quiet):
 
 def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet, thumbnails=False):
     from fade_cli.cli.engine_setup import guard_engine_failures
-    from fade_cli.cli.reporting import print_warning, progress_bars
+    from fade_cli.cli.reporting import progress_bars
+
+    sink, scored = _image_sinks(out, save_maps, thumbnails)
+    count = len(run.split.test)
+    mutual = evaluator.settings.mutual is not None
+    passes = [(f"{description} encoding", count)] if mutual else []
+    with progress_bars(console, quiet, passes + [(description, count)]) as advancers:
+        on_encoded = advancers[0] if mutual else None
+        result = guard_engine_failures(lambda: evaluator.evaluate(run, on_image=advancers[-1], on_eval_map=sink,
+                                                                  on_scored=scored, on_encoded=on_encoded))
+    _warn_missing_masks(console, run, result)
+    return result
+
+
+def _image_sinks(out, save_maps: bool, thumbnails: bool):
+    """(on_eval_map, on_scored) for Evaluator.evaluate: the eval-size maps and the report's thumbnails, into
+    ``out`` (None: not asked). With --ray they run in the workers (Ray pickles them with their ``out``)."""
     from fade_cli.evaluation.report import save_eval_map, save_eval_thumbnails
 
     def on_eval_map(planned, sample, scores):
@@ -200,19 +252,15 @@ def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet, t
     def on_scored(planned, sample, image, grid_map):
         save_eval_thumbnails(out, planned.seed, sample.relative, image, grid_map)
 
-    sink = on_eval_map if save_maps else None
-    scored = on_scored if thumbnails else None
-    count = len(run.split.test)
-    mutual = evaluator.settings.mutual is not None
-    passes = [(f"{description} encoding", count)] if mutual else []
-    with progress_bars(console, quiet, passes + [(description, count)]) as advancers:
-        on_encoded = advancers[0] if mutual else None
-        result = guard_engine_failures(lambda: evaluator.evaluate(run, on_image=advancers[-1], on_eval_map=sink,
-                                                                  on_scored=scored, on_encoded=on_encoded))
+    return on_eval_map if save_maps else None, on_scored if thumbnails else None
+
+
+def _warn_missing_masks(console, run, result) -> None:
+    from fade_cli.cli.reporting import print_warning
+
     if result.missing_masks:
         print_warning(console, f"{run.label}: {len(result.missing_masks)} defective image(s) without a mask, left "
                                f"out of the pixel metrics (first: {result.missing_masks[0]})")
-    return result
 
 
 def _save_worst(result, count: int, out: Path) -> list[dict]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import click
-from click.core import ParameterSource
 
 from fade_cli.config import (
     DEFAULT_MUTUAL_DEGREES,
@@ -16,7 +15,7 @@ from fade_cli.config import (
     MIN_MUTUAL_GROUP,
     MutualSettings,
 )
-from fade_cli.cli.options import FiniteFloat
+from fade_cli.cli.options import FiniteFloat, add_options, refuse_without
 from fade_cli.errors import InputError
 
 # Wider windows average nearly the whole image at any practical size (4096 pixels at patch 14: a 292-patch grid).
@@ -58,20 +57,14 @@ MUTUAL_OPTIONS = [
 
 def mutual_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add the mutual-scoring options (`detect`, `eval`)."""
-    for option in reversed(MUTUAL_OPTIONS):
-        command = option(command)
-    return command
+    return add_options(command, MUTUAL_OPTIONS)
 
 
 def pop_mutual_settings(ctx: click.Context, kwargs: dict[str, Any]) -> Optional[MutualSettings]:
     """The mutual settings of the run (None without --mutual); a --mutual-* option without --mutual is refused."""
     values = {name: kwargs.pop(name) for name in MUTUAL_OPTION_NAMES}
     if not values["mutual"]:
-        stray = [name for name in MUTUAL_OPTION_NAMES[1:]
-                 if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
-        if stray:
-            flags = ", ".join("--" + name.replace("_", "-") for name in stray)
-            raise click.UsageError(f"{flags} given without --mutual: they set up mutual scoring only")
+        refuse_without(ctx, MUTUAL_OPTION_NAMES[1:], "--mutual", "set up mutual scoring only")
         return None
     return MutualSettings(fraction=values["mutual_fraction"], degrees=values["mutual_degrees"],
                           group=values["mutual_group"], rescore=values["mutual_rescore"])

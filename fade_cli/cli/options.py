@@ -10,6 +10,7 @@ import math
 from typing import Any, Callable, Optional
 
 import click
+from click.core import ParameterSource
 
 from fade_cli.config import (
     DEFAULT_CLS_SIZE,
@@ -147,11 +148,24 @@ report_option = click.option(
          "thumbnails it shows.")
 
 
-def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add every engine option to a click command."""
-    for option in reversed(ENGINE_OPTIONS):
+def add_options(command: Callable[..., Any], options: list) -> Callable[..., Any]:
+    """Add ``options`` (click.option decorators) to a click command, in the order listed."""
+    for option in reversed(options):
         command = option(command)
     return command
+
+
+def engine_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add every engine option to a click command."""
+    return add_options(command, ENGINE_OPTIONS)
+
+
+def refuse_without(ctx: click.Context, names: tuple[str, ...], flag: str, purpose: str) -> None:
+    """Options ``names`` set up what ``flag`` turns on: given without it, they are refused (exit 2)."""
+    stray = [name for name in names if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
+    if stray:
+        flags = ", ".join("--" + name.replace("_", "-") for name in stray)
+        raise click.UsageError(f"{flags} given without {flag}: they {purpose}")
 
 
 def pop_engine_options(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -203,8 +217,10 @@ def prompt_sets_from_options(options: dict[str, Any]) -> tuple[Optional[PromptSe
 
 __all__ = [
     "FiniteFloat",
+    "add_options",
     "engine_config_from_options",
     "engine_options",
     "pop_engine_options",
     "prompt_sets_from_options",
+    "refuse_without",
 ]

@@ -130,7 +130,7 @@ class FadeEngine:
 
         CPU work only (PIL releases the GIL), safe to run for many images in background threads.
         """
-        return {size: resize_rgb8(image, size) for size in _sizes_to_encode(self.config)}
+        return resize_for_config(image, self.config)
 
     def batch_inputs(self, resized: list[dict[int, np.ndarray]]) -> dict[int, torch.Tensor]:
         """Stack :meth:`resize_for_input` results: {size: (B, size, size, 3) uint8}, pinned for a GPU."""
@@ -298,6 +298,11 @@ def encode_prompt_sets(
             text_cache.store(directory, key, classifier)
         classifiers.append(classifier)
     return classifiers[0], classifiers[1]
+
+
+def resize_for_config(image: Image.Image, config: EngineConfig) -> dict[int, np.ndarray]:
+    """:meth:`FadeEngine.resize_for_input` without an engine (decoding on a machine that holds no model)."""
+    return {size: resize_rgb8(image, size) for size in _sizes_to_encode(config)}
 
 
 def _sizes_to_encode(config: EngineConfig) -> list[int]:

@@ -1,0 +1,263 @@
+"""`fade detect --ray`: a run's images scored by a pool of Ray Data actors, rows back on the driver in file order.
+
+The pipeline (Ray Data)::
+
+    file list --map_batches(decode_batch)--> decoded images, resized for the engine      (CPU tasks)
+              --map_batches(ScoringWorker)--> rows; maps, heatmaps, masks written into OUT  (actors, GPUs)
+              --iter_batches--> driver: results in file order, progress bar, stdout
+
+Workers on CPUs (no --ray-gpus-per-worker) decode their own batches: each reserves a CPU, and decoding tasks
+would wait for CPUs the workers hold.
+
+The driver prepares the engine as a local run does (prompts, references, calibration) and puts its tensors
+in the object store once (:class:`PreparedEngine`); each actor reads them once and loads the model's vision
+tower from its node's cache or the weights path, which every node must see (docs/scale.md). Scoring and the
+files of each image go through the same runner code as a local run (``runner.run_decoded``, ``finish_row``),
+so the rows and files are those of a local run. A batch whose worker died is run again by Ray; the driver
+keeps the first row of each image, so every image appears exactly once.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fade_cli.config import EngineConfig
+from fade_cli.distributed.cluster import (
+    ClusterError,
+    RaySettings,
+    WorkerNodeError,
+    absolute_paths,
+    block_count,
+    bounded_map_batches,
+    guarded,
+    indexed_items,
+    map_with_workers,
+    node_name,
+    on_worker_node,
+    pickled_column,
+    streamed_results,
+    worker_pool,
+)
+from fade_cli.engine.detector import FadeEngine, batch_size_for, resize_for_config
+from fade_cli.io.images import ImageFile
+from fade_cli.io.outputs import ImageWriter, ResultRow
+from fade_cli.runner import DecodedBatch, ResultSink, decode_one, run_decoded
+
+
+@dataclass(frozen=True)
+class PreparedEngine:
+    """Everything a worker needs to score exactly like the driver's engine, except the model's weights."""
+
+    config: EngineConfig
+    identity: dict
+    cls_classifier_2d: torch.Tensor
+    seg_classifier_2d: torch.Tensor
+    patches_by_size: dict[int, torch.Tensor]
+    reference_count: int
+
+    @classmethod
+    def of(cls, engine: FadeEngine) -> "PreparedEngine":
+        """The engine's prompt embeddings and memory bank on the CPU, its file paths made absolute for every node."""
+        return cls(
+            config=absolute_paths(engine.config),
+            identity=dict(engine.loaded.identity),
+            cls_classifier_2d=engine.cls_classifier_2d.cpu(),
+            seg_classifier_2d=engine.seg_classifier_2d.cpu(),
+            patches_by_size={size: patches.cpu() for size, patches in engine.bank.patches_by_size.items()},
+            reference_count=engine.reference_count,
+        )
+
+    def load_engine(self) -> FadeEngine:
+        """Load the model's vision tower on this node and rebuild the engine; a clear error naming the node
+        when its weights are missing or differ from the driver's."""
+        from fade_cli.engine.detector import checked_model_source
+        from fade_cli.engine.memory_bank import MemoryBank
+        from fade_cli.engine.model import load_model
+
+        loaded = on_worker_node(lambda: load_model(self.config, checked_model_source(self.config), text_tower=False))
+        if loaded.identity != self.identity:
+            raise WorkerNodeError(f"worker node {node_name()} loaded another model than the driver: {loaded.identity} "
+                                  f"instead of {self.identity}; give every node the same weights", 3)
+        device = loaded.device
+        bank = MemoryBank({size: patches.to(device) for size, patches in self.patches_by_size.items()})
+        return FadeEngine.from_saved(loaded, self.config, self.cls_classifier_2d, self.seg_classifier_2d, bank,
+                                     self.reference_count)
+
+
+@dataclass(frozen=True)
+class WorkerOutputs:
+    """What the workers write into the output folder, and the thresholds of the rows."""
+
+    out_dir: Optional[str] = None
+    map_size: Optional[int] = None
+    save_maps: bool = True
+    save_heatmaps: bool = True
+    save_thumbnails: bool = False
+    threshold: Optional[float] = None
+    pixel_threshold: Optional[float] = None
+
+    @classmethod
+    def of(cls, output: Optional[ImageWriter], threshold: Optional[float],
+           pixel_threshold: Optional[float]) -> "WorkerOutputs":
+        if output is None:
+            return cls(threshold=threshold, pixel_threshold=pixel_threshold)
+        return cls(os.path.abspath(output.out_dir), output.map_size, output.save_maps, output.save_heatmaps,
+                   output.save_thumbnails, threshold, pixel_threshold)
+
+    def writer(self) -> Optional["_FilesOnly"]:
+        if self.out_dir is None:
+            return None
+        return _FilesOnly(Path(self.out_dir), self.map_size, self.save_maps, self.save_heatmaps, self.save_thumbnails)
+
+
+class _FilesOnly(ImageWriter):
+    """A worker's sink: the files of each image; its row goes back to the driver, which writes the tables."""
+
+    def add(self, row: ResultRow) -> None:
+        pass
+
+
+@dataclass
+class _Decoded:
+    """One file after the decoding task: its image and resized inputs, or why it could not be read."""
+
+    file: ImageFile
+    image: Optional[Image.Image]
+    inputs: Optional[dict[int, np.ndarray]]
+    error: Optional[str]
+
+
+def decode_batch(batch: dict[str, np.ndarray], config: EngineConfig) -> dict[str, np.ndarray]:
+    """Ray Data task: decode and resize a block of files. An unreadable file becomes its error, never an
+    exception: Ray would run the task again and again."""
+    decoded = []
+    for blob in batch["item"]:
+        file = pickle.loads(blob)
+        image, inputs, error = decode_one(file, lambda picture: resize_for_config(picture, config))
+        decoded.append(_Decoded(file, image, inputs, error))
+    return {"index": batch["index"], "decoded": pickled_column(decoded)}
+
+
+class ScoringWorker:
+    """Ray Data actor: loads the model and the prepared engine once, then scores batches and writes their files.
+
+    ``prepared`` is a one-item list holding the object reference of the :class:`PreparedEngine`: inside a list
+    Ray leaves it a reference, so every worker fetches the tensors once from the object store.
+    """
+
+    def __init__(self, prepared: list, outputs: WorkerOutputs, cpu_threads: int):
+        import ray
+
+        engine_state: PreparedEngine = ray.get(prepared[0])
+        if engine_state.config.device == "cpu" or not torch.cuda.is_available():
+            torch.set_num_threads(cpu_threads)  # the CPUs this worker reserved, not every core of the node
+        self.engine = guarded(engine_state.load_engine)
+        self.outputs = outputs
+        self.writer = outputs.writer()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if "decoded" not in batch:  # a CPU worker decodes its own batches: no CPU is left to decoding tasks
+            batch = decode_batch(batch, self.engine.config)
+        decoded: list[_Decoded] = [pickle.loads(blob) for blob in batch["decoded"]]
+        resized = [item.inputs for item in decoded if item.inputs is not None]
+        ready = DecodedBatch(
+            files=[item.file for item in decoded],
+            images=[item.image for item in decoded],
+            errors=[item.error for item in decoded],
+            pixels_by_size=self.engine.batch_inputs(resized) if resized else None,
+        )
+        rows: list[ResultRow] = []
+        guarded(lambda: run_decoded(self.engine, [ready], self.writer, self.outputs.threshold, rows.append,
+                                     self.outputs.pixel_threshold))
+        return {"index": batch["index"], "row": pickled_column(rows)}
+
+
+class _RowsByIndex:
+    """Rows that arrive in any order (and twice, after a retried batch) passed on once each, in file order."""
+
+    def __init__(self, count: int, output: Optional[ResultSink], on_row: Optional[Callable[[ResultRow], None]]):
+        self.count = count
+        self.output = output
+        self.on_row = on_row
+        self.waiting: dict[int, ResultRow] = {}
+        self.next_index = 0
+
+    def put(self, index: int, row: ResultRow) -> None:
+        if index < self.next_index or index in self.waiting:
+            return  # already received: a batch Ray ran again after its worker died
+        self.waiting[index] = row
+        while self.next_index in self.waiting:
+            self._pass_on(self.waiting.pop(self.next_index))
+            self.next_index += 1
+
+    def salvage(self) -> None:
+        """After an interruption: the rows received past a missing one, still in file order (a --resume adds the
+        missing ones)."""
+        for index in sorted(self.waiting):
+            self._pass_on(self.waiting.pop(index))
+
+    def check_complete(self) -> None:
+        if self.next_index != self.count:
+            raise ClusterError(f"the Ray job ended with {self.count - self.next_index} of {self.count} image(s) "
+                               "without a result")
+
+    def _pass_on(self, row: ResultRow) -> None:
+        if self.output is not None:
+            self.output.add(row)
+        if self.on_row is not None:
+            self.on_row(row)
+
+
+def run_detection_on_ray(
+    engine: FadeEngine,
+    files: list[ImageFile],
+    settings: RaySettings,
+    output: Optional[ImageWriter] = None,
+    threshold: Optional[float] = None,
+    on_row: Optional[Callable[[ResultRow], None]] = None,
+    pixel_threshold: Optional[float] = None,
+) -> None:
+    """:func:`fade_cli.runner.run_detection` on the connected Ray cluster: the same rows, to ``output.add`` and
+    ``on_row`` in file order, and the same files in ``output``'s folder, written by the workers.
+
+    On KeyboardInterrupt (Ctrl-C, SIGTERM) the rows already received are passed on, in file order, and the
+    interrupt goes on to the caller. A failed job raises the FadeError a worker raised, else a ClusterError.
+    """
+    if not files:
+        return
+    rows = _RowsByIndex(len(files), output, on_row)
+    try:
+        with contextlib.closing(_scored_rows(engine, files, settings, output, threshold, pixel_threshold)) as scored:
+            for index, row in scored:
+                rows.put(index, row)
+        rows.check_complete()
+    except KeyboardInterrupt:
+        rows.salvage()
+        raise
+
+
+def _scored_rows(engine: FadeEngine, files: list[ImageFile], settings: RaySettings, output: Optional[ImageWriter],
+                 threshold: Optional[float], pixel_threshold: Optional[float]) -> Iterator[tuple[int, ResultRow]]:
+    import ray
+
+    # The workers' device decides the default batch size, not the driver's (a CPU head driving GPU workers).
+    batch_size = batch_size_for(engine.config, torch.device("cuda" if settings.gpus_per_worker else "cpu"))
+    pool = worker_pool(settings, batches=-(-len(files) // batch_size))
+    prepared = PreparedEngine.of(engine)
+    listing = [ImageFile(Path(os.path.abspath(file.path)), file.relative) for file in files]
+    dataset = indexed_items(listing, block_count(len(files), batch_size, pool.size))
+    if pool.num_gpus:  # GPU workers wait on no decoder: CPU tasks decode the next images meanwhile
+        dataset = bounded_map_batches(dataset, decode_batch, "max_retries", fn_kwargs={"config": prepared.config},
+                                      batch_format="numpy")
+    outputs = WorkerOutputs.of(output, threshold, pixel_threshold)
+    scored = map_with_workers(dataset, ScoringWorker, pool, batch_size, prepared=[ray.put(prepared)],
+                              outputs=outputs, cpu_threads=max(1, int(pool.num_cpus)))
+    yield from streamed_results(scored, "row")
