@@ -3,11 +3,12 @@
     python benchmarks/bench_serve.py                                   # golden tiny model, CPU
     python benchmarks/bench_serve.py --requests 400 --concurrency 1,4,16,32
     python benchmarks/bench_serve.py --arch published --scales 240,448 --requests 24 --concurrency 1,4
+    python benchmarks/bench_serve.py --arch published --scales 240,448 --precision auto --threads 1
     python benchmarks/bench_serve.py --device cuda --arch published --scales 240,448 --concurrency 1,16,32
 
-For each --max-batch setting (1, and the default 8) it starts a real `fade serve`
-process on a free loopback port with a bank built from the golden references, waits
-for /readyz, and then, at each concurrency C, a bounded load generator (async httpx,
+For each --max-batch setting (1 and 8; the server's default is 1 on a CPU, 8 on a GPU) it
+starts a real `fade serve` process on a free loopback port with a bank built from the golden
+references, waits for /readyz, and then, at each concurrency C, a bounded load generator (async httpx,
 C clients, a fixed number of requests in all, then it stops) posts the golden query
 images. Printed: requests per second, p50/p95/p99 latency, the mean batch size the
 server reports, and the server's start-up time (process start to ready, warm-up
@@ -69,7 +70,8 @@ class Server:
         started = time.monotonic()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "fade_cli", "serve", "--bank", str(bank), "--port", "0", "--max-batch",
-             str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-queue", "1024", *engine_args],
+             str(max_batch), "--max-wait-ms", str(max_wait_ms), "--max-queue", "1024", "--timeout", "3600",
+             *engine_args],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         self.url = re.search(r"http://127\.0\.0\.1:\d+", self.proc.stderr.readline()).group(0)
         while "Ready" not in self.proc.stderr.readline():
@@ -107,7 +109,8 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
-def offline_rate(bank_path: Path, engine_args: list[str], device: str, images: list[Path], count: int) -> float:
+def offline_rate(bank_path: Path, engine_args: list[str], device: str, precision: str, images: list[Path],
+                 count: int) -> float:
     """Images per second of the bank scoring ``count`` images in-process, as `fade detect` does (its batch size)."""
     from rich.console import Console
 
@@ -118,7 +121,8 @@ def offline_rate(bank_path: Path, engine_args: list[str], device: str, images: l
 
     flags = dict(zip(engine_args[::2], engine_args[1::2]))
     bank = load_bank(bank_path)
-    config = bank.config.replace(weights=flags["--weights"], model_config=flags.get("--model-config"), device=device)
+    config = bank.config.replace(weights=flags["--weights"], model_config=flags.get("--model-config"), device=device,
+                                 precision=precision)
     [engine] = engines_for_banks([(bank, config, str(bank_path))], Console(stderr=True), quiet=True)
     files = [ImageFile(images[i % len(images)], f"{i}.png") for i in range(count)]
     run_detection(engine, files[:4])  # first passes allocate and pick kernels: not measured
@@ -137,6 +141,7 @@ def main() -> None:
     parser.add_argument("--concurrency", default="1,4,16")
     parser.add_argument("--max-batches", default="1,8", help="Server --max-batch settings to compare.")
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--precision", default="fp32", help="--precision of the bank, the server and the offline run.")
     parser.add_argument("--threads", type=int,
                         help="torch threads, for the server (OMP_NUM_THREADS) and the offline run alike "
                              "[default: torch's]; 1 gives steadier numbers on a loaded machine.")
@@ -152,13 +157,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         workdir = Path(tmp)
         engine_args = [*model_args(args.arch, workdir), "--device", args.device, "--scales", args.scales,
-                       "--cls-size", args.cls_size]
+                       "--cls-size", args.cls_size, "--precision", args.precision]
         bank = build_bank(workdir, [*engine_args, *PROMPTS])
-        print(f"fade serve, {args.arch} model at {args.scales} (cls {args.cls_size}) on {args.device}; "
+        print(f"fade serve, {args.arch} model at {args.scales} (cls {args.cls_size}) on {args.device}, "
+              f"--precision {args.precision}; "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs (load {os.getloadavg()[0]:.1f}), "
               f"torch threads {args.threads or 'default'}; "
               f"{args.requests} requests per row, images {image_size(images[0])}")
-        offline = offline_rate(bank, engine_args, args.device, images, args.requests)
+        offline = offline_rate(bank, engine_args, args.device, args.precision, images, args.requests)
         print(f"offline (`fade detect`, in-process, default batch size): {offline:.2f} images/s")
         print(f"{'max-batch':>9} {'conc.':>5} {'req/s':>7} {'vs offline':>10} {'p50 ms':>8} {'p95 ms':>8} "
               f"{'p99 ms':>8} {'mean batch':>10}")

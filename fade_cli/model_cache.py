@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 from fade_cli.errors import InputError, ModelError
+from fade_cli.open_clip_import import open_clip_module
 
 CACHE_ENV = "FADE_CACHE_DIR"
 OFFLINE_ENV = "HF_HUB_OFFLINE"
@@ -56,6 +57,12 @@ def default_cache_dir() -> Optional[str]:
     return os.environ.get(CACHE_ENV) or None
 
 
+def fade_data_dir(explicit: Optional[str] = None) -> str:
+    """Where fade keeps its own cached files (prompt embeddings, file hashes): --cache-dir, else
+    $FADE_CACHE_DIR, else ~/.cache/fade."""
+    return explicit or default_cache_dir() or os.path.join(Path.home(), ".cache", "fade")
+
+
 def describe_cache_dir(cache_dir: Optional[str]) -> str:
     if cache_dir:
         return cache_dir
@@ -79,7 +86,7 @@ def cache_location(explicit: Optional[str] = None) -> str:
 
 def check_architecture(model: str) -> None:
     """Raise unless open_clip knows the architecture (built in, or added with --model-config)."""
-    import open_clip
+    open_clip = open_clip_module()
 
     if model not in open_clip.list_models():
         raise InputError(f"unknown model architecture {model!r}; see `fade models list`, or give --model-config FILE.json")
@@ -87,7 +94,7 @@ def check_architecture(model: str) -> None:
 
 def check_pretrained_tag(model: str, tag: str) -> None:
     """Raise unless ``tag`` is one of the architecture's published pretrained tags."""
-    import open_clip
+    open_clip = open_clip_module()
 
     known = open_clip.list_pretrained_tags_by_model(model)
     if tag not in known:
@@ -111,7 +118,7 @@ class CachedModel:
 
 def is_fade_compatible(model: str) -> bool:
     """GEM needs open_clip's own VisionTransformer: no timm tower, no ResNet."""
-    import open_clip
+    open_clip = open_clip_module()
 
     vision = (open_clip.get_model_config(model) or {}).get("vision_cfg", {})
     return not vision.get("timm_model_name") and isinstance(vision.get("layers"), int) and "patch_size" in vision
@@ -119,7 +126,7 @@ def is_fade_compatible(model: str) -> bool:
 
 def list_cached_models(explicit_cache: Optional[str] = None, include_incompatible: bool = False) -> list[CachedModel]:
     """Every published pair open_clip knows, with its cached file and size when present."""
-    import open_clip
+    open_clip = open_clip_module()
 
     folder = cache_dir(explicit_cache)
     compatible = {name: is_fade_compatible(name) for name in open_clip.list_models()}
@@ -136,7 +143,7 @@ def list_cached_models(explicit_cache: Optional[str] = None, include_incompatibl
 
 def cached_weights(model: str, tag: str, folder: Optional[str]) -> Optional[str]:
     """The cached weights file of a published pair, looked up on disk only (no network)."""
-    import open_clip
+    open_clip = open_clip_module()
 
     config = open_clip.get_pretrained_cfg(model, tag)
     if config.get("hf_hub"):
@@ -149,6 +156,7 @@ def cached_weights(model: str, tag: str, folder: Optional[str]) -> Optional[str]
 
 def _hub_candidates(hf_hub: str) -> tuple[str, list[str]]:
     """The repository of an open_clip ``hf_hub`` entry and its files, in the order open_clip tries them."""
+    open_clip_module()
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     repo_id, filename = os.path.split(hf_hub)
@@ -207,7 +215,7 @@ def fetch_weights(
     leaves it to the hub (shown on a terminal). Raises :class:`ModelError` with the
     :func:`unavailable_message` paragraph when the weights cannot be had.
     """
-    import open_clip
+    open_clip = open_clip_module()
 
     folder = cache_dir(explicit_cache)
     cached = cached_weights(model, tag, folder)

@@ -282,7 +282,7 @@ def test_file_hash_is_read_once_per_version_of_the_file(tmp_path, monkeypatch):
     import hashlib
     import os
 
-    from fade_cli.engine import model
+    from fade_cli.engine import file_hash
 
     weights = tmp_path / "weights.pt"
     weights.write_bytes(b"a" * 1000)
@@ -291,12 +291,12 @@ def test_file_hash_is_read_once_per_version_of_the_file(tmp_path, monkeypatch):
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
 
-    first = model.file_sha256(str(weights))
-    assert model.file_sha256(str(weights)) == first == hashlib.sha256(b"a" * 1000).hexdigest()
+    first = file_hash.file_sha256(str(weights))
+    assert file_hash.file_sha256(str(weights)) == first == hashlib.sha256(b"a" * 1000).hexdigest()
     assert opened.count(real_path) == 1
 
     weights.write_bytes(b"b" * 1000)  # same size, rewritten in place
     stat = weights.stat()
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))  # a later mtime even on coarse clocks
-    assert model.file_sha256(str(weights)) == hashlib.sha256(b"b" * 1000).hexdigest()
+    assert file_hash.file_sha256(str(weights)) == hashlib.sha256(b"b" * 1000).hexdigest()
     assert opened.count(real_path) == 2

@@ -191,3 +191,22 @@ def test_model_is_required():
     assert result.exit_code == 2 and "Missing option '--llm-model'" in result.output
     with pytest.raises(InputError, match="'llm' needs the option --llm-model"):
         generate_prompt_set("llm", "pcb")
+
+
+def test_the_llm_generator_runs_after_open_clip_was_imported_without_transformers(tiny_lm):
+    """fade imports open_clip with transformers hidden (fade_cli.open_clip_import); the hiding ends with that
+    import, so the generator imports transformers as usual in the same process."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from fade_cli.open_clip_import import open_clip_module\n"
+        "assert open_clip_module().hf_model.transformers is None and 'transformers' not in sys.modules\n"
+        "from fade_cli.prompting import generate_prompt_set\n"
+        f"prompt_set = generate_prompt_set('llm', 'bottle', {llm_options(tiny_lm, seed=7)!r})\n"
+        "assert prompt_set.normal and prompt_set.abnormal and 'transformers' in sys.modules\n"
+        "print(prompt_set.to_json())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == generate_prompt_set("llm", "bottle", llm_options(tiny_lm, seed=7)).to_json().strip()

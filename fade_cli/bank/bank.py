@@ -104,7 +104,7 @@ def storable_config(config: EngineConfig) -> EngineConfig:
 
 def model_identity(config: EngineConfig, loaded_identity: dict[str, Any]) -> dict[str, Any]:
     """The loaded model's identity, plus the hash of a custom architecture file when one was used."""
-    from fade_cli.engine.model import file_sha256
+    from fade_cli.engine.file_hash import file_sha256
 
     identity = dict(loaded_identity)
     if config.model_config:

@@ -40,9 +40,13 @@ def model_file_contradictions(
     pretrained: Optional[str] = None,
     weights: Optional[str] = None,
     model_config: Optional[str] = None,
+    cache_dir: Optional[str] = None,
 ) -> list[str]:
-    """What the model options the user gave (None = not given) contradict in the bank's model identity."""
-    from fade_cli.engine.model import file_sha256
+    """What the model options the user gave (None = not given) contradict in the bank's model identity.
+
+    ``cache_dir`` holds the memo of weights files' hashes (see :mod:`fade_cli.engine.file_hash`).
+    """
+    from fade_cli.engine.file_hash import file_sha256, weights_sha256
 
     identity, problems = bank.identity, []
     if model_config is not None:
@@ -55,7 +59,7 @@ def model_file_contradictions(
     if pretrained is not None and pretrained != identity.get("pretrained"):
         problems.append(f"--pretrained {pretrained}")
     if weights is not None:
-        digest = file_sha256(weights)
+        digest = weights_sha256(weights, cache_dir)
         if digest != identity.get("weights_sha256"):
             problems.append(f"--weights {weights} (sha256 {digest[:SHORT_HASH]}...)")
     return problems

@@ -12,7 +12,8 @@ from fade_cli.bank.compat import check_embedding_dim, check_loaded_model
 from fade_cli.config import EngineConfig
 from fade_cli.engine.detector import FadeEngine
 from fade_cli.engine.memory_bank import MemoryBank
-from fade_cli.engine.model import LoadedModel, file_sha256
+from fade_cli.engine.file_hash import file_sha256
+from fade_cli.engine.model import LoadedModel
 from fade_cli.errors import InputError
 from fade_cli.io.images import ImageFile
 from fade_cli.prompt_set import PromptSet

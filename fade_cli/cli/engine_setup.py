@@ -80,7 +80,7 @@ def load_run_bank(
 def _contradictions(ctx: click.Context, bank: ReferenceBank, options: dict[str, Any], given: set[str]) -> list[str]:
     model_given = {name: options[name] for name in MODEL_OPTIONS if name in given}
     problems = [f"{text} (the bank's model: {describe_identity(bank.identity)})"
-                for text in model_file_contradictions(bank, **model_given)]
+                for text in model_file_contradictions(bank, **model_given, cache_dir=options["cache_dir"])]
     problems += _setting_problems(ctx, bank, engine_config_from_options(options), given)
     if given & set(PROMPT_OPTIONS):
         problems += _prompt_problems(bank, options)
@@ -124,7 +124,10 @@ def engine_for_bank(bank: ReferenceBank, config: EngineConfig, source: str, cons
 
 
 def engines_for_banks(banks: list[tuple[ReferenceBank, EngineConfig, str]], console: Console, quiet: bool) -> list:
-    """One engine per (bank, config, source); banks of the same model on the same device share one loaded model."""
+    """One engine per (bank, config, source); banks of the same model on the same device share one loaded model.
+
+    A bank holds its prompt embeddings, so only the vision tower's weights are read.
+    """
     from fade_cli.bank.engine_bridge import engine_from_bank
     from fade_cli.engine.model import load_model
 
@@ -134,7 +137,7 @@ def engines_for_banks(banks: list[tuple[ReferenceBank, EngineConfig, str]], cons
         key = json.dumps([config.model, config.pretrained, config.weights, config.model_config, config.device])
         if key not in loaded:
             with loading_model(config, console, quiet, "Loading model...") as model_source:
-                loaded[key] = load_model(config, model_source)
+                loaded[key] = load_model(config, model_source, text_tower=False)
         engines.append(engine_from_bank(bank, loaded[key], config, source))
     return engines
 

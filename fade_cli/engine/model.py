@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -19,10 +18,13 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 
 from fade_cli.config import EngineConfig
-from fade_cli.engine.model_files import check_checkpoint_file, read_model_config
+from fade_cli.engine.file_hash import weights_sha256
+from fade_cli.engine.model_files import ZIP_MAGIC, check_checkpoint_file, read_model_config
 from fade_cli.errors import InputError, ModelError
 from fade_cli.model_cache import check_architecture, check_pretrained_tag, default_cache_dir, fetch_weights
+from fade_cli.open_clip_import import enable_backends_for, open_clip_module
 
+VISUAL_PREFIX = "visual."
 
 
 @dataclass
@@ -52,29 +54,9 @@ def resolve_device(name: str) -> torch.device:
         raise InputError(f"unknown device {name!r}: use auto, cpu or cuda") from exc
 
 
-def file_sha256(path: str) -> str:
-    """The file's SHA-256, read once per version of the file in this process.
-
-    A run checks a weights file against a bank and then loads it: the second
-    call must not read 800 MB again. The key holds the inode and the
-    nanosecond mtime as well as the size, so a replaced or rewritten file is read anew.
-    """
-    stat = os.stat(path)
-    return _sha256_of_version(os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=64)
-def _sha256_of_version(path: str, inode: int, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def register_model_config(path: str) -> str:
     """Add a custom architecture (open_clip's JSON format) and return its model name (the file stem)."""
-    import open_clip
+    open_clip = open_clip_module()
 
     config_path = Path(path)
     read_model_config(config_path)
@@ -89,7 +71,15 @@ class ModelSource:
     name: str
     pretrained: str  # a tag, or a checkpoint file path
     is_file: bool
-    identity: dict[str, Any]
+    cache_dir: Optional[str] = None  # where the memo of a weights file's hash lives (see file_hash)
+
+    @functools.cached_property
+    def identity(self) -> dict[str, Any]:
+        """What the model is, for caches and bank files. A weights file is hashed here, on first use (a bank's
+        identity check, a prompt cache key), and then remembered on disk for this version of the file."""
+        if self.is_file:
+            return {"model": self.name, "weights_sha256": weights_sha256(self.pretrained, self.cache_dir)}
+        return {"model": self.name, "pretrained": self.pretrained}
 
 
 def resolve_model_source(config: EngineConfig) -> ModelSource:
@@ -102,11 +92,11 @@ def resolve_model_source(config: EngineConfig) -> ModelSource:
     checkpoint = config.weights or (config.pretrained if config.pretrained and os.path.isfile(config.pretrained) else None)
     if checkpoint:
         check_checkpoint_file(checkpoint)
-        return ModelSource(name, checkpoint, True, {"model": name, "weights_sha256": file_sha256(checkpoint)})
+        return ModelSource(name, checkpoint, True, config.cache_dir)
     if not config.pretrained:
         raise InputError(f"{name}: give --pretrained TAG or --weights FILE (fade never runs random weights)")
     check_pretrained_tag(name, config.pretrained)
-    return ModelSource(name, config.pretrained, False, {"model": name, "pretrained": config.pretrained})
+    return ModelSource(name, config.pretrained, False, config.cache_dir)
 
 
 def load_model(config: EngineConfig, source: Optional[ModelSource] = None, text_tower: bool = True) -> LoadedModel:
@@ -114,65 +104,139 @@ def load_model(config: EngineConfig, source: Optional[ModelSource] = None, text_
 
     With ``text_tower=False`` only the vision tower's weights are read (the text
     tower stays an empty shell on the meta device): for runs whose prompt
-    embeddings are already cached.
+    embeddings are already cached or come from a bank.
     """
-    import open_clip
-
     source = source or resolve_model_source(config)
     device = resolve_device(config.device)
     checkpoint = source.pretrained if source.is_file else fetch_weights(
         source.name, source.pretrained, config.cache_dir or default_cache_dir())
-    quick_gelu = _tag_uses_quick_gelu(source)
-    model = None
-    if not text_tower:
-        model = _vision_tower_only(source.name, checkpoint, quick_gelu, device)
-    if model is None:
-        model = _full_model(source.name, checkpoint, quick_gelu, device)
-        text_tower = True
+    model = _model_from_checkpoint(source.name, checkpoint, _tag_uses_quick_gelu(source), device, text_tower)
     model.eval()
     return LoadedModel(
         model=model,
-        tokenizer=open_clip.get_tokenizer(source.name),
+        tokenizer=_TokenizerOnFirstUse(source.name),
         device=device,
         identity=source.identity,
         has_text_tower=text_tower,
     )
 
 
+class _TokenizerOnFirstUse:
+    """open_clip's tokenizer of an architecture, made when first called: making it reads its vocabulary
+    (0.1 s), and runs whose prompt embeddings are cached or in a bank never tokenize."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._tokenizer: Optional[Callable[[list[str]], torch.Tensor]] = None
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        if self._tokenizer is None:
+            self._tokenizer = open_clip_module().get_tokenizer(self.name)
+        return self._tokenizer(texts)
+
+
 def _tag_uses_quick_gelu(source: ModelSource) -> bool:
     """Weights published with QuickGELU (the openai tags) need it in the model, whichever path loads them."""
-    from open_clip import get_pretrained_cfg
-
     if source.is_file:
         return False
-    return bool(get_pretrained_cfg(source.name, source.pretrained).get("quick_gelu", False))
+    return bool(open_clip_module().get_pretrained_cfg(source.name, source.pretrained).get("quick_gelu", False))
 
 
-def _full_model(name: str, checkpoint: str, quick_gelu: bool, device: torch.device):
-    import open_clip
+def _model_from_checkpoint(name: str, checkpoint: str, quick_gelu: bool, device: torch.device, text_tower: bool):
+    """The model with the checkpoint's tensors as its weights; with ``text_tower=False`` only the vision tower's.
 
+    The modules are built on the meta device (no memory, no random initialisation, which
+    costs seconds for a ViT-B), then the tensors read from the file become the parameters
+    (``assign=True``: not copied once more). Whatever is not loaded stays on the meta device,
+    where using it fails loudly.
+    """
+    open_clip = open_clip_module()
+    enable_backends_for(open_clip.get_model_config(name) or {})
+    with torch.device("meta"), _no_warnings():  # open_clip warns "no pretrained weights": they follow here
+        model = open_clip.create_model(name, pretrained=None, device="meta", force_quick_gelu=quick_gelu)
+    target, prefix = (model, "") if text_tower else (model.visual, VISUAL_PREFIX)
     try:
-        return open_clip.create_model(
-            name, pretrained=checkpoint, device=device, force_quick_gelu=quick_gelu, require_pretrained=True
-        )
-    except RuntimeError as exc:
+        state = _as_open_clip_state(model, _read_state_dict(checkpoint, prefix))
+        _assign_weights(target, {key[len(prefix):]: value for key, value in state.items()})
+    except (RuntimeError, OSError, KeyError, ValueError) as exc:
         raise ModelError(f"cannot load weights {checkpoint} into {name}: {exc}") from exc
-
-
-def _vision_tower_only(name: str, checkpoint: str, quick_gelu: bool, device: torch.device):
-    """The CLIP model with only its vision weights loaded, or None where the checkpoint is in
-    a form this fast path does not know (the caller then loads the full model)."""
-    import open_clip
-
-    try:
-        visual_state = _visual_state_dict(checkpoint)
-        with torch.device("meta"), _no_warnings():  # open_clip warns "no pretrained weights": they follow here
-            model = open_clip.create_model(name, pretrained=None, device="meta", force_quick_gelu=quick_gelu)
-        model.visual.load_state_dict(visual_state, strict=True, assign=True)
-    except (RuntimeError, OSError, KeyError, ValueError):
-        return None
-    model.visual.to(device)
+    target.to(device)
     return model
+
+
+def _read_state_dict(checkpoint: str, prefix: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors whose names start with ``prefix`` (all with ""), under open_clip's names.
+
+    Read with ``weights_only`` (a pickle is never executed) and memory-mapped where the
+    format allows, so tensors not asked for are never read. Those asked for are copied out of
+    the mapping: a model must not change, or crash the process with SIGBUS, when its file is
+    rewritten in place (``cp new.pt weights.pt``) while a server runs.
+    """
+    if checkpoint.endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(checkpoint, framework="pt") as handle:
+            return {key: handle.get_tensor(key).clone() for key in handle.keys() if key.startswith(prefix)}
+    with open(checkpoint, "rb") as handle:
+        zipped = handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC  # the legacy pickle format cannot be memory-mapped
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=zipped)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    state = {key.removeprefix("module."): value for key, value in state.items()}
+    chosen = {key: value.clone() if isinstance(value, torch.Tensor) else value
+              for key, value in state.items() if key.startswith(prefix)}
+    if not chosen:
+        raise KeyError(f"no {prefix}* weights in the checkpoint" if prefix else "no weights in the checkpoint")
+    return chosen
+
+
+def _as_open_clip_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What open_clip's own ``load_checkpoint`` does to a state dict before loading it (other formats, older
+    key names, a position embedding of another size), applied here to the model built on the meta device."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    state = convert_state_dict(model, state)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for name in ("logit_scale", "logit_bias"):
+        own = getattr(model, name, None)
+        if name in state and own is not None and own.ndim != state[name].ndim:
+            state[name] = state[name].reshape(own.shape)
+    if "logit_bias" not in state and getattr(model, "logit_bias", None) is not None and "logit_scale" in state:
+        state["logit_bias"] = torch.zeros_like(state["logit_scale"])
+    state.pop("text.transformer.embeddings.position_ids", None)
+    resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
+    return state
+
+
+def _assign_weights(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Make ``state``'s tensors the module's own (every one needed, none extra), in the module's dtypes.
+
+    Buffers that are not in checkpoints (the text towers' causal attention masks) are then
+    the only tensors left on the meta device: they are computed here.
+    """
+    expected = dict(module.state_dict(keep_vars=True))
+    state = {key: value.to(expected[key].dtype) if _needs_cast(value, expected.get(key)) else value
+             for key, value in state.items()}
+    module.load_state_dict(state, strict=True, assign=True)
+    for owner in module.modules():
+        for buffer_name, buffer in list(owner.named_buffers(recurse=False)):
+            if buffer.is_meta:
+                owner.register_buffer(buffer_name, _unloaded_buffer(owner, buffer_name, buffer), persistent=False)
+
+
+def _needs_cast(value: Any, own: Optional[torch.Tensor]) -> bool:
+    """fp16 weights (the openai tags) go into a float32 model as float32, as load_state_dict's copy would make them."""
+    return isinstance(value, torch.Tensor) and own is not None and value.dtype != own.dtype
+
+
+def _unloaded_buffer(owner: torch.nn.Module, name: str, buffer: torch.Tensor) -> torch.Tensor:
+    """open_clip's only tensors that checkpoints do not hold are causal masks (-inf above the diagonal)."""
+    if name != "attn_mask" or buffer.ndim != 2 or buffer.shape[0] != buffer.shape[1]:
+        raise ValueError(f"{type(owner).__name__}.{name} is neither in the checkpoint nor a known causal mask")
+    return torch.full(tuple(buffer.shape), float("-inf"), dtype=buffer.dtype).triu_(1)
 
 
 @contextlib.contextmanager
@@ -183,21 +247,3 @@ def _no_warnings() -> Iterator[None]:
         yield
     finally:
         logging.disable(previous)
-
-
-def _visual_state_dict(checkpoint: str) -> dict[str, torch.Tensor]:
-    """Read only the ``visual.*`` tensors of a checkpoint (memory-mapped, so the rest is never read)."""
-    prefix = "visual."
-    if checkpoint.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        with safe_open(checkpoint, framework="pt") as handle:
-            return {k[len(prefix):]: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)}
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    visual = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    if not visual:
-        raise KeyError("no visual.* weights in the checkpoint")
-    return visual

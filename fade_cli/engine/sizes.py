@@ -24,6 +24,7 @@ from fade_cli.config import EngineConfig
 from fade_cli.engine.memory_bank import QUERY_CHUNK
 from fade_cli.errors import InputError
 from fade_cli.memory import gigabytes, largest_fitting, physical_memory_bytes
+from fade_cli.open_clip_import import open_clip_module
 
 ACTIVATION_COPIES = 64
 FLOAT_BYTES = 4
@@ -41,7 +42,7 @@ class ModelGeometry:
 
 def model_geometry(model_name: str) -> Optional[ModelGeometry]:
     """The patch size, width and embedding size of an open_clip architecture, from its config (no weights read)."""
-    import open_clip
+    open_clip = open_clip_module()
 
     config = open_clip.get_model_config(model_name) or {}
     vision = config.get("vision_cfg") or {}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -21,19 +20,19 @@ from fade_cli import strict_json
 from fade_cli import __version__
 from fade_cli.errors import FadeWarning
 from fade_cli.io.atomic import OutputError, atomic_write
-from fade_cli.model_cache import default_cache_dir
+from fade_cli.model_cache import fade_data_dir
+from fade_cli.open_clip_import import open_clip_module
 
 CACHE_SUBDIR = "text-embeddings"
 
 
 def text_cache_dir(cache_dir: Optional[str]) -> Path:
     """``<cache>/text-embeddings`` with cache = --cache-dir, $FADE_CACHE_DIR or ~/.cache/fade."""
-    root = cache_dir or default_cache_dir() or os.path.join(Path.home(), ".cache", "fade")
-    return Path(root) / CACHE_SUBDIR
+    return Path(fade_data_dir(cache_dir)) / CACHE_SUBDIR
 
 
 def classifier_key(identity: dict[str, Any], template: str, normal: tuple[str, ...], abnormal: tuple[str, ...]) -> str:
-    import open_clip
+    open_clip = open_clip_module()
 
     payload = {
         "identity": identity,

@@ -1,9 +1,10 @@
-"""Anomaly maps to pictures: upsampling, a colour map, the overlay and its colour scale."""
+"""Anomaly maps to pictures: upsampling, a colour map, the overlay and its colour scale.
+
+torch is imported when a map is first upsampled: the commands' ``--help`` imports this module.
+"""
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 # Anchor colours of a perceptually ordered map (dark blue -> cyan -> yellow -> red),
@@ -34,6 +35,9 @@ def upsample_map(map_hw: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear (half-pixel centres, align_corners=False) resize of a grid map to (height, width), float32."""
     if map_hw.shape == (height, width):
         return map_hw.astype(np.float32, copy=False)
+    import torch
+    import torch.nn.functional as F
+
     tensor = torch.from_numpy(np.ascontiguousarray(map_hw, dtype=np.float32))[None, None]
     resized = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False)
     return resized[0, 0].numpy()
