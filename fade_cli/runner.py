@@ -107,7 +107,15 @@ def decode_one(
 
 
 def _decode_batch(engine: FadeEngine, files: list[ImageFile], image_pool: ThreadPoolExecutor) -> DecodedBatch:
-    decoded = list(image_pool.map(lambda file: decode_one(file, engine.resize_for_input), files))
+    return batch_of_decoded(engine, files, list(image_pool.map(lambda file: decode_one(file, engine.resize_for_input),
+                                                                files)))
+
+
+def batch_of_decoded(
+    engine: FadeEngine, files: list[ImageFile],
+    decoded: list[tuple[Optional[Image.Image], Optional[dict], Optional[str]]],
+) -> DecodedBatch:
+    """The batch of ``files`` from their :func:`decode_one` results, the readable images stacked for the engine."""
     resized = [inputs for _, inputs, _ in decoded if inputs is not None]
     return DecodedBatch(
         files,

@@ -49,7 +49,7 @@ from fade_cli.distributed.cluster import (
 from fade_cli.engine.detector import FadeEngine, batch_size_for, resize_for_config
 from fade_cli.io.images import ImageFile
 from fade_cli.io.outputs import ImageWriter, ResultRow
-from fade_cli.runner import DecodedBatch, ResultSink, decode_one, run_decoded
+from fade_cli.runner import ResultSink, batch_of_decoded, decode_one, run_decoded
 
 
 @dataclass(frozen=True)
@@ -167,13 +167,8 @@ class ScoringWorker:
         if "decoded" not in batch:  # a CPU worker decodes its own batches: no CPU is left to decoding tasks
             batch = decode_batch(batch, self.engine.config)
         decoded: list[_Decoded] = [pickle.loads(blob) for blob in batch["decoded"]]
-        resized = [item.inputs for item in decoded if item.inputs is not None]
-        ready = DecodedBatch(
-            files=[item.file for item in decoded],
-            images=[item.image for item in decoded],
-            errors=[item.error for item in decoded],
-            pixels_by_size=self.engine.batch_inputs(resized) if resized else None,
-        )
+        ready = batch_of_decoded(self.engine, [item.file for item in decoded],
+                                 [(item.image, item.inputs, item.error) for item in decoded])
         rows: list[ResultRow] = []
         guarded(lambda: run_decoded(self.engine, [ready], self.writer, self.outputs.threshold, rows.append,
                                      self.outputs.pixel_threshold))
