@@ -6,7 +6,6 @@ See :mod:`fade_cli.watch` for the order of the writes and the recovery on start.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import numpy as np
 from PIL import Image
 
+from fade_cli.engine.file_hash import read_sha256
 from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
@@ -72,14 +72,10 @@ def signature(path: Path) -> Optional[Signature]:
 
 def content_sha256(path: Path) -> Optional[str]:
     """SHA-256 of the file's bytes, or None when it cannot be read."""
-    digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        return read_sha256(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 def drop_torn_tail(path: Path) -> None:
