@@ -274,8 +274,6 @@ def streamed_results(dataset, column: str) -> Iterator[tuple[int, Any]]:
 
     A failed job raises the FadeError a worker raised, else a ClusterError (see :func:`failure_of`).
     """
-    import ray
-
     blocks = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
     try:
         for block in blocks:
@@ -283,7 +281,7 @@ def streamed_results(dataset, column: str) -> Iterator[tuple[int, Any]]:
                 yield int(index), pickle.loads(blob)
     except (FadeError, KeyboardInterrupt, GeneratorExit):
         raise
-    except (ray.exceptions.RayError, Exception) as exc:  # Ray Data raises its own types around a worker's error
+    except Exception as exc:  # Ray Data raises its own types (RayError and others) around a worker's error
         raise failure_of(exc) from None
     finally:
         close = getattr(blocks, "close", None)  # stops the job's workers when the driver stops early
