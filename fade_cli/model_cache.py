@@ -47,8 +47,15 @@ def go_offline() -> None:
 
 
 def is_offline() -> bool:
+    """Whether downloads are forbidden: by --offline, or by HF_HUB_OFFLINE set before or after the hub was imported.
+
+    The hub reads the variable once, at import; a caller that sets it later (an embedding program,
+    a station's wrapper script) is still obeyed, and the hub is told too.
+    """
     from huggingface_hub import constants
 
+    if os.environ.get(OFFLINE_ENV, "").strip().upper() in constants.ENV_VARS_TRUE_VALUES:
+        go_offline()
     return bool(constants.is_offline_mode())
 
 

@@ -63,7 +63,11 @@ def test_list_all_marks_what_fade_cannot_run():
     assert resnet and not resnet[0]["fade_compatible"]
 
 
-def test_download_offline_says_how_to_prepare_a_station():
+def test_download_offline_says_how_to_prepare_a_station(monkeypatch):
+    from huggingface_hub import constants
+
+    # HF_HUB_OFFLINE=1 (conftest) set after the hub was imported without it: fade still obeys it.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     result = run(["models", "download", "ViT-B-16-plus-240", "--pretrained", "laion400m_e31"])
     assert result.exit_code == 3
     assert "offline mode is on" in result.output and "copy that cache folder here" in result.output
