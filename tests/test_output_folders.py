@@ -261,3 +261,47 @@ def test_creating_a_temporary_file_that_fails_is_a_message_or_an_error_row(tmp_p
         row = rows_of(tmp_path / "out" / "results.jsonl")[0]
         assert row["score"] is not None and "Operation not permitted" in row["error"]
     assert not [p for p in (tmp_path / "out").rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder_behind(tmp_path):
+    weights = tmp_path / "corrupt.pt"
+    weights.write_bytes(b"not a checkpoint")
+    out = tmp_path / "runs" / "line-2"
+    args = [a if a != TINY_MODEL_ARGS[TINY_MODEL_ARGS.index("--weights") + 1] else weights for a in ARGS]
+    result = run(["detect", QUERIES, "--out", out, *args])
+    assert result.exit_code == 2 and "not a usable open_clip checkpoint" in result.output
+    assert not (tmp_path / "runs").exists()  # the folder and the parent the run created are gone
+
+    out.mkdir(parents=True)  # a folder that was there before the run stays, as found
+    assert run(["detect", QUERIES, "--out", out, *args]).exit_code == 2
+    assert out.is_dir()
+
+
+def test_the_lock_keeps_a_folder_something_was_written_into(tmp_path):
+    from fade_cli.io.folder_lock import output_folder_lock
+
+    out = tmp_path / "out"
+    with output_folder_lock(out, "first"):
+        (out / "results.jsonl").write_text("")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "results.jsonl"]
+
+
+def test_a_run_locking_a_marker_just_removed_by_a_run_that_wrote_nothing_locks_a_fresh_one(tmp_path, monkeypatch):
+    from fade_cli.io import folder_lock
+
+    out = tmp_path / "out"
+    real_try_lock = folder_lock._try_lock
+    removed = []
+
+    def other_run_removes_the_folder_first(handle, folder):
+        if not removed:  # the other run ends between our open of its marker and our lock
+            os.unlink(folder / MARKER)
+            os.rmdir(folder)
+            removed.append(folder)
+        return real_try_lock(handle, folder)
+
+    monkeypatch.setattr(folder_lock, "_try_lock", other_run_removes_the_folder_first)
+    with folder_lock.output_folder_lock(out, "second"):
+        assert json.loads((out / MARKER).read_text())["command"] == "second"
+        (out / "results.jsonl").write_text("")
+    assert removed and (out / "results.jsonl").is_file()

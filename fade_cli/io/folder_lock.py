@@ -12,7 +12,9 @@ second run into a held folder is refused with :class:`OutputFolderBusy` (exit 2)
 naming the holder: its pid, its command line and when it started, which the
 holder writes into the file. The file stays after the run: it marks the folder
 as fade's output, so :func:`is_fade_output` lets discovery skip it (a run's
-heatmaps are never scored as product photos). Once the lock is held no other
+heatmaps are never scored as product photos). A run that created the folder and
+wrote nothing into it (the model failed to load) removes it again, with the
+parent folders it created, so a failed first run leaves no trace. Once the lock is held no other
 fade run writes there, so the temporary files a killed run left behind are
 removed (:func:`remove_stale_temporaries`).
 """
@@ -80,17 +82,63 @@ def output_folder_lock(folder: Path, command: Optional[str] = None,
                 raise OutputFolderBusy(folder, _read_holder(probe))
     if refuse is not None:
         refuse()
-    handle = _open_marker(folder)
+    created = _missing_folders(folder)
+    handle = _locked_marker(folder)
     try:
-        if not _try_lock(handle, folder):
-            raise OutputFolderBusy(folder, _read_holder(handle))
         if refuse is not None:
             refuse()  # another run may have finished in the folder since the first check
         _describe_self(handle, command)
         remove_stale_temporaries(folder)
         yield
     finally:
+        _remove_if_untouched(folder, created)
         handle.close()  # releases the lock
+
+
+def _locked_marker(folder: Path):
+    """The marker, opened and locked; raises OutputFolderBusy when another run holds it."""
+    while True:
+        handle = _open_marker(folder)
+        try:
+            if not _try_lock(handle, folder):
+                raise OutputFolderBusy(folder, _read_holder(handle))
+            if _is_current_marker(handle, folder):
+                return handle
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()  # a run that wrote nothing removed the folder between our open and our lock: again
+
+
+def _is_current_marker(handle, folder: Path) -> bool:
+    try:
+        named = os.stat(folder / MARKER)
+    except OSError:
+        return False
+    opened = os.fstat(handle.fileno())
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first."""
+    missing = []
+    for path in (folder, *folder.parents):
+        if os.path.lexists(path):
+            break
+        missing.append(path)
+    return missing
+
+
+def _remove_if_untouched(folder: Path, created: list[Path]) -> None:
+    """Remove the folders this run created when it wrote nothing but the marker (call holding the lock)."""
+    if not created:
+        return
+    with contextlib.suppress(OSError):
+        if os.listdir(folder) != [MARKER]:
+            return
+        os.unlink(folder / MARKER)
+        for path in created:
+            os.rmdir(path)  # refuses a folder that is not empty: something else was written there
 
 
 def _try_lock(handle, folder: Path) -> bool:
