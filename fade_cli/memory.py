@@ -1,20 +1,25 @@
-"""How much memory this machine has, and the sizes that fit in it: a clear message instead of an OOM kill.
+"""How much memory this machine has, the sizes that fit in it, and torch's failed allocations as fade errors.
 
-No torch here: the CLI checks ``--map-size`` while parsing options.
+A clear message instead of an OOM kill or a traceback. No torch here: the CLI checks ``--map-size``
+while parsing options.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
-from fade_cli.errors import InputError
+from fade_cli.errors import FadeError, InputError
+
+T = TypeVar("T")
 
 # cgroup v2 and v1: a container's limit, usually far below the host's RAM.
 CGROUP_LIMIT_FILES = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 # A float map, upsampled to N x N: the map, torch's interpolation output and the copy np.save writes.
 MAP_BUFFERS = 3
 MEMORY_HINT = "try --batch-size 1, fewer or smaller --scales, or --device cpu"
+# How torch's allocators word a failed allocation (CUDA, and CPU torch's DefaultCPUAllocator).
+OUT_OF_MEMORY_SIGNS = ("out of memory", "can't allocate memory", "enforce fail at alloc_cpu", "defaultcpuallocator")
 
 
 def physical_memory_bytes() -> Optional[int]:
@@ -65,3 +70,21 @@ def check_map_size(size: Optional[int], maps: int, option: str = "--map-size") -
         f"{gigabytes(map_bytes(size, maps))}, more than half of this machine's {gigabytes(total)} of memory; "
         f"use {option} {fitting} or less"
     )
+
+
+def guard_engine_failures(action: Callable[[], T]) -> T:
+    """Turn torch's memory and runtime failures into a FadeError with exit code 3."""
+    try:
+        return action()
+    except FadeError:
+        raise
+    except RuntimeError as exc:
+        if is_out_of_memory(exc):
+            raise FadeError(f"out of memory; {MEMORY_HINT}") from exc
+        raise FadeError(f"the engine failed: {exc}") from exc
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA says "out of memory"; CPU torch says "can't allocate memory" or "enforce fail at alloc_cpu.cpp"."""
+    text = str(exc).lower()
+    return any(sign in text for sign in OUT_OF_MEMORY_SIGNS)

@@ -237,7 +237,7 @@ def test_a_map_size_too_large_for_the_memory_is_refused(monkeypatch, tmp_path, c
     "CUDA out of memory. Tried to allocate 2.00 GiB",
 ])
 def test_allocation_failures_of_cpu_torch_are_reported_as_out_of_memory(message):
-    from fade_cli.cli.engine_setup import guard_engine_failures
+    from fade_cli.memory import guard_engine_failures
 
     def allocate():
         raise RuntimeError(message)

@@ -10,13 +10,14 @@ import click
 
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP, Terminated, run_exit_code, stop_exit_code
 from fade_cli.bank.calibration import DEFAULT_MARGIN
-from fade_cli.cli.engine_setup import guard_engine_failures, read_run_setup, start_engine
+from fade_cli.cli.engine_setup import read_run_setup, start_engine
 from fade_cli.cli.mutual_options import mutual_options, pop_mutual_settings, refuse_with_mutual
 from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options, report_option
 from fade_cli.cli.ray_options import RAY_OPTION_NAMES, pop_ray_settings, ray_options, start_ray
 from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bars, stderr_console
 from fade_cli.cli.stopping import STOPS, silence_stdout
 from fade_cli.errors import InputError
+from fade_cli.memory import guard_engine_failures
 
 
 @click.command(epilog=EXIT_CODES_HELP)

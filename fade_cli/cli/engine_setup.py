@@ -23,15 +23,13 @@ from fade_cli.bank.compat import model_files_for_bank, precision_warning, settin
 from fade_cli.cli.options import ENGINE_OPTION_NAMES, engine_config_from_options, prompt_sets_from_options
 from fade_cli.cli.reporting import download_announcer, print_warning, progress_bar, shows_progress, status_line
 from fade_cli.config import EngineConfig
-from fade_cli.errors import FadeError, InputError
-from fade_cli.memory import MEMORY_HINT
+from fade_cli.errors import InputError
+from fade_cli.memory import guard_engine_failures
 from fade_cli.prompt_set import PromptSet
 
 if TYPE_CHECKING:  # importing the model module pulls in torch
     from fade_cli.engine.model import ModelSource
 
-# How torch's allocators word a failed allocation (CUDA, and CPU torch's DefaultCPUAllocator).
-OUT_OF_MEMORY_SIGNS = ("out of memory", "can't allocate memory", "enforce fail at alloc_cpu", "defaultcpuallocator")
 # How this machine runs the engine: always taken from the command line, never from a bank.
 RUNTIME_OPTIONS = ("device", "batch_size", "cache_dir", "compile", "precision", "verbose", "offline")
 MODEL_OPTIONS = ("model", "pretrained", "weights", "model_config")
@@ -266,21 +264,3 @@ def loading_model(config: EngineConfig, console: Console, quiet: bool, text: str
                       progress=shows_progress(console, quiet))
     with status_line(console, quiet, text):
         yield source
-
-
-def guard_engine_failures(action):
-    """Turn torch's memory and runtime failures into a FadeError with exit code 3."""
-    try:
-        return action()
-    except FadeError:
-        raise
-    except RuntimeError as exc:
-        if is_out_of_memory(exc):
-            raise FadeError(f"out of memory; {MEMORY_HINT}") from exc
-        raise FadeError(f"the engine failed: {exc}") from exc
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """CUDA says "out of memory"; CPU torch says "can't allocate memory" or "enforce fail at alloc_cpu.cpp"."""
-    text = str(exc).lower()
-    return any(sign in text for sign in OUT_OF_MEMORY_SIGNS)

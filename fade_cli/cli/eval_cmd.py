@@ -218,7 +218,8 @@ def _prompt_source(options: dict[str, Any]):
 
 
 def _load_evaluator(config, prompt_source, settings, console, quiet):
-    from fade_cli.cli.engine_setup import guard_engine_failures, loading_model
+    from fade_cli.cli.engine_setup import loading_model
+    from fade_cli.memory import guard_engine_failures
     from fade_cli.evaluation.evaluate import Evaluator
 
     with loading_model(config, console, quiet, "Loading model...") as source:
@@ -226,7 +227,7 @@ def _load_evaluator(config, prompt_source, settings, console, quiet):
 
 
 def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet, thumbnails=False):
-    from fade_cli.cli.engine_setup import guard_engine_failures
+    from fade_cli.memory import guard_engine_failures
     from fade_cli.cli.reporting import progress_bars
 
     sink, scored = _image_sinks(out, save_maps, thumbnails)

@@ -136,7 +136,8 @@ def _bank_loader(ctx, options, bank_paths, refs, threshold, pixel_threshold, cal
 
 
 def _served_banks(named: dict, threshold, pixel_threshold, console) -> list:
-    from fade_cli.cli.engine_setup import bank_thresholds, engines_for_banks, guard_engine_failures
+    from fade_cli.cli.engine_setup import bank_thresholds, engines_for_banks
+    from fade_cli.memory import guard_engine_failures
     from fade_cli.serve.service import ServedBank
 
     entries = [(bank, config, str(path)) for path, bank, config in named.values()]

@@ -121,7 +121,7 @@ def _engine(ctx, options, refs, bank_path, threshold, pixel_threshold, console, 
 
 
 def _watch(engine, watcher, output, threshold, pixel_threshold, on_row, interval, once) -> None:
-    from fade_cli.cli.engine_setup import guard_engine_failures
+    from fade_cli.memory import guard_engine_failures
     from fade_cli.watch import watch_folder
 
     guard_engine_failures(lambda: watch_folder(engine, watcher, output, threshold, pixel_threshold, on_row,

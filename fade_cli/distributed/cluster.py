@@ -214,13 +214,6 @@ def on_worker_node(load: Callable[[], T]) -> T:
                               "node sees ($FADE_CACHE_DIR; see docs/scale.md)", exc.exit_code) from exc
 
 
-def guarded(action: Callable[[], T]) -> T:
-    """``action()`` with torch's out-of-memory and runtime failures turned into fade errors, as on the driver."""
-    from fade_cli.cli.engine_setup import guard_engine_failures
-
-    return guard_engine_failures(action)
-
-
 def pickled_column(items: list) -> "Any":
     """A Ray Data column of pickled objects (bytes): Arrow leaves them alone, whatever file names they hold."""
     import numpy as np

@@ -37,7 +37,6 @@ from fade_cli.distributed.cluster import (
     absolute_paths,
     block_count,
     bounded_map_batches,
-    guarded,
     indexed_items,
     map_with_workers,
     node_name,
@@ -49,6 +48,7 @@ from fade_cli.distributed.cluster import (
 from fade_cli.engine.detector import FadeEngine, batch_size_for, resize_for_config
 from fade_cli.io.images import ImageFile
 from fade_cli.io.outputs import ImageWriter, ResultRow
+from fade_cli.memory import guard_engine_failures
 from fade_cli.runner import ResultSink, batch_of_decoded, decode_one, run_decoded
 
 
@@ -159,7 +159,7 @@ class ScoringWorker:
         engine_state: PreparedEngine = ray.get(prepared[0])
         if engine_state.config.device == "cpu" or not torch.cuda.is_available():
             torch.set_num_threads(cpu_threads)  # the CPUs this worker reserved, not every core of the node
-        self.engine = guarded(engine_state.load_engine)
+        self.engine = guard_engine_failures(engine_state.load_engine)
         self.outputs = outputs
         self.writer = outputs.writer()
 
@@ -170,7 +170,7 @@ class ScoringWorker:
         ready = batch_of_decoded(self.engine, [item.file for item in decoded],
                                  [(item.image, item.inputs, item.error) for item in decoded])
         rows: list[ResultRow] = []
-        guarded(lambda: run_decoded(self.engine, [ready], self.writer, self.outputs.threshold, rows.append,
+        guard_engine_failures(lambda: run_decoded(self.engine, [ready], self.writer, self.outputs.threshold, rows.append,
                                      self.outputs.pixel_threshold))
         return {"index": batch["index"], "row": pickled_column(rows)}
 

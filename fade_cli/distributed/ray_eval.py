@@ -15,7 +15,6 @@ from fade_cli.config import EngineConfig
 from fade_cli.distributed.cluster import (
     RaySettings,
     absolute_paths,
-    guarded,
     indexed_items,
     map_with_workers,
     on_worker_node,
@@ -26,6 +25,7 @@ from fade_cli.distributed.cluster import (
 from fade_cli.evaluation.evaluate import EvalMapSink, Evaluator, RunResult, ScoredImageSink
 from fade_cli.evaluation.plan import EvalSettings, PlannedRun
 from fade_cli.evaluation.prompts import PromptSource
+from fade_cli.memory import guard_engine_failures
 
 
 class EvaluationWorker:
@@ -37,7 +37,7 @@ class EvaluationWorker:
 
         if not torch.cuda.is_available():
             torch.set_num_threads(1)  # the one CPU this worker reserved, not every core of the node
-        self.evaluator = guarded(lambda: on_worker_node(lambda: Evaluator(config, prompts, settings)))
+        self.evaluator = guard_engine_failures(lambda: on_worker_node(lambda: Evaluator(config, prompts, settings)))
         self.on_eval_map = on_eval_map
         self.on_scored = on_scored
 
@@ -47,7 +47,7 @@ class EvaluationWorker:
         results = []
         for blob in batch["item"]:
             run: PlannedRun = pickle.loads(blob)
-            results.append(guarded(lambda: self.evaluator.evaluate(run, on_eval_map=self.on_eval_map,
+            results.append(guard_engine_failures(lambda: self.evaluator.evaluate(run, on_eval_map=self.on_eval_map,
                                                                    on_scored=self.on_scored)))
         return {"index": batch["index"], "result": pickled_column(results)}
 
