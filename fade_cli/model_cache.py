@@ -29,6 +29,8 @@ from fade_cli.open_clip_import import open_clip_module
 
 CACHE_ENV = "FADE_CACHE_DIR"
 OFFLINE_ENV = "HF_HUB_OFFLINE"
+# How Hugging Face's libraries read a yes/no environment variable (case-insensitive).
+TRUE_ENV_VALUES = ("1", "true", "yes", "on")
 ETAG_TIMEOUT_ENV = "HF_HUB_ETAG_TIMEOUT"
 URL_CACHE_FALLBACK = "~/.cache/clip"
 # How long fade waits for the hub's first answer unless HF_HUB_ETAG_TIMEOUT says otherwise: the hub
@@ -54,9 +56,14 @@ def is_offline() -> bool:
     """
     from huggingface_hub import constants
 
-    if os.environ.get(OFFLINE_ENV, "").strip().upper() in constants.ENV_VARS_TRUE_VALUES:
+    if offline_by_environment(OFFLINE_ENV):
         go_offline()
     return bool(constants.is_offline_mode())
+
+
+def offline_by_environment(*names: str) -> bool:
+    """Whether one of the environment variables ``names`` says offline, read as Hugging Face's libraries read it."""
+    return any(os.environ.get(name, "").strip().lower() in TRUE_ENV_VALUES for name in names)
 
 
 def default_cache_dir() -> Optional[str]:

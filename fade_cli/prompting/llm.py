@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from fade_cli.errors import InputError, ModelError
+from fade_cli.model_cache import OFFLINE_ENV, offline_by_environment
 from fade_cli.prompt_set import STATES
 from fade_cli.prompting.cleaning import duplicate_key
 from fade_cli.prompting.llm_parse import SentenceFilter, parse_model_output
@@ -160,7 +161,7 @@ def load_language_model(reference: str, device: str = "auto", download: bool = F
     is_folder = folder.is_dir()
     if not is_folder and (reference.startswith((".", "~", os.sep)) or not _HUB_ID.match(reference)):
         raise InputError(f"--llm-model {reference}: no such folder")
-    if download and hub_offline():
+    if download and offline_by_environment(OFFLINE_ENV, "TRANSFORMERS_OFFLINE"):
         raise InputError("--download needs the network, but HF_HUB_OFFLINE is set")
     source = str(folder) if is_folder else reference
     local_only = is_folder or not download
@@ -183,11 +184,6 @@ def _load_failure(reference: str, is_folder: bool, local_only: bool, exc: Except
                 f"on a connected machine (huggingface-cli download {reference}) and copy it over, pass a local "
                 f"folder, or add --download")
     return f"cannot download language model '{reference}': {reason}"
-
-
-def hub_offline() -> bool:
-    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _device(device: str) -> str:
