@@ -57,13 +57,19 @@ class FiniteFloat(click.FloatRange):
         return super().convert(number, param, ctx)
 
 
-def _sizes(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[tuple[int, ...]]:
-    if value is None:
-        return None
-    try:
-        return parse_sizes(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from exc
+def parsed_with(parse: Callable[[str], Any], errors: tuple[type[Exception], ...] = (ValueError,)) -> Callable:
+    """A click callback giving ``parse(value)`` (an option not given stays None); ``errors`` become click's
+    usage error naming the option (exit 2)."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Any:
+        if value is None:
+            return None
+        try:
+            return parse(value)
+        except errors as exc:
+            raise click.BadParameter(str(exc)) from exc
+
+    return callback
 
 
 def _offline(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
@@ -97,7 +103,8 @@ ENGINE_OPTIONS = [
                       "CPU without bf16 instructions)."),
     click.option("--class", "class_name", default="object", show_default=True,
                  help="Object name put into the prompts, e.g. screw (underscores become spaces)."),
-    click.option("--scales", callback=_sizes, default=",".join(map(str, DEFAULT_SEG_SIZES)), show_default=True,
+    click.option("--scales", callback=parsed_with(parse_sizes), default=",".join(map(str, DEFAULT_SEG_SIZES)),
+                 show_default=True,
                  help="Segmentation input sizes, comma-separated; fewer or smaller sizes run faster."),
     click.option("--cls-size", type=click.IntRange(min=16, max=MAX_INPUT_SIZE), default=DEFAULT_CLS_SIZE, show_default=True,
                  help="Input size for the image-level (classification) score."),
@@ -218,6 +225,7 @@ def prompt_sets_from_options(options: dict[str, Any]) -> tuple[Optional[PromptSe
 __all__ = [
     "FiniteFloat",
     "add_options",
+    "parsed_with",
     "engine_config_from_options",
     "engine_options",
     "pop_engine_options",

@@ -8,24 +8,16 @@ from typing import Any, Callable, Optional
 
 import click
 
-from fade_cli.cli.options import FiniteFloat, add_options, refuse_without
+from fade_cli.cli.options import FiniteFloat, add_options, parsed_with, refuse_without
 from fade_cli.distributed.cluster import RaySettings, check_address
 from fade_cli.errors import InputError
 
 RAY_OPTION_NAMES = ("ray_address", "ray_workers", "ray_gpus_per_worker")
 
 
-def _address(ctx: click.Context, param: click.Parameter, value: Optional[str]) -> Optional[str]:
-    if value is None:
-        return None
-    try:
-        return check_address(value)
-    except InputError as exc:
-        raise click.BadParameter(str(exc)) from exc
-
-
 RAY_OPTIONS = [
-    click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]", callback=_address,
+    click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[ADDRESS]",
+                 callback=parsed_with(check_address, (InputError,)),
                  help="Run on a Ray cluster (pip install '.[ray]'): auto (default: the running cluster, else a local "
                       "one started for the run), local, HOST:PORT or ray://HOST:PORT. Needs shared storage for "
                       "the images, --out and the weights; see docs/scale.md."),
