@@ -266,7 +266,7 @@ def run_decoded(
     pixel_threshold: Optional[float] = None,
 ) -> None:
     """:func:`run_detection` for batches decoded elsewhere (the decoding tasks of a Ray run): same rows, same files."""
-    decoded = (batch for batch in batches)
+    decoded = (batch for batch in batches)  # a generator: _scored_batches closes what it reads
     _finish_rows(engine, _scored_batches(engine, decoded), output, threshold, on_row, pixel_threshold)
 
 

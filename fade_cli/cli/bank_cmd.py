@@ -61,11 +61,10 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
       fade bank build ./good --class screw --scales 240,448 --margin 1.2 --out screw.fadebank
     """
     from fade_cli.bank.engine_bridge import bank_from_engine
-    from fade_cli.cli.engine_setup import build_engine, report_engine_setup
-    from fade_cli.memory import guard_engine_failures
-    from fade_cli.cli.engine_setup import calibrate_references
+    from fade_cli.cli.engine_setup import build_engine, calibrate_references, report_engine_setup
     from fade_cli.cli.reporting import print_warning, stderr_console
     from fade_cli.io.images import require_images
+    from fade_cli.memory import guard_engine_failures
     from fade_cli.prompt_set import with_default_prompts
 
     options = pop_engine_options(kwargs)

@@ -170,8 +170,8 @@ class ScoringWorker:
         ready = batch_of_decoded(self.engine, [item.file for item in decoded],
                                  [(item.image, item.inputs, item.error) for item in decoded])
         rows: list[ResultRow] = []
-        guard_engine_failures(lambda: run_decoded(self.engine, [ready], self.writer, self.outputs.threshold, rows.append,
-                                     self.outputs.pixel_threshold))
+        guard_engine_failures(lambda: run_decoded(self.engine, [ready], self.writer, self.outputs.threshold,
+                                                  rows.append, self.outputs.pixel_threshold))
         return {"index": batch["index"], "row": pickled_column(rows)}
 
 

@@ -47,8 +47,8 @@ class EvaluationWorker:
         results = []
         for blob in batch["item"]:
             run: PlannedRun = pickle.loads(blob)
-            results.append(guard_engine_failures(lambda: self.evaluator.evaluate(run, on_eval_map=self.on_eval_map,
-                                                                   on_scored=self.on_scored)))
+            results.append(guard_engine_failures(lambda: self.evaluator.evaluate(
+                run, on_eval_map=self.on_eval_map, on_scored=self.on_scored)))
         return {"index": batch["index"], "result": pickled_column(results)}
 
 
