@@ -18,7 +18,7 @@ from PIL import Image
 
 from fade_cli.config import MutualSettings
 from fade_cli.engine.detector import FadeEngine
-from fade_cli.engine.mutual import balanced_groups, require_mutual_batch
+from fade_cli.engine.mutual import ALONE_IN_GROUP, balanced_groups, require_mutual_batch
 from fade_cli.engine.result import Detection
 from fade_cli.errors import ImageError, InputError
 from fade_cli.io.atomic import OutputError
@@ -334,7 +334,7 @@ def _mutual_scored_groups(
                         on_encoded()
         readable = [item for item in items if item.error is None]
         if len(readable) == 1:
-            readable[0].error = "mutual scoring: no other readable image in its group to compare it with"
+            readable[0].error = ALONE_IN_GROUP
         elif readable:
             for item, detection in zip(readable, engine.detect_mutual(encoded, settings)):
                 item.detection = detection

@@ -130,6 +130,23 @@ def test_only_one_readable_image_gets_an_error_row(tmp_path):
     assert "no other readable image" in rows["good_a.png"]["error"]
 
 
+def test_one_readable_and_two_broken_images_say_mutual_needs_two_readable(tmp_path):
+    folder = tmp_path / "mostly-broken"
+    folder.mkdir()
+    shutil.copy(QUERIES / "good_a.png", folder)
+    (folder / "broken_a.png").write_bytes(b"not a png")
+    (folder / "broken_b.jpg").write_bytes(b"")
+    result = run(["detect", str(folder), "--mutual", "--format", "jsonl", "-q", *ARGS])
+    assert result.exit_code == 2
+    message = " ".join(result.stderr.split())
+    assert "no image could be read" not in message
+    assert "needs at least two readable images" in message and "only 1 of the 3 image(s) could be read" in message
+    rows = {row["path"]: row for row in map(json.loads, result.stdout.splitlines())}
+    assert sorted(rows) == ["broken_a.png", "broken_b.jpg", "good_a.png"]
+    assert all(row["score"] is None and row["error"] for row in rows.values())
+    assert "no other readable image" in rows["good_a.png"]["error"]
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [

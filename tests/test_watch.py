@@ -5,10 +5,15 @@ real time and every loop stops after a fixed number of polls.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import shutil
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -66,9 +71,10 @@ def state_of(out: Path) -> list[dict]:
     return [entry for entry in entries if "pending_at" not in entry]
 
 
-def start(folder: Path, out: Path, clock: FakeTime, settle_s: float = 0.0, move_to=None, warn=None):
+def start(folder: Path, out: Path, clock: FakeTime, settle_s: float = 0.0, move_to=None, warn=None, notice=None):
     """What a (re)start of the watch does: open the results log, then the watcher (which repairs the state)."""
-    return FolderWatcher(folder, out, settle_s=settle_s, move_to=move_to, warn=warn, clock=clock), ResultsLog(out)
+    watcher = FolderWatcher(folder, out, settle_s=settle_s, move_to=move_to, warn=warn, clock=clock, notice=notice)
+    return watcher, ResultsLog(out)
 
 
 def test_a_growing_file_is_scored_once_it_stops_changing(engine, tmp_path):
@@ -372,3 +378,265 @@ def test_a_name_too_long_for_its_heatmap_is_an_error_row_and_the_watch_goes_on(e
     rows = {row["path"]: row for row in rows_of(out)}
     assert rows[long_name]["score"] is not None and "File name too long" in rows[long_name]["error"]
     assert rows["b.png"]["error"] is None and (done / long_name).exists()
+
+
+class Said:
+    """What the watcher said: warnings and notices apart."""
+
+    def __init__(self):
+        self.warnings, self.notices = [], []
+
+    def watcher(self, folder: Path, out: Path, clock: FakeTime, **kwargs):
+        return start(folder, out, clock, warn=self.warnings.append, notice=self.notices.append, **kwargs)
+
+
+def test_a_folder_removed_and_created_again_is_watched_again(engine, tmp_path):
+    folder, out, clock, said = tmp_path / "in", tmp_path / "out", FakeTime(), Said()
+    bitmap(folder / "same.bmp", 90)
+    bitmap(folder / "changed.bmp", 120)
+
+    def remount(now):
+        if now == 1003.0:
+            shutil.rmtree(folder)
+        if now == 1006.0:  # it comes back: a new folder (new inode) with the same names
+            staging = tmp_path / "staging"
+            bitmap(staging / "same.bmp", 90)  # the very file scored before: not scored again
+            bitmap(staging / "changed.bmp", 200)  # same name and size, new content: scored
+            bitmap(staging / "new.bmp", 30)
+            os.rename(staging, folder)
+
+    clock.on_sleep.append(remount)
+    scored = []
+    watcher, log = said.watcher(folder, out, clock)
+    count = watch_folder(engine, watcher, log, on_row=lambda row: scored.append((row.path, clock.now)),
+                         max_polls=10, sleep=clock.sleep)
+
+    assert count == 4
+    assert sorted(path for path, when in scored if when < 1003.0) == ["changed.bmp", "same.bmp"]
+    assert sorted(path for path, when in scored if when > 1006.0) == ["changed.bmp", "new.bmp"]
+    assert len(said.warnings) == 1 and f"cannot watch {folder}: it is gone; waiting" in said.warnings[0]
+    assert said.notices == [f"{folder} is back; watching it again"]
+    watcher, log = said.watcher(folder, out, clock)  # a restart: all three are known
+    assert watch_folder(engine, watcher, log, max_polls=3, sleep=clock.sleep) == 0
+
+
+def _unreadable(monkeypatch, folder):
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path) == os.fspath(folder):  # tests may run as root, for whom chmod 000 changes nothing
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    return monkeypatch.undo
+
+
+@pytest.mark.parametrize("change, message", [
+    ("a file", "it is no longer a folder"),
+    ("unreadable", "cannot read it (permission denied)"),
+    ("a broken link", "a broken symbolic link"),
+    ("a link to the results", f"it now leads to {{out}}, where the results or the moved files go"),
+])
+def test_a_folder_replaced_or_unreadable_is_waited_for_with_a_clear_message(tmp_path, monkeypatch, change, message):
+    folder, out, elsewhere, clock, said = tmp_path / "in", tmp_path / "out", tmp_path / "else", FakeTime(), Said()
+    picture(folder / "a.png")
+    watcher, _ = said.watcher(folder, out, clock)
+    restore = None
+    if change == "unreadable":
+        restore = _unreadable(monkeypatch, folder)
+    else:
+        shutil.rmtree(folder)
+        if change == "a file":
+            folder.write_bytes(b"not a folder")
+        else:
+            os.symlink(elsewhere if change == "a broken link" else out, folder)
+
+    for _ in range(3):
+        assert watcher.poll() == [] and watcher.waiting == 0
+    message = message.format(out=os.path.realpath(out))
+    assert len(said.warnings) == 1 and said.warnings[0].startswith(f"cannot watch {folder}: {message}")
+    assert said.notices == []
+
+    if restore is not None:
+        restore()
+    elif change == "a broken link":  # its target appears: a folder elsewhere, reached through the link
+        picture(elsewhere / "b.png")
+    else:
+        folder.unlink()
+        picture(folder / "b.png")
+    watcher.poll()
+    expected = ["a.png"] if change == "unreadable" else ["b.png"]
+    assert [file.relative for file in watcher.poll()] == expected
+    assert len(said.notices) == 1 and said.notices[0].startswith(f"{folder} is back")
+    if change == "a broken link":
+        assert f"a symbolic link to {os.path.realpath(elsewhere)}" in said.notices[0]
+    assert len(said.warnings) == 1
+
+
+# Runs the start of a watch's move across file systems (os.rename fails with EXDEV) and kills the process
+# (SIGKILL: no clean-up of any kind) during the copy, or once the copy is complete, before the original goes.
+KILLED_MOVE = """
+import errno, os, shutil, signal, sys
+from pathlib import Path
+from fade_cli.io.outputs import ResultRow
+from fade_cli.watch import FolderWatcher, ResultsLog
+
+folder, out, done, when = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+real_rename, real_unlink = os.rename, os.unlink
+
+def other_disk(source, target, *args, **kwargs):
+    if Path(source).parent == folder:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+    return real_rename(source, target, *args, **kwargs)
+
+def killed_copy(source, target, *args, **kwargs):
+    data = Path(source).read_bytes()
+    with open(target, "wb") as handle:
+        handle.write(data[: len(data) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def killed_unlink(path, *args, **kwargs):
+    if Path(path).parent == folder:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_unlink(path, *args, **kwargs)
+
+os.rename = other_disk
+if when == "during the copy":
+    shutil.copyfile = killed_copy
+else:
+    os.unlink = killed_unlink
+watcher, log = FolderWatcher(folder, out, settle_s=0, move_to=done), ResultsLog(out)
+watcher.poll()
+[file] = watcher.poll()
+watcher.before_row(file.relative, log.size())
+log.add(ResultRow(path=file.relative, score=0.5))
+watcher.mark_done(file.relative)
+"""
+
+
+@pytest.mark.parametrize("when", ["during the copy", "before the original is removed"])
+def test_a_move_to_another_disk_killed_midway_is_completed_once_on_restart(tmp_path, monkeypatch, when):
+    folder, out, done, clock = tmp_path / "in", tmp_path / "out", tmp_path / "done", FakeTime()
+    bitmap(folder / "sub" / "a.bmp", 90)
+    original = (folder / "sub" / "a.bmp").read_bytes()
+    killed = subprocess.run([sys.executable, "-c", KILLED_MOVE, folder / "sub", out, done / "sub", when],
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    if when == "during the copy":  # the half copy never shows under the final name
+        assert [p.name for p in (done / "sub").iterdir() if not p.name.startswith(".")] == []
+
+    real_rename = os.rename
+
+    def other_disk(source, target, *args, **kwargs):
+        if Path(source).parent == folder / "sub":
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_rename(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rename", other_disk)
+    watcher, _ = start(folder / "sub", out, clock, move_to=done / "sub")  # the restart completes the move
+
+    assert [p.name for p in (done / "sub").iterdir()] == ["a.bmp"]  # one complete copy, no temporary left
+    assert (done / "sub" / "a.bmp").read_bytes() == original
+    assert list((folder / "sub").iterdir()) == []
+    watcher.poll()
+    assert watcher.poll() == []
+
+    monkeypatch.undo()  # the same file system: a move stays a rename (the same inode, no copy)
+    bitmap(folder / "sub" / "b.bmp", 60)
+    inode = os.stat(folder / "sub" / "b.bmp").st_ino
+    watcher.poll()
+    [file] = watcher.poll()
+    watcher.before_row(file.relative, 0)
+    watcher.mark_done(file.relative)
+    assert os.stat(done / "sub" / "b.bmp").st_ino == inode
+
+
+class WatchProcess:
+    """`fade watch` in a subprocess, its output read as it comes; every wait is bounded."""
+
+    def __init__(self, args: list):
+        self.process = subprocess.Popen([sys.executable, "-m", "fade_cli", "watch", *map(str, args)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.stdout, self.stderr = [], []
+        self._readers = [threading.Thread(target=self._read, args=(stream, lines), daemon=True)
+                         for stream, lines in ((self.process.stdout, self.stdout), (self.process.stderr, self.stderr))]
+        for reader in self._readers:
+            reader.start()
+
+    @staticmethod
+    def _read(stream, lines: list) -> None:
+        for line in stream:
+            lines.append(line)
+
+    def wait_for(self, condition, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.process.poll() is None, f"fade watch ended ({self.process.returncode}): {self.stderr}"
+            assert time.monotonic() < deadline, f"timed out; stderr so far: {self.stderr}"
+            time.sleep(0.05)
+
+    def stop(self, signum: int, timeout: float = 60.0) -> int:
+        self.process.send_signal(signum)
+        code = self.process.wait(timeout)
+        for reader in self._readers:
+            reader.join(10)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture
+def watching():
+    started = []
+
+    def run(args: list) -> WatchProcess:
+        started.append(WatchProcess(args))
+        return started[-1]
+
+    yield run
+    for process in started:
+        process.kill()
+
+
+def _arrive(source: Path, target: Path) -> None:
+    """A file put into the folder as a careful uploader does: under a hidden name, then renamed."""
+    hidden = target.with_name("." + target.name)
+    shutil.copy(source, hidden)
+    os.replace(hidden, target)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+def test_sighup_and_sigterm_stop_a_watch_process_cleanly(tmp_path, watching, signum):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    _arrive(QUERIES / "good_a.png", folder / "a.png")
+    watch = watching([folder, "--out", out, "--settle", "0", "--interval", "0.05", *ARGS])
+    watch.wait_for(lambda: len(watch.stdout) == 1, timeout=300)  # the model loads first
+
+    assert watch.stop(signum) == 0, watch.stderr  # not killed (-1 / 129): a normal end, like SIGTERM
+    assert "Stopped after scoring 1 image(s)." in "".join(watch.stderr)
+    assert [row["path"] for row in rows_of(out)] == ["a.png"] and [e["path"] for e in state_of(out)] == ["a.png"]
+
+
+def test_a_watch_process_waits_for_its_folder_to_come_back(tmp_path, watching):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    _arrive(QUERIES / "good_a.png", folder / "a.png")
+    watch = watching([folder, "--out", out, "--settle", "0", "--interval", "0.05", "-q", *ARGS])
+    watch.wait_for(lambda: len(watch.stdout) == 1, timeout=300)
+
+    shutil.rmtree(folder)
+    watch.wait_for(lambda: any("cannot watch" in line for line in watch.stderr))
+    folder.mkdir()
+    _arrive(QUERIES / "good_a.png", folder / "a.png")  # the same file again: already scored
+    _arrive(QUERIES / "cracked_a.png", folder / "b.png")
+    watch.wait_for(lambda: len(watch.stdout) == 2)
+
+    assert watch.stop(signal.SIGTERM) == 0, watch.stderr
+    stderr = "".join(watch.stderr)
+    assert f"cannot watch {folder}: it is gone" in stderr and f"{folder} is back; watching it again" in stderr
+    assert [json.loads(line)["path"] for line in watch.stdout] == ["a.png", "b.png"]

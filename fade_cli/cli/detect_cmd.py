@@ -158,8 +158,16 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     printer.finish(summary_rows)
     _report(out, report, console, images, threshold)
     if all(row.score is None for row in summary_rows):
-        raise InputError("no image could be read")
+        raise InputError(_nothing_scored(summary_rows))
     ctx.exit(run_exit_code(summary_rows, threshold is not None))
+
+
+def _nothing_scored(rows) -> str:
+    """Why no row has a score: nothing could be read, or (--mutual) too few images could."""
+    from fade_cli.engine.mutual import ALONE_IN_GROUP, too_few_readable
+
+    readable = sum(row.error == ALONE_IN_GROUP for row in rows)
+    return too_few_readable(readable, len(rows)) if readable else "no image could be read"
 
 
 def refuse_input_as_output(images: Path, out: Optional[Path]) -> None:

@@ -1,9 +1,10 @@
-"""Stopping early the same way whatever asks: Ctrl-C, SIGTERM, or a reader that closed stdout.
+"""Stopping early the same way whatever asks: Ctrl-C, SIGTERM, SIGHUP, or a reader that closed stdout.
 
 The `fade` group installs :func:`sigterm_as_interrupt` around every command, so a
 command that saves its finished work on KeyboardInterrupt does the same on SIGTERM
 (raised as :class:`~fade_cli.cli.exit_codes.Terminated`, a KeyboardInterrupt),
-model loading included. :func:`stop_exit_code` then tells the three apart.
+model loading included. SIGHUP (the terminal or SSH session closed) is taken as
+SIGTERM. :func:`stop_exit_code` then tells the three apart.
 """
 from __future__ import annotations
 
@@ -16,23 +17,28 @@ from typing import Iterator
 from fade_cli.cli.exit_codes import Terminated
 
 STOPS = (KeyboardInterrupt, BrokenPipeError)  # what a command catches to save its work and stop
+# A closed terminal (SIGHUP) would kill a run without saving: it stops like SIGTERM. (Windows has no SIGHUP.)
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """While inside, SIGTERM raises :class:`Terminated` in the main thread, as SIGINT raises KeyboardInterrupt."""
+    """While inside, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread, as SIGINT raises
+    KeyboardInterrupt."""
     def handler(signum, frame):
         raise Terminated()
 
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        for signum in _STOP_SIGNALS:
+            previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread (fade used as a library): leave signals alone
-        previous = None
+        pass
     try:
         yield
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for signum, action in previous.items():
+            signal.signal(signum, action)
 
 
 def silence_stdout() -> None:

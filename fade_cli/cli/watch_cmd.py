@@ -1,6 +1,7 @@
 """`fade watch`: score images as they arrive in a folder, each once, across restarts."""
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Any, Optional
@@ -11,10 +12,11 @@ from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options
 from fade_cli.cli.exit_codes import OK, Terminated, run_exit_code, stop_exit_code
 from fade_cli.cli.reporting import RowPrinter, print_warning, stderr_console
 from fade_cli.cli.stopping import STOPS, silence_stdout
+from fade_cli.io.images import escape_undecodable
 
 WATCH_EXIT_CODES_HELP = """\b
 Exit codes:
-  0    stopped by SIGTERM (a service stop), or --once done and no image NG
+  0    stopped by SIGTERM or SIGHUP (a service stop, a closed terminal), or --once done and no image NG
   1    --once done, at least one image NG (with a threshold)
   2    usage or input error (bad option, missing folder, results of another run in --out, --out in use)
   3    failure while running (model, memory, disk full)
@@ -61,7 +63,9 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
     OUT/watch-state.jsonl records the files scored (path, size, inode, times and
     SHA-256 of the content): after a restart nothing is scored twice, and a new
     file under an old name is scored. One watch (or other run) at a time may use
-    --out: a second is refused. Runs until Ctrl-C or SIGTERM (or --once).
+    --out: a second is refused. If FOLDER goes away (a share unmounted), the watch
+    warns, waits for it and goes on when it is back. Runs until Ctrl-C, SIGTERM or
+    SIGHUP (or --once).
 
     \b
       fade watch ./incoming --bank screw.fadebank --out ./results --move-to ./done
@@ -75,7 +79,11 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
     console = stderr_console()
     warn = functools.partial(print_warning, console)
     ctx.with_resource(output_folder_lock(out))
-    watcher = FolderWatcher(folder, out, settle_s=settle, move_to=move_to, warn=warn)
+    # Said even with -q: it answers the warning that the folder was gone.
+    def notice(message: str) -> None:
+        console.print(escape_undecodable(message), markup=False, highlight=False, soft_wrap=True)
+
+    watcher = FolderWatcher(folder, out, settle_s=settle, move_to=move_to, warn=warn, notice=notice)
     rows = []
     try:  # from here on, a stop (SIGTERM while the model loads too) ends the watch the same way
         engine, threshold, pixel_threshold = _engine(ctx, options, refs, bank_path, threshold, pixel_threshold,
@@ -97,8 +105,10 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
     except STOPS as stop:
         if isinstance(stop, BrokenPipeError):
             silence_stdout()
-        console.print(f"Stopped after scoring {len(rows)} image(s).", markup=False, highlight=False, soft_wrap=True)
-        # A service manager's stop is the normal end of a watch, not a failure.
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone: the results are saved anyway
+            console.print(f"Stopped after scoring {len(rows)} image(s).", markup=False, highlight=False,
+                          soft_wrap=True)
+        # A service manager's stop (or a closed terminal: SIGHUP) is the normal end of a watch, not a failure.
         ctx.exit(OK if isinstance(stop, Terminated) else stop_exit_code(stop))
     if not quiet:
         console.print(f"Scored {len(rows)} image(s).", markup=False, highlight=False, soft_wrap=True)

@@ -78,6 +78,20 @@ def require_mutual_batch(count: int) -> None:
         )
 
 
+ALONE_IN_GROUP = "mutual scoring: no other readable image in its group to compare it with"
+
+
+def too_few_readable(readable: int, total: int) -> str:
+    """Why a mutual run scored nothing although ``readable`` of its ``total`` images could be read."""
+    if readable >= 2:  # each alone in its group
+        return (f"mutual scoring needs at least two readable images in a group of images scored together, and the "
+                f"{readable} readable images of the {total} were each alone in their group "
+                "(the unreadable ones have error rows)")
+    return (f"mutual scoring needs at least two readable images: each image is scored against the other images "
+            f"of its batch, and only {readable} of the {total} image(s) could be read "
+            "(the unreadable ones have error rows)")
+
+
 def balanced_groups(items: Sequence[T], group: int) -> list[Sequence[T]]:
     """``items`` cut, in order, into as few groups of at most ``group`` as possible, their sizes within one."""
     if not items:
