@@ -73,7 +73,8 @@ def state_of(out: Path) -> list[dict]:
 
 def start(folder: Path, out: Path, clock: FakeTime, settle_s: float = 0.0, move_to=None, warn=None, notice=None):
     """What a (re)start of the watch does: open the results log, then the watcher (which repairs the state)."""
-    watcher = FolderWatcher(folder, out, settle_s=settle_s, move_to=move_to, warn=warn, clock=clock, notice=notice)
+    said = {} if notice is None else {"notice": notice}
+    watcher = FolderWatcher(folder, out, settle_s=settle_s, move_to=move_to, warn=warn, clock=clock, **said)
     return watcher, ResultsLog(out)
 
 
@@ -269,10 +270,10 @@ def test_watch_command_stops_cleanly(tmp_path, monkeypatch, stop, exit_code):
 
     monkeypatch.setattr(fade_cli.watch, "watch_folder", stopped)
     (tmp_path / "in").mkdir()
-    previous = signal.getsignal(signal.SIGTERM)
+    previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
     result = CliRunner().invoke(cli, ["watch", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *ARGS])
     assert result.exit_code == exit_code and "Stopped after scoring 0 image(s)" in result.stderr
-    assert signal.getsignal(signal.SIGTERM) is previous
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)) == previous
 
 
 def test_full_disk_while_appending_a_row_leaves_no_half_line(tmp_path, monkeypatch):
