@@ -134,3 +134,26 @@ def test_importing_the_library_does_not_import_torch():
     code = "import sys, fade_cli; fade_cli.Detector; fade_cli.Settings; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
         == "False"
+
+
+def test_the_examples_of_docs_library_run(tmp_path, monkeypatch):
+    """Every python block of docs/library.md runs, with the tiny model in place of the published download."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    from fade_cli.settings import Settings
+
+    doc = (Path(__file__).parent.parent / "docs" / "library.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, flags=re.S)
+    assert len(blocks) >= 3
+    shutil.copytree(REFS, tmp_path / "good")
+    shutil.copy(QUERY_FILES[0], tmp_path / "query.png")
+    monkeypatch.chdir(tmp_path)
+    tiny = dict(model_config=str(MODEL_CONFIG), weights=str(WEIGHTS), device="cpu")
+    plain_of = Settings.of.__func__
+    monkeypatch.setattr(Settings, "of", classmethod(lambda cls, **values: plain_of(cls, **{**tiny, **values})))
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/library.md", "exec"), namespace)
+    assert namespace["r"].anomaly_map is not None and (tmp_path / "cookie.fadebank").is_file()
