@@ -169,25 +169,34 @@ def reference_files(refs: Union[str, os.PathLike, Sequence["ImageFile"]]) -> lis
     return list(refs)
 
 
-def prompt_sets_for(settings: Any) -> tuple[Optional[PromptSet], Optional[PromptSet]]:
+PROMPT_SETTINGS = ("prompts", "cls_prompts", "seg_prompts", "prompt_generator", "class_name")
+
+
+def prompt_sets_for(prompts: Optional[str] = None, cls_prompts: Optional[str] = None,
+                    seg_prompts: Optional[str] = None, prompt_generator: Optional[str] = None,
+                    class_name: str = "object") -> tuple[Optional[PromptSet], Optional[PromptSet]]:
     """(image-score, map) prompt sets from the prompt files, else from the prompt generator; None: built-in."""
-    both = load_prompt_set(settings.prompts) if settings.prompts else None
-    cls_set = load_prompt_set(settings.cls_prompts) if settings.cls_prompts else both
-    seg_set = load_prompt_set(settings.seg_prompts) if settings.seg_prompts else both
-    if settings.prompt_generator and (cls_set is None or seg_set is None):
+    both = load_prompt_set(prompts) if prompts else None
+    cls_set = load_prompt_set(cls_prompts) if cls_prompts else both
+    seg_set = load_prompt_set(seg_prompts) if seg_prompts else both
+    if prompt_generator and (cls_set is None or seg_set is None):
         from fade_cli.prompting import generate_prompt_set
 
-        generated = generate_prompt_set(settings.prompt_generator, settings.class_name)
+        generated = generate_prompt_set(prompt_generator, class_name)
         cls_set = cls_set if cls_set is not None else generated
         seg_set = seg_set if seg_set is not None else generated
     return cls_set, seg_set
+
+
+def prompt_sets_of(settings: Any) -> tuple[Optional[PromptSet], Optional[PromptSet]]:
+    return prompt_sets_for(**{name: getattr(settings, name) for name in PROMPT_SETTINGS})
 
 
 def engine_for_settings(settings: Any, source: Any = None) -> "FadeEngine":
     """Load the model and encode the prompt sets of ``settings``."""
     from fade_cli.engine import FadeEngine
 
-    return FadeEngine.from_config(settings.engine_config(), *prompt_sets_for(settings), source=source)
+    return FadeEngine.from_config(settings.engine_config(), *prompt_sets_of(settings), source=source)
 
 
 def calibrate_references(engine: "FadeEngine", ref_files: list["ImageFile"], margin: float = DEFAULT_MARGIN,
@@ -277,7 +286,7 @@ def build_bank(refs: Union[str, os.PathLike], out: Union[str, os.PathLike], *, c
     out = Path(out)
     check_bank_out(out, overwrite)
     chosen = Settings.of(**settings)
-    cls_prompts, seg_prompts = with_default_prompts(*prompt_sets_for(chosen))
+    cls_prompts, seg_prompts = with_default_prompts(*prompt_sets_of(chosen))
     ref_files = reference_files(refs)
     engine = FadeEngine.from_config(chosen.engine_config(), cls_prompts, seg_prompts)
     load_references(engine, ref_files)

@@ -6,7 +6,6 @@ torch at module level.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
@@ -123,23 +122,18 @@ def engines_for_banks(banks: list[tuple[ReferenceBank, EngineConfig, str]], cons
 
     A bank holds its prompt embeddings, so only the vision tower's weights are read.
     """
-    from fade_cli.bank.engine_bridge import engine_from_bank
-    from fade_cli.engine.model import load_model
+    from fade_cli.detector import engine_for_bank
 
-    loaded: dict[str, Any] = {}
     engines = []
     for bank, config, source in banks:
-        key = json.dumps([config.model, config.pretrained, config.weights, config.model_config, config.device])
-        if key not in loaded:
-            with loading_model(config, console, quiet, "Loading model...") as model_source:
-                loaded[key] = load_model(config, model_source, text_tower=False)
-        engines.append(engine_from_bank(bank, loaded[key], config, source))
+        with loading_model(config, console, quiet, "Loading model...") as model_source:
+            engines.append(engine_for_bank(bank, config, source, model_source))
     return engines
 
 
 def calibrate_references(engine, ref_files: list, margin: float, console: Console, quiet: bool) -> Calibration:
     """Leave-one-out over the references already in ``engine``, with a progress bar."""
-    from fade_cli.bank.leave_one_out import leave_one_out
+    from fade_cli.detector import calibrate_references as leave_one_out
 
     with progress_bar(console, quiet, total=len(ref_files), description="Calibrating (leave-one-out)") as advance:
         return leave_one_out(engine, ref_files, margin, on_done=advance)
@@ -155,13 +149,9 @@ class RunThresholds:
 
 def bank_thresholds(bank: ReferenceBank, source: str, image: Optional[float], pixel: Optional[float]) -> RunThresholds:
     """The bank's thresholds, each replaced by the one given on the command line."""
-    saved = bank.thresholds
-    chosen = Thresholds(
-        image=image if image is not None else saved.image,
-        pixel=pixel if pixel is not None else saved.pixel,
-        image_source="given" if image is not None else saved.image_source,
-        pixel_source="given" if pixel is not None else saved.pixel_source,
-    )
+    from fade_cli.detector import thresholds_of_bank
+
+    chosen = thresholds_of_bank(bank, image, pixel)
     return RunThresholds(chosen, f"Thresholds of the bank {source}: {describe_thresholds(chosen, bank.calibration)}")
 
 

@@ -14,7 +14,7 @@ from click.core import ParameterSource
 
 from fade_cli.config import EngineConfig, parse_sizes
 from fade_cli.settings import SETTING_NAMES, SETTINGS, Setting
-from fade_cli.prompt_set import PromptSet, load_prompt_set
+from fade_cli.prompt_set import PromptSet
 
 ENGINE_OPTION_NAMES = SETTING_NAMES
 
@@ -149,16 +149,9 @@ def engine_config_from_options(options: dict[str, Any]) -> EngineConfig:
 
 def prompt_sets_from_options(options: dict[str, Any]) -> tuple[Optional[PromptSet], Optional[PromptSet]]:
     """(classification, segmentation) prompt sets from files, else from --prompt-generator; None: built-in default."""
-    both = load_prompt_set(options["prompts"]) if options["prompts"] else None
-    cls_set = load_prompt_set(options["cls_prompts"]) if options["cls_prompts"] else both
-    seg_set = load_prompt_set(options["seg_prompts"]) if options["seg_prompts"] else both
-    if options["prompt_generator"] and (cls_set is None or seg_set is None):
-        from fade_cli.prompting import generate_prompt_set
+    from fade_cli.detector import PROMPT_SETTINGS, prompt_sets_for
 
-        generated = generate_prompt_set(options["prompt_generator"], options["class_name"])
-        cls_set = cls_set if cls_set is not None else generated
-        seg_set = seg_set if seg_set is not None else generated
-    return cls_set, seg_set
+    return prompt_sets_for(**{name: options[name] for name in PROMPT_SETTINGS})
 
 
 __all__ = [
