@@ -7,13 +7,12 @@ the tests read it from here. Importing this module must stay cheap (no torch):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from fade_cli.errors import InputError
-from fade_cli.validation import Fields, check_finite
+from fade_cli.validation import check_finite
 
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e31"
@@ -153,37 +152,9 @@ class EngineConfig:
     @classmethod
     def from_dict(cls, data: Any, source: str = "engine config") -> "EngineConfig":
         """A config read from a file (a bank): every field's type and range checked, the file named in errors."""
-        fields = Fields(data, source, "config")
-        fields.unknown(f.name for f in dataclasses.fields(cls))
-        default = cls()
-        text = functools.partial(_optional_field, fields.text)
-        values = {
-            "model": fields.text("model", default.model),
-            "pretrained": text("pretrained", default.pretrained),
-            "weights": text("weights", None),
-            "model_config": text("model_config", None),
-            "cache_dir": text("cache_dir", None),
-            "device": _device_field(fields, default.device),
-            "precision": fields.text("precision", default.precision, choices=REQUESTABLE_PRECISIONS),
-            "class_name": fields.text("class_name", default.class_name),
-            "cls_size": fields.integer("cls_size", 1, MAX_INPUT_SIZE, default.cls_size),
-            "seg_sizes": tuple(fields.check_integer("seg_sizes", size, 1, MAX_INPUT_SIZE)
-                               for size in fields.items("seg_sizes", list(default.seg_sizes), min_length=1)),
-            "text_template": fields.text("text_template", default.text_template),
-            "cls_use_classname": fields.flag("cls_use_classname", default.cls_use_classname),
-            "seg_use_classname": fields.flag("seg_use_classname", default.seg_use_classname),
-            "gem_depth": fields.integer("gem_depth", 2, 1024, default.gem_depth),
-            "gem_iters": fields.integer("gem_iters", 0, MAX_GEM_ITERS, default.gem_iters),
-            "gem_temperature": fields.number("gem_temperature", default=None, optional=True),
-            "vision_feature": fields.text("vision_feature", None, optional=True, choices=FEATURE_KINDS),
-            "vision_multiplier": fields.number("vision_multiplier", default=None, optional=True),
-            "vision_weight": fields.number("vision_weight", 0.0, 1.0, default=None, optional=True),
-            "use_query": fields.flag("use_query", None, optional=True),
-            "image_score": fields.text("image_score", None, optional=True, choices=IMAGE_SCORE_KINDS),
-            "batch_size": fields.integer("batch_size", 1, 1 << 20, None, optional=True),
-            "compile": fields.flag("compile", default.compile),
-        }
-        return cls(**values)
+        from fade_cli.settings import config_from_dict
+
+        return config_from_dict(data, source)
 
     def replace(self, **changes: Any) -> "EngineConfig":
         return dataclasses.replace(self, **changes)
@@ -193,17 +164,6 @@ def check_device_name(name: str) -> None:
     """Refuse devices the engine cannot run on (``meta``, ``xla``, typos) before torch meets them."""
     if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
         raise InputError(f"--device {name!r} is not a device fade runs on: use auto, cpu, cuda, cuda:N or mps")
-
-
-def _device_field(fields: Fields, default: str) -> str:
-    device = fields.text("device", default)
-    if not DEVICE_PATTERN.fullmatch(device):
-        raise fields.fail("device", "auto, cpu, cuda, cuda:N or mps", device)
-    return device
-
-
-def _optional_field(read, name: str, default: Any) -> Any:
-    return read(name, default, optional=True)
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:

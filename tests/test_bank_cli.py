@@ -236,15 +236,3 @@ def test_options_equal_to_the_bank_are_not_contradictions(bank_file):
     assert result.exit_code == 2
     problems = result.output.split("contradict the bank", 1)[1].split(". The bank sets")[0]
     assert "--class nut" in problems and problems.count("(the bank") == 1
-
-
-def test_every_engine_option_is_checked_against_a_bank():
-    """A new engine option must be classified, or `detect --bank` would silently ignore it."""
-    from fade_cli.cli import engine_setup
-    from fade_cli.cli.options import ENGINE_OPTION_NAMES
-
-    handled = set(engine_setup.RUNTIME_OPTIONS + engine_setup.MODEL_OPTIONS + engine_setup.PROMPT_OPTIONS)
-    handled |= set(engine_setup.PRESET_FIELDS)
-    unhandled = [name for name in ENGINE_OPTION_NAMES if name not in handled
-                 and engine_setup.OPTION_FIELDS.get(name, name) not in engine_setup.CONFIG_FIELDS]
-    assert unhandled == []

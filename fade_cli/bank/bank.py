@@ -34,6 +34,7 @@ from fade_cli.config import PRECISIONS, EngineConfig
 from fade_cli.errors import InputError
 from fade_cli.io.files import read_file_bytes
 from fade_cli.prompt_set import PromptSet, prompt_set_from_dict
+from fade_cli.settings import RUNTIME_FIELDS, SETTINGS
 from fade_cli.validation import Fields
 
 FORMAT_NAME = "fade-bank"
@@ -42,7 +43,7 @@ PATCH_DTYPES = {"float32": np.float32, "float16": np.float16}
 # How a machine runs the engine, not what it computes: never taken from a bank.
 # A bank of thousands of references at several sizes is gigabytes; a file beyond this is not one.
 MAX_BANK_BYTES = 1 << 36
-RUNTIME_DEFAULTS = {"device": "auto", "batch_size": None, "cache_dir": None, "compile": False}
+RUNTIME_DEFAULTS = {s.field: s.default for s in SETTINGS if s.field in RUNTIME_FIELDS}
 
 
 @dataclass

@@ -17,6 +17,7 @@ from fade_cli.cli.ray_options import RAY_OPTION_NAMES, pop_ray_settings, ray_opt
 from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bars, stderr_console
 from fade_cli.cli.stopping import STOPS, silence_stdout
 from fade_cli.errors import InputError
+from fade_cli.settings import SCORE_NEUTRAL
 from fade_cli.memory import guard_engine_failures
 
 
@@ -177,8 +178,8 @@ def refuse_input_as_output(images: Path, out: Optional[Path]) -> None:
 
 
 # Options that do not change a run's results: a --resume may change them.
-_RUNTIME_OPTIONS = {"out", "overwrite", "resume", "quiet", "output_format", "device", "batch_size", "cache_dir",
-                    "compile", "verbose", "offline", "report", *RAY_OPTION_NAMES}
+_RUNTIME_OPTIONS = {"out", "overwrite", "resume", "quiet", "output_format", "report", *SCORE_NEUTRAL,
+                    *RAY_OPTION_NAMES}
 
 
 def _settings(params: dict[str, Any]) -> dict[str, Any]:

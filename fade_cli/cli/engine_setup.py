@@ -6,8 +6,6 @@ torch at module level.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Optional
@@ -26,20 +24,19 @@ from fade_cli.config import EngineConfig
 from fade_cli.errors import InputError
 from fade_cli.memory import guard_engine_failures
 from fade_cli.prompt_set import PromptSet
+from fade_cli.settings import RUNTIME_FIELDS, SETTINGS, names_with_role
 
 if TYPE_CHECKING:  # importing the model module pulls in torch
     from fade_cli.engine.model import ModelSource
 
-# How this machine runs the engine: always taken from the command line, never from a bank.
-RUNTIME_OPTIONS = ("device", "batch_size", "cache_dir", "compile", "precision", "verbose", "offline")
-MODEL_OPTIONS = ("model", "pretrained", "weights", "model_config")
-PROMPT_OPTIONS = ("prompts", "cls_prompts", "seg_prompts", "prompt_generator")
-# Engine options whose EngineConfig field has another name; the others share theirs.
-OPTION_FIELDS = {"scales": "seg_sizes", "cls_classname": "cls_use_classname", "seg_classname": "seg_use_classname"}
-CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(EngineConfig))
-# Vision options whose "not given" means the preset: compared as the run would use them.
-PRESET_FIELDS = {"vision_feature": "feature", "vision_multiplier": "multiplier", "vision_weight": "weight",
-                 "use_query": "use_query", "image_score": "image_score"}
+# The roles of the settings (fade_cli.settings): which the bank decides, which this machine does.
+RUNTIME_OPTIONS = names_with_role("runtime")
+MODEL_OPTIONS = names_with_role("model")
+PROMPT_OPTIONS = names_with_role("prompts")
+# Settings compared with the bank's as they are, and vision settings whose "not given" means the preset:
+# compared as the run would use them (the preset's attribute is the setting's name without "vision_").
+PLAIN_FIELDS = {s.name: s.field for s in SETTINGS if s.role == "stored"}
+PRESET_FIELDS = {s.name: s.name.removeprefix("vision_") for s in SETTINGS if s.role == "preset"}
 
 
 def given_engine_options(ctx: click.Context) -> set[str]:
@@ -69,7 +66,7 @@ def load_run_bank(
             "settings: drop these options, or rebuild the bank with them (`fade bank build`)"
         )
     weights, model_config = model_files_for_bank(bank, options["weights"], options["model_config"])
-    runtime = {name: options[name] for name in ("device", "batch_size", "cache_dir", "compile")}
+    runtime = {s.field: options[s.name] for s in SETTINGS if s.field in RUNTIME_FIELDS}
     if "precision" in given:
         runtime["precision"] = options["precision"]
     return bank, bank.config.replace(weights=weights, model_config=model_config, **runtime)
@@ -88,8 +85,7 @@ def _contradictions(ctx: click.Context, bank: ReferenceBank, options: dict[str, 
 def _setting_problems(ctx: click.Context, bank: ReferenceBank, requested: EngineConfig, given: set[str]) -> list[str]:
     """Settings given that differ from the bank's; vision settings are compared as the few-shot run uses them."""
     names = [name for name in ENGINE_OPTION_NAMES if name in given]
-    plain = {OPTION_FIELDS.get(name, name): name for name in names if OPTION_FIELDS.get(name, name) in CONFIG_FIELDS
-             and name not in PRESET_FIELDS and name not in RUNTIME_OPTIONS + MODEL_OPTIONS}
+    plain = {PLAIN_FIELDS[name]: name for name in names if name in PLAIN_FIELDS}
     preset = {PRESET_FIELDS[name]: name for name in names if name in PRESET_FIELDS}
     differences = [(plain, setting_differences(bank.config, requested, plain)),
                    (preset, setting_differences(bank.config.preset(True), requested.preset(True), preset))]
@@ -126,23 +122,18 @@ def engines_for_banks(banks: list[tuple[ReferenceBank, EngineConfig, str]], cons
 
     A bank holds its prompt embeddings, so only the vision tower's weights are read.
     """
-    from fade_cli.bank.engine_bridge import engine_from_bank
-    from fade_cli.engine.model import load_model
+    from fade_cli.detector import engine_for_bank
 
-    loaded: dict[str, Any] = {}
     engines = []
     for bank, config, source in banks:
-        key = json.dumps([config.model, config.pretrained, config.weights, config.model_config, config.device])
-        if key not in loaded:
-            with loading_model(config, console, quiet, "Loading model...") as model_source:
-                loaded[key] = load_model(config, model_source, text_tower=False)
-        engines.append(engine_from_bank(bank, loaded[key], config, source))
+        with loading_model(config, console, quiet, "Loading model...") as model_source:
+            engines.append(engine_for_bank(bank, config, source, model_source))
     return engines
 
 
 def calibrate_references(engine, ref_files: list, margin: float, console: Console, quiet: bool) -> Calibration:
     """Leave-one-out over the references already in ``engine``, with a progress bar."""
-    from fade_cli.bank.leave_one_out import leave_one_out
+    from fade_cli.detector import calibrate_references as leave_one_out
 
     with progress_bar(console, quiet, total=len(ref_files), description="Calibrating (leave-one-out)") as advance:
         return leave_one_out(engine, ref_files, margin, on_done=advance)
@@ -158,13 +149,9 @@ class RunThresholds:
 
 def bank_thresholds(bank: ReferenceBank, source: str, image: Optional[float], pixel: Optional[float]) -> RunThresholds:
     """The bank's thresholds, each replaced by the one given on the command line."""
-    saved = bank.thresholds
-    chosen = Thresholds(
-        image=image if image is not None else saved.image,
-        pixel=pixel if pixel is not None else saved.pixel,
-        image_source="given" if image is not None else saved.image_source,
-        pixel_source="given" if pixel is not None else saved.pixel_source,
-    )
+    from fade_cli.detector import thresholds_of_bank
+
+    chosen = thresholds_of_bank(bank, image, pixel)
     return RunThresholds(chosen, f"Thresholds of the bank {source}: {describe_thresholds(chosen, bank.calibration)}")
 
 
