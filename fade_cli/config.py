@@ -163,7 +163,9 @@ class EngineConfig:
 def check_device_name(name: str) -> None:
     """Refuse devices the engine cannot run on (``meta``, ``xla``, typos) before torch meets them."""
     if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
-        raise InputError(f"--device {name!r} is not a device fade runs on: use auto, cpu, cuda, cuda:N or mps")
+        from fade_cli.settings import named
+
+        raise InputError(f"{named('device')} {name!r} is not a device fade runs on: use auto, cpu, cuda, cuda:N or mps")
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:

@@ -18,11 +18,13 @@ no click): ``fade --help`` imports it.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from fade_cli.config import (
     DEFAULT_CLS_SIZE,
@@ -84,7 +86,7 @@ class Setting:
         try:
             return _CHECKS[self.kind](self, value)
         except (TypeError, ValueError) as exc:
-            raise SettingError(self.name, f"setting {self.name}: {exc}") from exc
+            raise SettingError(self.name, f"{named(self.name)}: {exc}") from exc
 
 
 def _text(setting: Setting, value: Any) -> Optional[str]:
@@ -265,6 +267,25 @@ SETTING_NAMES: tuple[str, ...] = tuple(SETTINGS_BY_NAME)
 RUNTIME_FIELDS: tuple[str, ...] = tuple(s.field for s in SETTINGS if not s.results_depend and s.field)
 # Settings whose value never changes a result (a --resume may change them).
 SCORE_NEUTRAL: tuple[str, ...] = tuple(s.name for s in SETTINGS if not s.results_depend)
+
+
+# Messages name a setting as the library calls it (vision_weight) or, under the command line, by its option.
+_NAMING: contextvars.ContextVar[str] = contextvars.ContextVar("fade_setting_naming", default="setting")
+
+
+def named(name: str) -> str:
+    """How a message names the setting ``name``: ``vision_weight`` in the library, ``--vision-weight`` in the CLI."""
+    return SETTINGS_BY_NAME[name].flag if _NAMING.get() == "flag" else name
+
+
+@contextlib.contextmanager
+def settings_named_as_flags() -> Iterator[None]:
+    """Within it, messages name settings by their command-line options (the CLI runs its commands so)."""
+    token = _NAMING.set("flag")
+    try:
+        yield
+    finally:
+        _NAMING.reset(token)
 
 
 def names_with_role(*roles: str) -> tuple[str, ...]:

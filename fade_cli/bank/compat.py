@@ -14,6 +14,7 @@ from typing import Any, Iterable, Optional
 from fade_cli.bank.bank import ReferenceBank
 from fade_cli.bank.calibration import Thresholds
 from fade_cli.errors import InputError
+from fade_cli.settings import named
 
 SHORT_HASH = 12
 
@@ -51,17 +52,17 @@ def model_file_contradictions(
     identity, problems = bank.identity, []
     if model_config is not None:
         if Path(model_config).stem != identity.get("model"):
-            problems.append(f"--model-config {model_config} is architecture {Path(model_config).stem!r}")
+            problems.append(f"{named('model_config')} {model_config} is architecture {Path(model_config).stem!r}")
         elif file_sha256(model_config) != identity.get("model_config_sha256"):
-            problems.append(f"--model-config {model_config} differs from the architecture file the bank was built with")
+            problems.append(f"{named('model_config')} {model_config} differs from the architecture file the bank was built with")
     if model is not None and model_config is None and model != identity.get("model"):
-        problems.append(f"--model {model}")
+        problems.append(f"{named('model')} {model}")
     if pretrained is not None and pretrained != identity.get("pretrained"):
-        problems.append(f"--pretrained {pretrained}")
+        problems.append(f"{named('pretrained')} {pretrained}")
     if weights is not None:
         digest = weights_sha256(weights, cache_dir)
         if digest != identity.get("weights_sha256"):
-            problems.append(f"--weights {weights} (sha256 {digest[:SHORT_HASH]}...)")
+            problems.append(f"{named('weights')} {weights} (sha256 {digest[:SHORT_HASH]}...)")
     return problems
 
 
@@ -71,10 +72,10 @@ def model_files_for_bank(
     """The weights and architecture files to load: those given, else those the bank was built with."""
     identity = bank.identity
     if weights is None and identity.get("weights_sha256"):
-        weights = _recorded_file(bank.config.weights, "weights file", identity["weights_sha256"], "--weights")
+        weights = _recorded_file(bank.config.weights, "weights file", identity["weights_sha256"], named("weights"))
     if model_config is None and identity.get("model_config_sha256"):
         model_config = _recorded_file(
-            bank.config.model_config, "architecture file", identity["model_config_sha256"], "--model-config"
+            bank.config.model_config, "architecture file", identity["model_config_sha256"], named("model_config")
         )
     return weights, model_config
 

@@ -17,6 +17,7 @@ from fade_cli import __version__
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP, FAILURE, PIPE_CLOSED, Terminated, stop_exit_code
 from fade_cli.cli.stopping import sigterm_as_interrupt, silence_stdout
 from fade_cli.errors import FadeError, FadeWarning
+from fade_cli.settings import settings_named_as_flags
 from fade_cli.memory import MEMORY_HINT
 
 # name -> (module, attribute, one-line help shown by `fade --help`)
@@ -53,7 +54,7 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         """Library errors become one message and their documented exit code, never a traceback."""
         try:
-            with sigterm_as_interrupt():
+            with sigterm_as_interrupt(), settings_named_as_flags():
                 return super().invoke(ctx)
         except FadeError as exc:
             raise ReportedError(str(exc), exc.exit_code) from exc

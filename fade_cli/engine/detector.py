@@ -28,6 +28,7 @@ from fade_cli.engine.result import Detection
 from fade_cli.engine.text import abnormal_probability, text_classifier
 from fade_cli.errors import InputError
 from fade_cli.prompt_set import PromptSet, with_default_prompts
+from fade_cli.settings import named
 
 # Default images per forward pass: a GPU needs batches to be busy; a CPU gains nothing from them but memory use.
 GPU_BATCH_SIZE, CPU_BATCH_SIZE = 8, 1
@@ -233,13 +234,13 @@ def _tf32_allowed() -> Iterator[None]:
 
 def validate_config(config: EngineConfig) -> None:
     if "{}" not in config.text_template:
-        raise InputError(f"--text-template {config.text_template!r} must contain '{{}}' where the prompt goes")
+        raise InputError(f"{named('text_template')} {config.text_template!r} must contain '{{}}' where the prompt goes")
     if not config.seg_sizes:
         raise InputError("at least one segmentation size is needed")
     if config.gem_iters < 0 or config.gem_depth < 2:
         raise InputError("GEM depth must be at least 2 and iterations at least 0")
     if config.batch_size is not None and config.batch_size < 1:
-        raise InputError("--batch-size must be at least 1")
+        raise InputError(f"{named('batch_size')} must be at least 1")
 
 
 def batch_size_for(config: EngineConfig, device: torch.device) -> int:

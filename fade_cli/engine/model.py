@@ -23,6 +23,7 @@ from fade_cli.engine.model_files import ZIP_MAGIC, check_checkpoint_file, read_m
 from fade_cli.errors import InputError, ModelError
 from fade_cli.model_cache import check_architecture, check_pretrained_tag, default_cache_dir, fetch_weights
 from fade_cli.open_clip_import import enable_backends_for, open_clip_module
+from fade_cli.settings import named
 
 VISUAL_PREFIX = "visual."
 
@@ -45,9 +46,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(f"--device {name} was asked for, but torch sees no CUDA device on this machine.")
+        raise InputError(f"{named('device')} {name} was asked for, but torch sees no CUDA device on this machine.")
     if name == "mps" and not torch.backends.mps.is_available():
-        raise InputError("--device mps was asked for, but torch sees no Apple GPU (MPS) on this machine.")
+        raise InputError(f"{named('device')} mps was asked for, but torch sees no Apple GPU (MPS) on this machine.")
     try:
         return torch.device(name)
     except RuntimeError as exc:
@@ -94,7 +95,8 @@ def resolve_model_source(config: EngineConfig) -> ModelSource:
         check_checkpoint_file(checkpoint)
         return ModelSource(name, checkpoint, True, config.cache_dir)
     if not config.pretrained:
-        raise InputError(f"{name}: give --pretrained TAG or --weights FILE (fade never runs random weights)")
+        raise InputError(f"{name}: give {named('pretrained')} TAG or {named('weights')} FILE (fade never runs random "
+                         "weights)")
     check_pretrained_tag(name, config.pretrained)
     return ModelSource(name, config.pretrained, False, config.cache_dir)
 

@@ -25,6 +25,7 @@ from fade_cli.engine.memory_bank import QUERY_CHUNK
 from fade_cli.errors import InputError
 from fade_cli.memory import gigabytes, largest_fitting, physical_memory_bytes
 from fade_cli.open_clip_import import open_clip_module
+from fade_cli.settings import named
 
 ACTIVATION_COPIES = 64
 FLOAT_BYTES = 4
@@ -67,7 +68,7 @@ def device_memory_bytes(device: torch.device) -> Optional[int]:
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if device.index is not None and device.index >= count:
-            raise InputError(f"--device {device}: this machine has {count} CUDA device(s), numbered from 0")
+            raise InputError(f"{named('device')} {device}: this machine has {count} CUDA device(s), numbered from 0")
         return int(torch.cuda.get_device_properties(device).total_memory)
     if device.type == "cpu":
         return physical_memory_bytes()
@@ -81,27 +82,27 @@ def check_input_sizes(config: EngineConfig, model_name: str, device: torch.devic
     if geometry is None:
         return
     if geometry.layers is not None and config.gem_depth - 1 > geometry.layers:
-        raise InputError(f"--gem-depth {config.gem_depth} does not fit {model_name}, a ViT with {geometry.layers} "
+        raise InputError(f"{named('gem_depth')} {config.gem_depth} does not fit {model_name}, a ViT with {geometry.layers} "
                          f"blocks: use 2 to {geometry.layers + 1}")
-    named = [("--cls-size", config.cls_size)] + [("--scales", size) for size in config.seg_sizes]
-    for option, size in named:
+    sizes = [(named("cls_size"), config.cls_size)] + [(named("scales"), size) for size in config.seg_sizes]
+    for option, size in sizes:
         if size < geometry.patch_size:
             raise InputError(f"{option} {size} is smaller than the patch of {model_name} ({geometry.patch_size} "
                              f"pixels): every size must be at least {geometry.patch_size}")
     limit = device_memory_bytes(device)
     if limit is None:
         return
-    for option, size in sorted(named, key=lambda item: -item[1]):
+    for option, size in sorted(sizes, key=lambda item: -item[1]):
         needed = batch_size * image_bytes(size, geometry)
         if needed > limit:
             fitting = largest_fitting(limit, lambda s: batch_size * image_bytes(s, geometry), size)
             if fitting < geometry.patch_size:
-                raise InputError(f"--batch-size {batch_size}: a batch at {option} {size} needs about "
+                raise InputError(f"{named('batch_size')} {batch_size}: a batch at {option} {size} needs about "
                                  f"{gigabytes(needed)} (an estimate), more than the {gigabytes(limit)} of memory "
-                                 f"of {device}; use a smaller --batch-size")
+                                 f"of {device}; use a smaller {named('batch_size')}")
             raise InputError(
                 f"{option} {size}: scoring {batch_size} image(s) at {size} x {size} needs about "
                 f"{gigabytes(needed)} (an estimate), more than the {gigabytes(limit)} of memory of {device}; "
                 f"the largest size that fits is about {fitting}"
-                + (" (or use a smaller --batch-size)" if batch_size > 1 else "")
+                + (f" (or use a smaller {named('batch_size')})" if batch_size > 1 else "")
             )
