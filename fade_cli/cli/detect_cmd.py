@@ -115,7 +115,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     if out is not None:
         output = RunOutput(out, overwrite=overwrite, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps,
                            resumed=resumed, settings=_settings(ctx.params), save_thumbnails=report,
-                           run_info=engine.run_info())
+                           run_info={**engine.run_info(), **_run_record(ctx, threshold, pixel_threshold)})
     if resumed:
         console.print(f"Resuming: {len(resumed)} of {len(files)} image(s) already scored in {out}.", markup=False,
                       highlight=False, soft_wrap=True)
@@ -182,6 +182,17 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
             return [value(part) for part in item]
         return item
     return {name: value(item) for name, item in sorted(params.items()) if name not in _RUNTIME_OPTIONS}
+
+
+def _run_record(ctx: click.Context, threshold: Optional[float], pixel_threshold: Optional[float]) -> dict[str, Any]:
+    """What run.json adds to the engine's description for the report's header: the command line, when the run
+    started, and the thresholds it decided with (after --calibrate or a bank: null when it made no verdicts)."""
+    from datetime import datetime, timezone
+
+    from fade_cli.cli import COMMAND_LINE_KEY
+
+    return {"command": ctx.meta.get(COMMAND_LINE_KEY), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "threshold": threshold, "pixel_threshold": pixel_threshold}
 
 
 def _stopped_by(stop: BaseException) -> str:
