@@ -220,7 +220,9 @@ def page_data(run: RunData, report_dir: Path, threshold: Optional[float] = None,
     ``files`` are the run's pictures (:func:`existing_files`, scanned when not given).
     """
     header = run_header(run)
-    start, start_source = initial_threshold(run.rows, threshold, header.pop("run_threshold"))
+    recorded = header.pop("run_threshold")
+    start, start_source = initial_threshold(run.rows, threshold, recorded)
+    run_start, run_source = initial_threshold(run.rows, None, recorded)  # for "back to the run's verdicts"
     links = _Links(run.run_dir, report_dir, existing_files(run.run_dir) if files is None else files)
     return {
         "format": PAGE_FORMAT,
@@ -230,6 +232,7 @@ def page_data(run: RunData, report_dir: Path, threshold: Optional[float] = None,
         "complete": run.complete,
         "threshold": start,
         "threshold_source": start_source,
+        "run_threshold": run_start if run_source == "run" else None,
         "fitted": fitted_threshold(run.rows),
         "header": header,
         "colour_scale": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in COLORMAP[::32].tolist() + [COLORMAP[-1].tolist()]],
