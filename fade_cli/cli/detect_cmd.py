@@ -146,7 +146,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
             silence_stdout()
         else:
             printer.finish(summary_rows)
-        _report(out, report, console, images, threshold)
+        _report(out, report, console, images)
         saved = f"; their results are in {out}" if out else ""
         console.print(f"{_stopped_by(stop)} after {len(summary_rows)} of {len(files)} images{saved}.", markup=False,
                       highlight=False, soft_wrap=True)
@@ -156,7 +156,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
         raise
     _finish(output)
     printer.finish(summary_rows)
-    _report(out, report, console, images, threshold)
+    _report(out, report, console, images)
     if all(row.score is None for row in summary_rows):
         raise InputError("no image could be read")
     ctx.exit(run_exit_code(summary_rows, threshold is not None))
@@ -208,8 +208,8 @@ def _finish(output) -> None:
         output.finish()
 
 
-def _report(out: Optional[Path], report: bool, console, images: Path, threshold: Optional[float]) -> None:
+def _report(out: Optional[Path], report: bool, console, images: Path) -> None:
     if out is not None and report:
         from fade_cli.cli.report_cmd import report_after_run
 
-        report_after_run(out, console, images_root=images, threshold=threshold)
+        report_after_run(out, console, images_root=images)
