@@ -8,20 +8,24 @@ synthetic run of 20,000 rows. Set FADE_SCREENSHOTS=DIR to keep the screenshots
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 import pytest
 from click.testing import CliRunner
+from sklearn.metrics import f1_score
 
-from conftest import FAST_ARGS
+import fade_cli
+from conftest import FAST_ARGS, WEIGHTS
 from report_support import OpenReport, synthetic_run
 
 from fade_cli.cli import cli
@@ -268,6 +272,138 @@ def test_report_of_an_interrupted_run(chromium, detect_run, tmp_path):
     assert "interrupted" in opened.page.text_content("#subtitle")
     assert opened.problems() == []
     opened.close()
+
+
+# ---- what the page says a run decided, and what made it ---------------------------------------
+
+def _verdicts_shown(page) -> dict:
+    return dict(page.eval_on_selector_all(
+        "#gallery .card", "cs => cs.map(c => [c.getAttribute('data-path'), c.dataset.verdict])"))
+
+
+def _facts(page) -> dict:
+    return dict(page.eval_on_selector_all("#run-facts dd", "dds => dds.map(d => [d.dataset.term, d.textContent])"))
+
+
+@pytest.fixture(scope="module")
+def undecided_run(tmp_path_factory):
+    """fade detect without --threshold on the cookie test images (ground truth from the folder names)."""
+    out = tmp_path_factory.mktemp("undecided") / "cookie"
+    result = _fade("detect", str(COOKIE / "cookie" / "test"), "--refs", str(COOKIE / "cookie" / "train" / "good"),
+                   "--class", "cookie", "--out", str(out), "-q", *FAST_ARGS)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text(encoding="utf-8").split("\n") if line]
+    assert rows and all(row["verdict"] is None for row in rows)
+    return out, rows
+
+
+@pytest.fixture
+def undecided_report(chromium, undecided_run):
+    yield from _checked(chromium, undecided_run[0] / "report.html")
+
+
+def test_a_run_without_threshold_shows_no_verdict_until_one_is_picked(undecided_report, undecided_run):
+    _, rows = undecided_run
+    page = undecided_report.page
+    assert page.locator("#gallery .badge.verdict").count() == 0
+    assert set(_verdicts_shown(page).values()) == {""}
+    assert [page.text_content(f"#count-{name}") for name in ("ok", "ng", "tp", "fp", "tn", "fn")] == ["\u2013"] * 6
+    assert page.text_content("#precision") == page.text_content("#recall") == "n/a"
+    assert page.input_value("#threshold-arg") == "" and page.is_disabled("#copy-threshold")
+    assert page.input_value("#threshold-input") == ""
+    assert "made no OK/NG decisions" in page.text_content("#threshold-note")
+    # A pick on the slider: verdicts at that (rounded) value, said to be a what-if.
+    page.fill("#threshold-slider", "0.4567891234")
+    page.dispatch_event("#threshold-slider", "input")
+    picked = float(page.input_value("#threshold-input"))
+    assert picked == 0.4568
+    assert page.input_value("#threshold-arg") == "--threshold 0.4568"
+    assert _verdicts_shown(page) == {r["path"]: "NG" if r["score"] >= picked else "OK" for r in rows}
+    assert _counts(page) == _python_counts(rows, picked)
+    assert page.text_content("#threshold-note").startswith("What-if: your pick")
+    page.click("#use-run-verdicts")  # back to none, as the run
+    assert page.locator("#gallery .badge.verdict").count() == 0
+
+
+def test_the_fitted_threshold_is_a_labelled_what_if_between_two_scores(undecided_report, undecided_run):
+    _, rows = undecided_run
+    page = undecided_report.page
+    page.click("#use-fitted")
+    note = page.text_content("#threshold-note")
+    assert "What-if: fitted on 5 labelled images" in note and "not a production threshold" in note
+    value = float(page.input_value("#threshold-input"))
+    assert page.input_value("#threshold-arg") == f"--threshold {value!r}"
+    scores = sorted(r["score"] for r in rows)
+    assert value not in scores and len(repr(value)) <= 6  # 0.xyz: a few significant digits, no image's score
+    below, above = max(s for s in scores if s < value), min(s for s in scores if s > value)
+    assert value == float(f"{(below + above) / 2:.3g}")  # the midpoint of its neighbours, rounded
+    defective = ["good" not in Path(r["path"]).parts for r in rows]
+    f1 = {t: f1_score(defective, [r["score"] >= t for r in rows]) for t in [*scores, value]}
+    assert f1[value] == max(f1.values())
+    assert _counts(page) == _python_counts(rows, value)
+    assert page.is_hidden("#use-fitted")
+
+
+def test_a_run_with_a_threshold_shows_its_verdicts_as_decided(report, detect_run):
+    _, rows = detect_run
+    page = report.page
+    decided = {r["path"]: r["verdict"] or "error" for r in rows}
+    assert _verdicts_shown(page) == decided and "NG" in decided.values() and "OK" in decided.values()
+    assert page.input_value("#threshold-arg") == "--threshold 0.5"
+    assert page.text_content("#threshold-note") == "The run's verdicts, as it decided them (threshold 0.5: NG at or above)."
+    _set_threshold(page, 0.9)
+    assert page.text_content("#threshold-note").startswith("What-if: your pick, not the run's verdicts")
+    page.click("#use-run-verdicts")
+    assert _verdicts_shown(page) == decided
+    assert _facts(page)["threshold"] == "0.5 (NG at or above); pixel threshold 0.6"
+
+
+def test_the_header_says_what_made_the_run_and_that_its_weights_are_no_published_model(undecided_report):
+    page = undecided_report.page
+    facts = _facts(page)
+    digest = hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()
+    refs = COOKIE / "cookie" / "train" / "good"
+    assert facts["command"].startswith("fade detect ") and "--refs" in facts["command"]
+    assert facts["fade version"] == fade_cli.__version__
+    assert facts["model"] == "fade-golden"
+    assert facts["weights"] == f"file {WEIGHTS.name} (sha256 {digest[:12]})"
+    assert facts["class"] == "cookie"
+    assert facts["references"] == f"folder {refs} ({len(list(refs.iterdir()))} images)"
+    assert facts["precision"] == "fp32"
+    assert facts["scales"] == "map at 240 px, 320 px; image score at 240 px"
+    assert facts["threshold"] == "none: the run made no OK/NG decisions"
+    started = datetime.fromisoformat(facts["started"])
+    assert abs((datetime.now(timezone.utc) - started).total_seconds()) < 3600
+    banner = page.locator("#weights-banner")
+    assert banner.is_visible() and banner.text_content().startswith("Scores are not from a published model")
+    assert "random" in banner.text_content()
+
+
+def test_an_older_run_shows_what_it_did_not_record(chromium, undecided_run, tmp_path):
+    run = tmp_path / "older"
+    shutil.copytree(undecided_run[0], run)
+    (run / "run.json").unlink()
+    (run / "run-settings.json").unlink()
+    build_report(run)
+    opened = OpenReport(chromium, run / "report.html")
+    page = opened.page
+    assert set(_facts(page).values()) == {"not recorded"}
+    assert page.locator("#run-facts dd.not-recorded").count() == len(_facts(page))
+    assert page.is_hidden("#weights-banner")
+    assert opened.problems() == []
+    opened.close()
+
+
+def test_the_detail_view_spells_out_the_scores_and_shows_the_colour_scale(undecided_report):
+    page = undecided_report.page
+    sub = page.text_content("#gallery .card .sub")
+    assert sub.startswith("language ") and " \u00b7 vision " in sub
+    page.click("#gallery .card >> nth=0")
+    terms = page.eval_on_selector_all("#detail-info dt", "dts => dts.map(d => d.textContent)")
+    assert {"language score", "vision score"} <= set(terms)
+    assert "linear-gradient" in page.eval_on_selector("#detail-scale-bar", "b => getComputedStyle(b).backgroundImage")
+    assert page.text_content("#detail-scale").count("anomalous") == 2
+    page.keyboard.press("Escape")
 
 
 # ---- eval -------------------------------------------------------------------------------------

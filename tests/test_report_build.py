@@ -18,7 +18,8 @@ from fade_cli.evaluation.metrics import image_curves
 from fade_cli.evaluation.pixels import LEVELS, PixelAccumulator
 from fade_cli.io.heatmap import overlay, overlay_image_width
 from fade_cli.io.thumbnails import image_thumbnail, thumbnail_size
-from fade_cli.report.build import best_f1_threshold, build_report, initial_threshold
+from fade_cli.report.build import (best_f1_threshold, build_report, fitted_threshold, initial_threshold,
+                                   short_threshold_between)
 from fade_cli.report.page import embedded_json, render_page
 from fade_cli.report.runs import DEFECTIVE, GOOD, Row, load_run
 
@@ -87,17 +88,96 @@ def test_fade_report_on_a_folder_without_a_run_exits_2(tmp_path):
     assert not (tmp_path / "report.html").exists()
 
 
-def test_initial_threshold_prefers_the_given_value_then_the_verdicts_then_best_f1():
-    rows = [Row("good/a", score=0.2, label=GOOD), Row("bad/b", score=0.7, verdict="NG", label=DEFECTIVE),
+def test_initial_threshold_is_the_given_value_else_the_runs_decisions_else_none():
+    rows = [Row("good/a", score=0.2, verdict="OK", label=GOOD), Row("bad/b", score=0.7, verdict="NG", label=DEFECTIVE),
             Row("bad/c", score=0.4, verdict="OK", label=DEFECTIVE)]
     assert initial_threshold(rows, 0.33) == (0.33, "given")
-    assert initial_threshold(rows, None) == (0.7, "verdicts")
+    assert initial_threshold(rows, None, recorded=0.5) == (0.5, "run")
+    assert initial_threshold(rows, None) == (0.55, "run")  # between the highest OK and the lowest NG score
     for row in rows:
         row.verdict = None
-    assert initial_threshold(rows, None) == (0.4, "best F1")
-    for row in rows:
-        row.label = None
-    assert initial_threshold(rows, None) == (pytest.approx(0.45), "middle")
+    # no decisions: no threshold, not one fitted on the labels (that is only a what-if: fitted_threshold)
+    assert initial_threshold(rows, None) == (None, "none")
+    assert initial_threshold(rows, None, recorded=0.5) == (None, "none")
+
+
+@pytest.mark.parametrize("low, high, expected", [
+    (0.3011, 0.3910, 0.346), (0.36110621, 0.36110622, 0.361106215), (None, 0.8, 0.796), (0.1, 0.1000001, 0.10000005),
+])
+def test_a_threshold_between_two_scores_is_short_and_no_images_score(low, high, expected):
+    value = short_threshold_between(low, high)
+    assert value == expected
+    assert (low if low is not None else 0) < value < high
+
+
+def test_the_fitted_threshold_decides_as_best_f1_between_two_neighbouring_scores():
+    rng = np.random.default_rng(3)
+    scores = rng.random(40)
+    labels = rng.random(40) < scores
+    rows = [Row(f"{i}", score=float(s), label=DEFECTIVE if y else GOOD) for i, (s, y) in enumerate(zip(scores, labels))]
+    rows.append(Row("unlabelled", score=float(scores.mean())))
+    fitted = fitted_threshold(rows)
+    value = fitted["value"]
+    assert fitted["labelled"] == 40
+    assert value not in scores and len(f"{value:.15g}".lstrip("0.").rstrip("0")) <= 5  # a short number
+    best = max(f1_score(labels, scores >= t) for t in scores)
+    assert f1_score(labels, scores >= value) == pytest.approx(best)
+    everything = sorted([*scores, scores.mean()])
+    below = [s for s in everything if s < value]
+    above = [s for s in everything if s > value]
+    assert below and above and value == pytest.approx((below[-1] + above[0]) / 2, rel=5e-3)  # the midpoint, rounded
+    assert fitted_threshold([Row("a", score=0.3, label=GOOD)]) is None
+
+
+def _header(run_dir: Path) -> dict:
+    data = json.loads(re.search(r'id="fade-data">(.*?)</script>', build_report(run_dir).read_text()).group(1))
+    return {"items": dict(data["header"]["items"]), "banner": data["header"]["banner"], "notes": data["header"]["notes"]}
+
+
+def test_the_header_of_a_run_that_recorded_a_published_tag_has_no_banner(tmp_path):
+    _write_rows(tmp_path / "results.jsonl", [_row("a.png", 0.3, verdict="OK")])
+    (tmp_path / "run.json").write_text(json.dumps({
+        "fade_version": "9.9", "device": "cuda:0", "model": {"model": "ViT-B-16-plus-240", "pretrained": "laion400m_e31"},
+        "precision": {"requested": "auto", "precision": "bf16", "reason": "the GPU supports it"},
+        "class_name": "screw", "scales": [240, 448], "cls_size": 240, "references": 0,
+        "command": ["fade", "detect", "my images", "--bank", "screw.fadebank"], "started": "2026-01-02T03:04:05+00:00",
+        "threshold": 0.42, "pixel_threshold": None}))
+    (tmp_path / "run-settings.json").write_text(json.dumps({"bank_path": "/banks/screw.fadebank", "refs": None}))
+    header = _header(tmp_path)
+    assert header["banner"] is None and header["notes"] == []
+    assert header["items"] == {
+        "command": "fade detect 'my images' --bank screw.fadebank", "fade version": "9.9",
+        "model": "ViT-B-16-plus-240", "weights": "published pretrained tag laion400m_e31", "class": "screw",
+        "references": "bank /banks/screw.fadebank (0 images)", "precision": "bf16 (asked auto: the GPU supports it)",
+        "scales": "map at 240 px, 448 px; image score at 240 px", "device": "cuda:0",
+        "threshold": "0.42 (NG at or above)", "started": "2026-01-02T03:04:05+00:00"}
+
+
+def test_a_local_weights_file_gets_the_banner(tmp_path):
+    _write_rows(tmp_path / "results.jsonl", [_row("a.png", 0.3)])
+    (tmp_path / "run.json").write_text(json.dumps({"model": {"model": "ViT-L-14", "weights_sha256": "ab" * 32}}))
+    (tmp_path / "run-settings.json").write_text(json.dumps({"weights": "/models/finetuned.pt"}))
+    header = _header(tmp_path)
+    assert header["items"]["weights"] == "file finetuned.pt (sha256 abababababab)"
+    assert header["banner"].startswith("Scores are not from a published model: ViT-L-14 ran a local weights file")
+
+
+@pytest.mark.parametrize("run_json, note", [
+    (None, None),  # an older run: no run.json at all
+    ("{not json", "run.json could not be read"),
+    ("[1, 2]", "run.json is not a JSON object"),
+    ('{"fade_version": 7, "model": "x", "command": [1], "scales": "big", "threshold": "high", "started": NaN}',
+     "run.json could not be read"),
+    ('{"fade_version": 7, "model": "x", "command": [1], "scales": "big", "threshold": "high"}', None),
+])
+def test_what_a_run_did_not_record_or_recorded_wrongly_is_not_recorded(tmp_path, run_json, note):
+    _write_rows(tmp_path / "results.jsonl", [_row("a.png", 0.3)])
+    if run_json is not None:
+        (tmp_path / "run.json").write_text(run_json)
+    header = _header(tmp_path)
+    assert header["banner"] is None
+    assert all(value is None for value in header["items"].values())
+    assert [note in text for text in header["notes"]] == ([True] if note else [])
 
 
 def test_best_f1_threshold_is_the_best_of_every_score():
@@ -186,5 +266,6 @@ def test_a_watch_folder_is_reported_as_a_watch(tmp_path):
     (tmp_path / "watch-state.jsonl").write_text("")
     page = build_report(tmp_path).read_text()
     data = json.loads(re.search(r'id="fade-data">(.*?)</script>', page).group(1))
-    assert (data["kind"], data["threshold"], data["threshold_source"]) == ("watch", 0.8, "verdicts")
+    # no run.json: the threshold lies between the run's OK and NG scores, and is neither of them
+    assert (data["kind"], data["threshold"], data["threshold_source"]) == ("watch", 0.796, "run")
     assert [row["path"] for row in data["rows"]] == ["cam/a.png", "cam/b.png"]

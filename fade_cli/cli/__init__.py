@@ -9,7 +9,7 @@ import importlib
 import logging
 import importlib.util
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
 import click
 
@@ -19,6 +19,9 @@ from fade_cli.cli.stopping import sigterm_as_interrupt, silence_stdout
 from fade_cli.errors import FadeError, FadeWarning
 from fade_cli.settings import settings_named_as_flags
 from fade_cli.memory import MEMORY_HINT
+
+# ctx.meta key of the command line as typed (a list: "fade", then the arguments).
+COMMAND_LINE_KEY = "fade.command_line"
 
 # name -> (module, attribute, one-line help shown by `fade --help`)
 COMMANDS = {
@@ -44,6 +47,13 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name, (module, _, _) in COMMANDS.items() if importlib.util.find_spec(module) is not None]
+
+    def make_context(self, info_name: Optional[str], args: list[str], parent: Optional[click.Context] = None,
+                     **extra: Any) -> click.Context:
+        """Keeps the command line as given (before parsing) in ``ctx.meta``: a run records it in run.json."""
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta[COMMAND_LINE_KEY] = ["fade", *args]
+        return ctx
 
     def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
         if name not in COMMANDS or name not in self.list_commands(ctx):

@@ -116,7 +116,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     if out is not None:
         output = RunOutput(out, overwrite=overwrite, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps,
                            resumed=resumed, settings=_settings(ctx.params), save_thumbnails=report,
-                           run_info=engine.run_info())
+                           run_info={**engine.run_info(), **_run_record(ctx, threshold, pixel_threshold)})
     if resumed:
         console.print(f"Resuming: {len(resumed)} of {len(files)} image(s) already scored in {out}.", markup=False,
                       highlight=False, soft_wrap=True)
@@ -147,7 +147,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
             silence_stdout()
         else:
             printer.finish(summary_rows)
-        _report(out, report, console, images, threshold)
+        _report(out, report, console, images)
         saved = f"; their results are in {out}" if out else ""
         console.print(f"{_stopped_by(stop)} after {len(summary_rows)} of {len(files)} images{saved}.", markup=False,
                       highlight=False, soft_wrap=True)
@@ -157,7 +157,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
         raise
     _finish(output)
     printer.finish(summary_rows)
-    _report(out, report, console, images, threshold)
+    _report(out, report, console, images)
     if all(row.score is None for row in summary_rows):
         raise InputError(_nothing_scored(summary_rows))
     ctx.exit(run_exit_code(summary_rows, threshold is not None))
@@ -193,6 +193,17 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
     return {name: value(item) for name, item in sorted(params.items()) if name not in _RUNTIME_OPTIONS}
 
 
+def _run_record(ctx: click.Context, threshold: Optional[float], pixel_threshold: Optional[float]) -> dict[str, Any]:
+    """What run.json adds to the engine's description for the report's header: the command line, when the run
+    started, and the thresholds it decided with (after --calibrate or a bank: null when it made no verdicts)."""
+    from datetime import datetime, timezone
+
+    from fade_cli.cli import COMMAND_LINE_KEY
+
+    return {"command": ctx.meta.get(COMMAND_LINE_KEY), "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "threshold": threshold, "pixel_threshold": pixel_threshold}
+
+
 def _stopped_by(stop: BaseException) -> str:
     if isinstance(stop, Terminated):
         return "Stopped by SIGTERM"
@@ -206,8 +217,8 @@ def _finish(output) -> None:
         output.finish()
 
 
-def _report(out: Optional[Path], report: bool, console, images: Path, threshold: Optional[float]) -> None:
+def _report(out: Optional[Path], report: bool, console, images: Path) -> None:
     if out is not None and report:
         from fade_cli.cli.report_cmd import report_after_run
 
-        report_after_run(out, console, images_root=images, threshold=threshold)
+        report_after_run(out, console, images_root=images)

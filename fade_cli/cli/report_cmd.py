@@ -23,7 +23,7 @@ Exit codes:
 @click.option("--images", "images_root", type=click.Path(exists=True, path_type=Path),
               help="Where a detect or watch run's images are (the IMAGES it was given): the detail view shows them "
                    "at full resolution, and missing thumbnails are made from them.")
-@click.option("--threshold", type=FiniteFloat(), help="Where the threshold explorer starts [default: the run's verdicts].")
+@click.option("--threshold", type=FiniteFloat(), help="A what-if threshold for the explorer to start at [default: the run's own verdicts, none if it made none].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def report(run_dir: Path, out: Optional[Path], images_root: Optional[Path], threshold: Optional[float],
            quiet: bool) -> None:
@@ -50,18 +50,18 @@ def report(run_dir: Path, out: Optional[Path], images_root: Optional[Path], thre
     console.print(f"Report: {path}", markup=False, highlight=False, soft_wrap=True)
 
 
-def report_after_run(run_dir: Path, console: Console, images_root: Optional[Path] = None,
-                     threshold: Optional[float] = None) -> None:
+def report_after_run(run_dir: Path, console: Console, images_root: Optional[Path] = None) -> None:
     """The report at the end of `fade detect --out` / `fade eval --out`; its path on stderr.
 
     The run's own results are already saved: a report that cannot be written is a warning, not a failure.
+    It shows the run's verdicts as decided (its threshold is in run.json), not a threshold given to the page.
     """
     from fade_cli.cli.reporting import print_warning
     from fade_cli.errors import FadeError
     from fade_cli.report.build import build_report
 
     try:
-        path = build_report(run_dir, images_root=images_root, threshold=threshold)
+        path = build_report(run_dir, images_root=images_root)
     except (FadeError, OSError) as exc:
         print_warning(console, f"no report written: {exc}")
         return

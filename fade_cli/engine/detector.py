@@ -106,8 +106,11 @@ class FadeEngine:
         return engine
 
     def run_info(self) -> dict:
-        """How this engine runs, for a run's metadata: device, model, and the precision with why it was chosen."""
-        return {"device": str(self.device), "model": dict(self.loaded.identity), "precision": self.precision.to_dict()}
+        """How this engine runs, for a run's metadata: device, model, the precision with why it was chosen,
+        the class and sizes it was set up with and how many reference images its bank holds."""
+        return {"device": str(self.device), "model": dict(self.loaded.identity), "precision": self.precision.to_dict(),
+                "class_name": self.config.class_name, "scales": list(self.config.seg_sizes),
+                "cls_size": self.config.cls_size, "references": self.reference_count}
 
     @property
     def batch_size(self) -> int:

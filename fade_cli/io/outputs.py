@@ -170,7 +170,8 @@ def write_run_info(out_dir: Path, info: dict[str, Any]) -> None:
     """OUT/run.json: how the results were computed (``FadeEngine.run_info``) and by which fade."""
     from fade_cli import __version__
 
-    text = json.dumps({"fade_version": __version__, **info}, indent=2, ensure_ascii=False) + "\n"
+    # escape_undecodable: the command line may name a file whose name is not UTF-8
+    text = escape_undecodable(json.dumps({"fade_version": __version__, **info}, indent=2, ensure_ascii=False)) + "\n"
     atomic_write(out_dir / RUN_INFO_FILE, lambda handle: handle.write(text.encode("utf-8")))
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 from fade_cli.errors import ImageError
 from fade_cli.evaluation.report import HEADERS
 from fade_cli.io.atomic import atomic_write
-from fade_cli.io.heatmap import overlay_image_width
+from fade_cli.io.heatmap import COLORMAP, overlay_image_width
 from fade_cli.io.images import load_image
 from fade_cli.io.outputs import REPORT_FILE
 from fade_cli.io.thumbnails import (
@@ -32,6 +32,7 @@ from fade_cli.io.thumbnails import (
     write_jpeg,
     write_thumbnails,
 )
+from fade_cli.report.header import run_header
 from fade_cli.report.page import render_page
 from fade_cli.report.runs import DEFECTIVE, Row, RunData, load_run
 
@@ -49,8 +50,8 @@ def build_report(
 ) -> Path:
     """Write the report of the run in ``run_dir`` to ``out`` (default ``run_dir/report.html``); returns its path.
 
-    ``threshold`` is where the threshold explorer starts (default: the run's own,
-    as its verdicts show). ``on_thumbnail`` is called once per row whose thumbnails were checked.
+    ``threshold`` is where the threshold explorer starts (default: the run's own decisions; none for a run
+    that made none). ``on_thumbnail`` is called once per row whose thumbnails were checked.
     """
     run = load_run(run_dir, images_root)
     return write_report(run, out if out is not None else run_dir / REPORT_FILE, threshold, on_thumbnail)
@@ -149,22 +150,50 @@ def _heatmap_picture(run: RunData, row: Row) -> Optional[Image.Image]:
     return picture.crop((0, 0, overlay_image_width(picture.width), picture.height))
 
 
-def initial_threshold(rows: list[Row], given: Optional[float]) -> tuple[Optional[float], str]:
-    """Where the threshold explorer starts, and why: the given value; else the lowest NG score, which gives
-    the run's own verdicts; else, with ground truth, the threshold of best F1; else the middle of the scores."""
+def initial_threshold(rows: list[Row], given: Optional[float], recorded: Optional[float] = None
+                      ) -> tuple[Optional[float], str]:
+    """Where the threshold explorer starts, and why: the given value ("given"); else, for a run that made OK/NG
+    decisions, the threshold it decided with ("run": as recorded, else a number between its highest OK and lowest
+    NG score, None where its verdicts allow none); else nowhere ("none"): a run without verdicts shows none until
+    a threshold is picked."""
     if given is not None:
         return given, "given"
-    ng = [row.score for row in rows if row.verdict == "NG" and row.score is not None]
-    if ng:
-        return min(ng), "verdicts"
-    scored = [row for row in rows if row.score is not None]
-    if not scored:
+    decided = [row for row in rows if row.verdict is not None and row.score is not None]
+    if not decided:
         return None, "none"
+    if recorded is not None:
+        return recorded, "run"
+    highest_ok = max((row.score for row in decided if row.verdict == "OK"), default=None)
+    lowest_ng = min((row.score for row in decided if row.verdict == "NG"), default=None)
+    if lowest_ng is None or (highest_ok is not None and highest_ok >= lowest_ng):
+        return None, "run"  # all OK, or verdicts of several thresholds (a watch restarted with another)
+    return short_threshold_between(highest_ok, lowest_ng), "run"
+
+
+def short_threshold_between(low: Optional[float], high: float) -> float:
+    """A threshold that decides as ``high`` does on scores at or below ``low`` and at or above ``high``, yet is no
+    image's score: their midpoint, rounded to the fewest significant digits (3 or more) that keep it strictly
+    between them. Without ``low`` (nothing scored below), a hundredth of ``high`` (or 0.001) below it stands in."""
+    if low is None:
+        low = high - max(abs(high) * 0.01, 1e-3)
+    middle = (low + high) / 2
+    for digits in range(3, 18):
+        rounded = float(f"{middle:.{digits}g}")
+        if low < rounded < high:
+            return rounded
+    return high  # two adjacent floats: nothing lies between them
+
+
+def fitted_threshold(rows: list[Row]) -> Optional[dict]:
+    """The what-if threshold of best F1 on the labelled rows (ground truth from folder names or a dataset):
+    ``value`` lies between the lowest score it flags and the next lower score of any image; ``labelled`` is how
+    many images it was fitted on. None without both labels."""
+    scored = [row for row in rows if row.score is not None]
     best = best_f1_threshold(scored)
-    if best is not None:
-        return best, "best F1"
-    scores = [row.score for row in scored]
-    return (min(scores) + max(scores)) / 2, "middle"
+    if best is None:
+        return None
+    below = max((row.score for row in scored if row.score < best), default=None)
+    return {"value": short_threshold_between(below, best), "labelled": sum(1 for row in scored if row.label)}
 
 
 def best_f1_threshold(rows: list[Row]) -> Optional[float]:
@@ -190,7 +219,10 @@ def page_data(run: RunData, report_dir: Path, threshold: Optional[float] = None,
 
     ``files`` are the run's pictures (:func:`existing_files`, scanned when not given).
     """
-    start, start_source = initial_threshold(run.rows, threshold)
+    header = run_header(run)
+    recorded = header.pop("run_threshold")
+    start, start_source = initial_threshold(run.rows, threshold, recorded)
+    run_start, run_source = initial_threshold(run.rows, None, recorded)  # for "back to the run's verdicts"
     links = _Links(run.run_dir, report_dir, existing_files(run.run_dir) if files is None else files)
     return {
         "format": PAGE_FORMAT,
@@ -200,6 +232,10 @@ def page_data(run: RunData, report_dir: Path, threshold: Optional[float] = None,
         "complete": run.complete,
         "threshold": start,
         "threshold_source": start_source,
+        "run_threshold": run_start if run_source == "run" else None,
+        "fitted": fitted_threshold(run.rows),
+        "header": header,
+        "colour_scale": [f"#{r:02x}{g:02x}{b:02x}" for r, g, b in COLORMAP[::32].tolist() + [COLORMAP[-1].tolist()]],
         "has_labels": any(row.label for row in run.rows),
         "rows": [_row_data(run, row, links) for row in run.rows],
         "eval": _eval_data(run) if run.kind == "eval" else None,

@@ -47,8 +47,11 @@
   function baseName(path) { var parts = path.split("/"); return parts[parts.length - 1]; }
 
   // ---- state -------------------------------------------------------------------------------
+  // mode: "none" (the run made no OK/NG decisions and no threshold is picked: no verdicts), "run" (the run's
+  // own verdicts, as it decided them), "pick" (a what-if threshold typed, slid or given to fade report) or
+  // "fitted" (the what-if threshold of best F1 on the labelled images).
   var state = {
-    threshold: data.threshold,
+    mode: "none", threshold: null,
     verdict: "", errors: "", label: "", group: null, search: "", sort: "score-desc", heatmaps: false
   };
   var view = [];          // row indices shown, in the current order
@@ -67,9 +70,12 @@
   function hasScore(row) { return row.score !== undefined && row.error === undefined; }
 
   function verdictOf(row) {
-    if (!hasScore(row) || state.threshold === null || state.threshold === undefined) return null;
+    if (!hasScore(row) || state.mode === "none") return null;
+    if (state.mode === "run") return row.run_verdict || null;
     return row.score >= state.threshold ? "NG" : "OK";
   }
+
+  var hasRunVerdicts = rows.some(function (row) { return row.run_verdict !== undefined; });
 
   function outcomeOf(row) {
     var verdict = verdictOf(row);
@@ -153,9 +159,10 @@
     if (hasScore(row)) {
       scores.appendChild(el("span", "score", fmt(row.score)));
       var parts = [];
-      if (row.language_score !== undefined) parts.push("L " + fmt(row.language_score, 3));
-      if (row.vision_score !== undefined) parts.push("V " + fmt(row.vision_score, 3));
-      scores.appendChild(el("span", "sub", "  " + parts.join("  ")));
+      if (row.language_score !== undefined) parts.push("language " + fmt(row.language_score, 3));
+      if (row.vision_score !== undefined) parts.push("vision " + fmt(row.vision_score, 3));
+      var sub = scores.appendChild(el("span", "sub", parts.join(" \u00b7 ")));
+      sub.title = "language score: the image against the prompts; vision score: against the reference images";
     }
     card.appendChild(scores);
     var badges = el("div", "badges");
@@ -258,12 +265,18 @@
   // ---- threshold explorer ------------------------------------------------------------------
   var slider = $("threshold-slider"), numberBox = $("threshold-input");
 
-  function setThreshold(value, source) {
-    state.threshold = value;
-    if (source !== "input") numberBox.value = String(value);
-    if (source !== "slider") slider.value = String(Math.min(scoreMax, Math.max(scoreMin, value)));
-    $("threshold-arg").value = "--threshold " + String(value);
+  // Sets what the verdicts come from (see state.mode) and the threshold; ``source`` is the control that
+  // changed it ("slider", "input"), whose value is left as the person set it.
+  function setThreshold(mode, value, source) {
+    var known = value !== null && value !== undefined;
+    state.mode = mode;
+    state.threshold = known ? value : null;
+    if (source !== "input") numberBox.value = known ? String(value) : "";
+    if (source !== "slider" && known) slider.value = String(Math.min(scoreMax, Math.max(scoreMin, value)));
+    $("threshold-arg").value = known ? "--threshold " + String(value) : "";
+    $("copy-threshold").disabled = !known;
     $("copy-status").textContent = "";
+    describeThreshold();
     updateCounts();
     drawThresholdLine();
     var needsRefilter = state.verdict || /^(TP|FP|TN|FN)$/.test(state.label);
@@ -271,6 +284,31 @@
     cards.forEach(updateBadges);
     staticCards.forEach(updateBadges);
     if (!$("detail").hidden) showDetail();
+  }
+
+  function describeThreshold() {
+    var note = $("threshold-note"), text;
+    var truth = data.kind === "eval" ? "the dataset's labels" : "the ground truth from the folder names";
+    if (state.mode === "none") {
+      text = "No threshold: this run made no OK/NG decisions, so no image has a verdict. " +
+        "Move the slider or type a threshold to see what-if verdicts.";
+    } else if (state.mode === "run") {
+      text = "The run's verdicts, as it decided them" +
+        (state.threshold === null ? "." : " (threshold " + String(state.threshold) + ": NG at or above).");
+    } else if (state.mode === "fitted") {
+      text = "What-if: fitted on " + data.fitted.labelled + " labelled images (best F1 on " + truth +
+        "); not a production threshold.";
+    } else {
+      text = "What-if: " + (data.threshold_source === "given" && state.threshold === data.threshold ?
+        "the threshold given to fade report" : "your pick") + ", not " +
+        (hasRunVerdicts ? "the run's verdicts." : "a decision of the run (it made none).");
+    }
+    note.textContent = text;
+    note.className = "threshold-note" + (state.mode === "pick" || state.mode === "fitted" ? " what-if" : "");
+    note.dataset.mode = state.mode;
+    $("use-run-verdicts").hidden = state.mode === (hasRunVerdicts ? "run" : "none");
+    $("use-fitted").hidden = !data.fitted || state.mode === "fitted";
+    $("threshold-counts").classList.toggle("no-verdicts", state.mode === "none");
   }
 
   function updateCounts() {
@@ -283,10 +321,13 @@
       var outcome = outcomeOf(row);
       if (outcome) counts[outcome]++;
     });
-    $("count-ok").textContent = String(counts.OK);
-    $("count-ng").textContent = String(counts.NG);
+    var none = state.mode === "none";  // no verdicts: no counts of them either
+    $("count-ok").textContent = none ? "\u2013" : String(counts.OK);
+    $("count-ng").textContent = none ? "\u2013" : String(counts.NG);
     $("count-errors").textContent = String(counts.errors);
-    ["TP", "FP", "TN", "FN"].forEach(function (name) { $("count-" + name.toLowerCase()).textContent = String(counts[name]); });
+    ["TP", "FP", "TN", "FN"].forEach(function (name) {
+      $("count-" + name.toLowerCase()).textContent = none ? "\u2013" : String(counts[name]);
+    });
     var flagged = counts.TP + counts.FP, defective = counts.TP + counts.FN;
     $("precision").textContent = flagged ? (counts.TP / flagged).toFixed(3) : "n/a";
     $("recall").textContent = defective ? (counts.TP / defective).toFixed(3) : "n/a";
@@ -347,7 +388,9 @@
   }
 
   function drawThresholdLine() {
-    if (!histogramLine || state.threshold === null) return;
+    if (!histogramLine) return;
+    histogramLine.style.display = state.threshold === null ? "none" : "";
+    if (state.threshold === null) return;
     var x = histogramX(Math.min(scoreMax, Math.max(scoreMin, state.threshold)));
     histogramLine.setAttribute("x1", String(x));
     histogramLine.setAttribute("x2", String(x));
@@ -431,9 +474,11 @@
       addInfo(info, "score", String(row.score));
       addInfo(info, "language score", row.language_score !== undefined ? String(row.language_score) : null);
       addInfo(info, "vision score", row.vision_score !== undefined ? String(row.vision_score) : null);
-      addInfo(info, "verdict at " + String(state.threshold), verdictOf(row));
+      if (state.mode === "pick" || state.mode === "fitted") {
+        addInfo(info, "what-if verdict at " + String(state.threshold), verdictOf(row));
+      }
     }
-    addInfo(info, "verdict in the run", row.run_verdict);
+    addInfo(info, "verdict in the run", row.run_verdict || (hasScore(row) ? "none (the run had no threshold)" : null));
     addInfo(info, "truth", row.label ? row.label + (row.defect && row.defect !== "good" ? " (" + row.defect + ")" : "") : null);
     addInfo(info, "outcome", outcomeOf(row));
     addInfo(info, "seed", row.seed !== undefined ? String(row.seed) : null);
@@ -609,6 +654,21 @@
     });
   }
 
+  // ---- the run's header ----------------------------------------------------------------------
+  function drawRunHeader() {
+    var header = data.header || { items: [], banner: null, notes: [] }, facts = $("run-facts");
+    header.items.forEach(function (item) {
+      var term = el("dt", null, item[0]), value = el("dd", null, item[1] === null ? "not recorded" : item[1]);
+      value.dataset.term = item[0];
+      if (item[1] === null) value.className = "not-recorded";
+      facts.appendChild(term);
+      facts.appendChild(value);
+    });
+    $("weights-banner").hidden = !header.banner;
+    $("weights-banner").textContent = header.banner || "";
+    header.notes.forEach(function (note) { $("run-notes").appendChild(el("p", "note", note)); });
+  }
+
   // ---- wiring ------------------------------------------------------------------------------
   function setup() {
     $("title").textContent = data.title;
@@ -626,10 +686,12 @@
     $("legend").hidden = !data.has_labels;
     slider.min = String(scoreMin);
     slider.max = String(scoreMax);
-    var notes = { given: "as given", verdicts: "the run's verdicts", "best F1": "best F1 on the ground truth",
-      middle: "middle of the scores", none: "" };
-    $("threshold-note").textContent = "start: " + (notes[data.threshold_source] || "");
-    if (state.threshold === null || state.threshold === undefined) state.threshold = (scoreMin + scoreMax) / 2;
+    slider.value = String((scoreMin + scoreMax) / 2);
+    drawRunHeader();
+    $("detail-scale-bar").style.background = "linear-gradient(to right, " + data.colour_scale.join(", ") + ")";
+    if (data.fitted) {
+      $("use-fitted").textContent = "What-if: the threshold of best F1 on the " + data.fitted.labelled + " labelled images";
+    }
 
     function onFilter(id, key, transform) {
       $(id).addEventListener("input", function () {
@@ -650,11 +712,18 @@
       gallery.classList.toggle("show-maps", $("show-heatmap").checked);
       $("worst").classList.toggle("show-maps", $("show-heatmap").checked);
     });
-    slider.addEventListener("input", function () { setThreshold(Number(slider.value), "slider"); });
+    // A slid value is rounded to 4 significant digits: the slider's pixels are no finer, and the Copy box
+    // should not offer 16 digits of noise.
+    slider.addEventListener("input", function () { setThreshold("pick", Number(Number(slider.value).toPrecision(4)), "slider"); });
     numberBox.addEventListener("input", function () {
       var value = Number(numberBox.value);
-      if (numberBox.value.trim() !== "" && isFinite(value)) setThreshold(value, "input");
+      if (numberBox.value.trim() !== "" && isFinite(value)) setThreshold("pick", value, "input");
     });
+    $("use-run-verdicts").textContent = hasRunVerdicts ? "Back to the run's verdicts" : "Clear: no threshold, as in the run";
+    $("use-run-verdicts").addEventListener("click", function () {
+      setThreshold(hasRunVerdicts ? "run" : "none", hasRunVerdicts ? data.run_threshold : null, null);
+    });
+    $("use-fitted").addEventListener("click", function () { setThreshold("fitted", data.fitted.value, null); });
     $("copy-threshold").addEventListener("click", copyThreshold);
     gallery.addEventListener("click", cardClicked);
     gallery.addEventListener("keydown", cardKey);
@@ -678,7 +747,8 @@
     }
     refreshGallery();
     drawHistogram();
-    setThreshold(state.threshold, null);
+    var startMode = { given: "pick", run: "run" }[data.threshold_source] || "none";
+    setThreshold(startMode, data.threshold, null);
     // Milliseconds from the start of navigation until the page answers input (read by the tests).
     document.body.dataset.readyMs = String(performance.now());
     document.body.dataset.ready = "1";
