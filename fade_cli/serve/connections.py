@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import time
+import itertools
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -97,7 +97,7 @@ def check_max_connections(max_connections: int, limit: Optional[int] = None) -> 
 def uvicorn_settings(limits: ConnectionLimits) -> dict[str, Any]:
     """The keyword arguments of ``uvicorn.Config`` that apply ``limits``."""
     return {
-        "http": functools.partial(GuardedH11Protocol, limits=limits),
+        "http": functools.partial(GuardedH11Protocol, limits=limits, waiting={}),
         "timeout_keep_alive": limits.keep_alive_s,
         # uvicorn counts the connection asking too: N + 1 lets N connections be served
         "limit_concurrency": limits.max_connections + 1,
@@ -111,11 +111,13 @@ HEAD, BODY = "head", "body"
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with a head deadline, a body deadline and the connection cap."""
 
-    def __init__(self, *args: Any, limits: ConnectionLimits, **kwargs: Any):
+    def __init__(self, *args: Any, limits: ConnectionLimits, waiting: dict[GuardedH11Protocol, None], **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.limits = limits
+        # The server's connections waiting for a request head, longest-waiting first (a dict keeps the order
+        # they were added in): the ones a new connection at the cap closes, found without a scan.
+        self.waiting = waiting
         self._phase: Optional[str] = None  # HEAD: waiting for a request's headers; BODY: for its body
-        self._phase_since = 0.0
         self._head_started = False  # bytes of the awaited head arrived: a timeout gets a 408, not silence
         self._deadline: Optional[asyncio.TimerHandle] = None
 
@@ -140,6 +142,7 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc: Optional[Exception]) -> None:
         self._cancel_deadline()
         self._phase = None
+        self.waiting.pop(self, None)
         super().connection_lost(exc)
 
     # --- the cap ----------------------------------------------------------------------------------
@@ -147,12 +150,8 @@ class GuardedH11Protocol(H11Protocol):
         """Back under the cap by closing the connections that have waited longest for a request; False past
         the hard ceiling (this connection is to be dropped)."""
         excess = len(self.connections) - self.limits.max_connections
-        if excess > 0:
-            idle = sorted((other for other in self.connections
-                           if other is not self and isinstance(other, GuardedH11Protocol) and other._phase == HEAD),
-                          key=lambda other: other._phase_since)
-            for other in idle[:excess]:
-                other._expire()
+        for other in list(itertools.islice(self.waiting, max(0, excess))):
+            other._expire()
         return len(self.connections) <= self.limits.ceiling
 
     # --- the deadlines ----------------------------------------------------------------------------
@@ -162,8 +161,10 @@ class GuardedH11Protocol(H11Protocol):
         if phase == self._phase:
             return
         self._cancel_deadline()
-        self._phase, self._phase_since, self._head_started = phase, time.monotonic(), False
+        self._phase, self._head_started = phase, False
+        self.waiting.pop(self, None)
         if phase == HEAD:
+            self.waiting[self] = None
             self._deadline = self.loop.call_later(self.limits.header_timeout_s, self._expire)
         elif phase == BODY:
             self._deadline = self.loop.call_later(self.limits.body_timeout_s + BODY_GRACE_S, self._expire)
@@ -181,6 +182,7 @@ class GuardedH11Protocol(H11Protocol):
         """The phase's deadline passed: a 408 where part of a request came and no answer started, then close."""
         phase, self._phase = self._phase, None
         self._cancel_deadline()
+        self.waiting.pop(self, None)
         if self.transport.is_closing():
             return
         if phase == HEAD and self._head_started:
