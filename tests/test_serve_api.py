@@ -454,9 +454,9 @@ def test_an_image_over_max_pixels_is_refused_from_its_header(served, client_for)
     client = client_for(service_for([served], max_pixels=100_000))
     large = png_bytes(Image.new("L", (1000, 1000)))  # a megapixel in a few kilobytes
     response = client.post("/v1/detect", content=large)
-    assert response.status_code == 422
-    assert response.json()["detail"] == "image: 1000x1000 is over the limit of 100000 pixels"
-    assert client.post("/v1/detect", content=QUERY_FILES[0].read_bytes()).status_code == 422  # 288x384 > 100000
+    assert response.status_code == 413
+    assert response.json()["detail"] == "image: 1000x1000 is over the limit of 100000 pixels per image"
+    assert client.post("/v1/detect", content=QUERY_FILES[0].read_bytes()).status_code == 413  # 288x384 > 100000
 
 
 def test_a_stop_while_the_model_loads_never_turns_ready(served):
@@ -468,3 +468,114 @@ def test_a_stop_while_the_model_loads_never_turns_ready(served):
     assert service.stop(60)
     assert service.state == "draining"
     assert service.metrics.registry.get_sample_value("fade_ready") == 0
+
+
+def test_every_route_but_the_probes_needs_the_token(served, client_for):
+    client = client_for(service_for([served]), token="s3cret-token")
+    open_paths = {"/healthz", "/readyz"}
+    routes = [(method, route.path) for route in client.app.routes for method in getattr(route, "methods", ())]
+    assert ("GET", "/openapi.json") in routes and len(routes) >= 6
+    for method, path in routes:
+        response = client.request(method, path)
+        assert (response.status_code == 401) == (path not in open_paths), (method, path, response.status_code)
+    assert client.get("/docs").status_code == 401 and client.get("/nothing").status_code == 401
+    schema = client.get("/openapi.json", headers={"Authorization": "Bearer s3cret-token"}).json()
+    assert schema["paths"]["/v1/detect"]["post"]["security"] == [{"bearer": []}]
+    assert schema["paths"]["/healthz"]["get"]["security"] == []
+
+
+def test_too_many_parts_is_413_naming_the_limit(served, client_for):
+    client = client_for(service_for([served], max_queue=2))
+    body = QUERY_FILES[0].read_bytes()
+    response = client.post("/v1/detect", files=[(name, (f"{name}.png", body)) for name in "abc"])
+    assert response.status_code == 413, response.text
+    assert "3 parts" in response.json()["detail"] and "limit of 2" in response.json()["detail"]
+    two = client.post("/v1/detect", files=[(name, (f"{name}.png", body)) for name in "ab"])
+    assert two.status_code == 200 and len(two.json()["results"]) == 2
+
+
+@pytest.fixture
+def decodes(monkeypatch):
+    """Counts the images decoded by the service."""
+    import fade_cli.serve.service as service_module
+
+    counted = []
+    prepare = service_module._prepare
+
+    def counting(engine, upload, max_pixels):
+        counted.append(upload.label)
+        return prepare(engine, upload, max_pixels)
+
+    monkeypatch.setattr(service_module, "_prepare", counting)
+    return counted
+
+
+def test_pixels_over_the_bound_are_refused_from_the_headers_before_decoding(served, client_for, decodes):
+    client = client_for(service_for([served], max_pixels_in_flight=60_000_000))
+    buffer = io.BytesIO()
+    Image.new("1", (7000, 7000)).save(buffer, format="PNG")  # 49 megapixels in a few kilobytes
+    parts = [(name, (f"{name}.png", buffer.getvalue())) for name in "ab"]
+    response = client.post("/v1/detect", files=parts)
+    assert response.status_code == 413, response.text
+    assert "98000000 pixels" in response.json()["detail"]
+    assert "limit of 60000000 decoded pixels in flight" in response.json()["detail"]
+    assert decodes == []
+
+
+def test_while_the_pixels_in_flight_are_full_others_get_503_before_decoding(served, client_for, decodes):
+    # The first request waits 3 s in the queue for a companion, its pixels held; the second does not fit beside it.
+    width, height = Image.open(QUERY_FILES[0]).size
+    client = client_for(service_for([served], max_batch=8, max_wait_s=3.0,
+                                    max_pixels_in_flight=width * height * 3 // 2))
+    body = QUERY_FILES[0].read_bytes()
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/v1/detect", content=body, params={"name": "first"})
+        deadline = time.monotonic() + 30
+        while metric(client, "fade_queue_depth") < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        second = client.post("/v1/detect", content=body, params={"name": "second"})
+        assert second.status_code == 503 and second.headers["retry-after"] == "1"
+        assert "pixels in flight" in second.json()["detail"]
+        assert first.result().status_code == 200
+    assert decodes == ["first"]
+    assert client.post("/v1/detect", content=body).status_code == 200  # released
+
+
+def test_the_queue_admits_images_before_they_are_decoded(served, client_for, decodes):
+    client = client_for(service_for([served], max_batch=8, max_wait_s=3.0, max_queue=2))
+    body = QUERY_FILES[0].read_bytes()
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(client.post, "/v1/detect", files=[(n, (f"{n}.png", body)) for n in "ab"])
+        deadline = time.monotonic() + 30
+        while metric(client, "fade_queue_depth") < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        refused = client.post("/v1/detect", content=body, params={"name": "late"})
+        assert refused.status_code == 503 and "queue is full" in refused.json()["detail"]
+        assert first.result().status_code == 200
+    assert sorted(decodes) == ["a.png", "b.png"]  # the refused image was never decoded
+
+
+def test_a_client_that_leaves_mid_upload_is_counted_as_499(served, client_for):
+    import asyncio
+
+    client = client_for(service_for([served]))
+    messages = iter([{"type": "http.request", "body": b"\x89PNG", "more_body": True}, {"type": "http.disconnect"}])
+    sent = []
+
+    async def receive():
+        return next(messages)
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/v1/detect", "raw_path": b"/v1/detect", "root_path": "", "query_string": b"",
+             "headers": [(b"content-type", b"image/png"), (b"content-length", b"100000")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {}}
+    asyncio.run(client.app(scope, receive, send))
+    assert sent[0]["status"] == 499
+    text = client.get("/metrics").text
+    assert 'fade_http_requests_total{route="/v1/detect",status="499"} 1.0' in text
+    assert 'status="500"' not in text

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -17,10 +18,10 @@ from conftest import GOLDEN, QUERIES, TINY_MODEL_ARGS  # noqa: E402
 from test_serve_api import bank_file, run  # noqa: E402,F401  (bank_file: the fixture)
 
 
-def start_serve(*args: str) -> tuple[subprocess.Popen, str]:
+def start_serve(*args: str, **popen: Any) -> tuple[subprocess.Popen, str]:
     """Start `fade serve --port 0`, and return it with its URL (from its first line on stderr)."""
     proc = subprocess.Popen([sys.executable, "-m", "fade_cli", "serve", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ), **popen)
     line = proc.stderr.readline()
     found = re.search(r"Listening on (http://127\.0\.0\.1:\d+)", line)
     if found is None:

@@ -42,7 +42,22 @@ Exit codes:
 @click.option("--max-bytes", type=click.IntRange(min=1), default=32 * 1024 * 1024, show_default=True,
               help="Largest request body; larger ones get 413.")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=50_000_000, show_default=True,
-              help="Largest image (width x height); larger ones get 422 before they are decoded.")
+              help="Largest image (width x height); larger ones get 413, judged from the header before decoding.")
+@click.option("--max-pixels-in-flight", type=click.IntRange(min=1),
+              help="Most decoded pixels of all requests at once (judged from the headers before decoding): beyond "
+                   "it 503, a request alone over it 413 [default: what a quarter of the memory holds, at 8 bytes "
+                   "a pixel, and at least --max-pixels].")
+@click.option("--max-connections", type=click.IntRange(min=1),
+              help="Most connections open at once; at the cap, the connection idle longest is closed, and when none "
+                   "is idle requests get 503 [default: from the open-file limit (ulimit -n), leaving 1/8 of it "
+                   "for the process].")
+@click.option("--keep-alive", "keep_alive_s", type=click.FloatRange(min=0, min_open=True), default=5.0,
+              show_default=True, help="Seconds an idle connection stays open after an answer.")
+@click.option("--header-timeout", "header_timeout_s", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds from a connection opening (or its previous answer) until the "
+                                      "request's headers must be complete.")
+@click.option("--body-timeout", "body_timeout_s", type=click.FloatRange(min=0, min_open=True), default=60.0,
+              show_default=True, help="Seconds from the headers until the request's body must be complete (408).")
 @click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="File holding a bearer token that every request but /healthz and /readyz must send.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback --host without --token-file.")
@@ -57,7 +72,8 @@ def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path]
           pixel_threshold: Optional[float], calibrate: bool, margin: float, host: str, port: int,
           max_batch: Optional[int],
           max_wait_ms: float, max_queue: int, timeout_s: float, max_bytes: int, max_pixels: int,
-          token_file: Optional[Path],
+          max_pixels_in_flight: Optional[int], max_connections: Optional[int], keep_alive_s: float,
+          header_timeout_s: float, body_timeout_s: float, token_file: Optional[Path],
           insecure: bool, archive: Optional[Path], drain_timeout: float, quiet: bool, **kwargs: Any) -> None:
     """Serve POST /v1/detect over HTTP with the model kept loaded (see docs/serve.md).
 
@@ -75,7 +91,9 @@ def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path]
         from fade_cli.serve.server import bind_socket, is_loopback, run_server, url_of
     except ImportError as exc:
         raise InputError(f"fade serve needs the serve extra ({exc.name} is missing): pip install 'fade[serve]'") from exc
+    from fade_cli.serve.admission import default_pixels_in_flight
     from fade_cli.serve.archive import Archive
+    from fade_cli.serve.connections import ConnectionLimits, check_max_connections, default_max_connections
     from fade_cli.serve.service import InspectionService, ServiceSettings
 
     options = pop_engine_options(kwargs)
@@ -85,8 +103,16 @@ def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path]
         raise InputError(f"--host {host} is reachable from other machines: give --token-file (or --insecure "
                          "to serve without a token)")
     load_banks = _bank_loader(ctx, options, bank_paths, refs, threshold, pixel_threshold, calibrate, margin, console)
+    if max_connections is not None:
+        try:
+            check_max_connections(max_connections)
+        except ValueError as exc:
+            raise InputError(f"--max-connections: {exc}") from None
+    limits = ConnectionLimits(max_connections or default_max_connections(), keep_alive_s=keep_alive_s,
+                              header_timeout_s=header_timeout_s, body_timeout_s=body_timeout_s)
     settings = ServiceSettings(max_batch=max_batch, max_wait_s=max_wait_ms / 1000, max_queue=max_queue,
-                               timeout_s=timeout_s, max_pixels=max_pixels, drain_timeout_s=drain_timeout)
+                               timeout_s=timeout_s, max_pixels=max_pixels, drain_timeout_s=drain_timeout,
+                               max_pixels_in_flight=max_pixels_in_flight or default_pixels_in_flight(max_pixels))
     sock = bind_socket(host, port)
     url = url_of(sock)
     if archive is not None:
@@ -98,7 +124,8 @@ def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path]
                                                                           soft_wrap=True))
     service.on_ready = lambda: say(f"Ready: serving {', '.join(sorted(service.banks))} on {url}")
     say(f"Listening on {url}; loading the model (GET /readyz answers 200 once ready)")
-    run_server(create_app(service, ApiSettings(max_bytes=max_bytes, token=token)), service, sock, drain_timeout)
+    api = ApiSettings(max_bytes=max_bytes, token=token, body_timeout_s=body_timeout_s)
+    run_server(create_app(service, api), service, sock, drain_timeout, limits)
     say("Stopped: every accepted request was answered.")
 
 

@@ -12,11 +12,12 @@ jobs: a cancelled job that has not started is never scored.
 from __future__ import annotations
 
 import collections
+import contextlib
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 # Scores the inputs of one batch for one bank, returning one result per input, in order.
 ScoreBatch = Callable[[str, list[Any]], Sequence[Any]]
@@ -41,6 +42,13 @@ class Job:
     started_at: Optional[float] = None
     batch_size: int = 0
     model_s: float = 0.0
+
+
+@dataclass
+class Reservation:
+    """Places in the queue held for a request's images while they are decoded."""
+
+    images: int
 
 
 class Batcher:
@@ -68,6 +76,7 @@ class Batcher:
         self.observe_depth = observe_depth
         self._queues: dict[str, collections.deque[Job]] = collections.defaultdict(collections.deque)
         self._depth = 0
+        self._reserved = 0  # places held for images being decoded
         self._accepting = True
         self._stopped = False
         self._changed = threading.Condition()
@@ -83,18 +92,47 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, args=(before,), name="fade-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, bank: str, inputs: list[Any]) -> list[Job]:
-        """Queue one job per input, all or none; raises :class:`QueueFull` or :class:`NotRunning`."""
+    @contextlib.contextmanager
+    def reserve(self, images: int) -> Iterator[Reservation]:
+        """Hold places in the queue for ``images`` about to be prepared, so that no more are prepared than fit.
+
+        Raises :class:`QueueFull` or :class:`NotRunning` at once; the places left unused are freed on exit.
+        """
+        with self._changed:
+            self._check_room(images)
+            self._reserved += images
+        reservation = Reservation(images)
+        try:
+            yield reservation
+        finally:
+            with self._changed:
+                self._reserved -= reservation.images
+
+    def submit(self, bank: str, inputs: list[Any], reservation: Optional[Reservation] = None) -> list[Job]:
+        """Queue one job per input, all or none; raises :class:`QueueFull` or :class:`NotRunning`.
+
+        With a ``reservation`` (of at least as many images) the places it holds are used.
+        """
         jobs = [Job(bank, one) for one in inputs]
         with self._changed:
-            if not self._accepting:
-                raise NotRunning("the service is stopping")
-            if self._depth + len(jobs) > self.max_queue:
-                raise QueueFull(f"the queue is full ({self._depth} of {self.max_queue} images waiting)")
+            if reservation is not None and reservation.images >= len(jobs):
+                if not self._accepting:
+                    raise NotRunning("the service is stopping")
+                reservation.images -= len(jobs)
+                self._reserved -= len(jobs)
+            else:
+                self._check_room(len(jobs))
             self._queues[bank].extend(jobs)
             self._set_depth(self._depth + len(jobs))
             self._changed.notify_all()
         return jobs
+
+    def _check_room(self, images: int) -> None:
+        if not self._accepting:
+            raise NotRunning("the service is stopping")
+        if self._depth + self._reserved + images > self.max_queue:
+            raise QueueFull(f"the queue is full ({self._depth} of {self.max_queue} images waiting, "
+                            f"{self._reserved} being prepared)")
 
     def stop(self, timeout_s: Optional[float] = None) -> bool:
         """Take no new work, score what is queued, stop the worker; False if it was still busy after ``timeout_s``."""

@@ -14,11 +14,12 @@ import ipaddress
 import signal
 import socket
 import threading
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import uvicorn
 
 from fade_cli.errors import FadeError, InputError
+from fade_cli.serve.connections import ConnectionLimits, default_max_connections, uvicorn_settings
 from fade_cli.serve.service import InspectionService
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -81,10 +82,15 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def run_server(app: Any, service: InspectionService, sock: socket.socket, drain_timeout_s: float) -> None:
-    """Serve until a stop signal (or a failed start); raises the loading error, if any."""
+def run_server(app: Any, service: InspectionService, sock: socket.socket, drain_timeout_s: float,
+               limits: Optional[ConnectionLimits] = None) -> None:
+    """Serve until a stop signal (or a failed start); raises the loading error, if any.
+
+    ``limits`` bound the connections (default: the open-file limit's cap and the default timeouts).
+    """
+    limits = limits if limits is not None else ConnectionLimits(default_max_connections())
     config = uvicorn.Config(app, lifespan="on", timeout_graceful_shutdown=drain_timeout_s, access_log=False,
-                            log_config=None, server_header=False)
+                            log_config=None, server_header=False, **uvicorn_settings(limits))
     server = DrainingServer(config, service)
     service.on_failure = lambda exc: setattr(server, "should_exit", True)
     with sock:

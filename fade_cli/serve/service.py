@@ -27,6 +27,7 @@ from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import ImageFile, decode_image_bytes
 from fade_cli.io.outputs import PNG_COMPRESS_LEVEL, ResultRow
 from fade_cli.runner import DECODE_THREADS, NG, finish_row
+from fade_cli.serve.admission import PixelBudget, TooLarge, declared_pixels
 from fade_cli.serve.archive import Archive
 from fade_cli.serve.batcher import Batcher, Job
 from fade_cli.serve.metrics import ServeMetrics
@@ -82,6 +83,7 @@ class ServiceSettings:
     timeout_s: float = 30.0
     drain_timeout_s: Optional[float] = None  # how long a stop waits for the worker (a model still loading)
     max_pixels: Optional[int] = None  # larger uploads are refused from their header (a small PNG can hold 400 MP)
+    max_pixels_in_flight: Optional[int] = None  # decoded pixels of all requests at once; None: unbounded
 
 
 class UnknownBank(LookupError):
@@ -131,6 +133,7 @@ class InspectionService:
         self.batcher = Batcher(self._score_batch, self.settings.max_batch or 1, self.settings.max_wait_s,
                                self.settings.max_queue, observe_batch=self.metrics.batch_size.observe,
                                observe_depth=self.metrics.queue_depth.set)
+        self.pixels = PixelBudget(self.settings.max_pixels_in_flight)
         self._decoders = ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="fade-decode")
         # One archive writer: rows are appended in the order requests finish, one whole line at a time.
         self._archiver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fade-archive")
@@ -197,14 +200,41 @@ class InspectionService:
     ) -> list[dict[str, Any]]:
         """Score the uploads with one bank: one answer per upload, in order.
 
-        Raises ImageError (an undecodable upload), QueueFull, NotRunning, TimedOut,
-        ClientGone (when the coroutine ``client_gone()`` finishes first) or the engine's error.
+        Raises ImageError (an undecodable upload), TooLarge (an image or the request over a limit),
+        QueueFull or Busy (no room now), NotRunning, TimedOut, ClientGone (when the coroutine
+        ``client_gone()`` finishes first) or the engine's error.
         """
         loop = asyncio.get_running_loop()
         received = time.monotonic()
-        prepared = await asyncio.gather(*(loop.run_in_executor(self._decoders, _prepare, served.engine, upload,
-                                                               self.settings.max_pixels) for upload in uploads))
-        jobs = self.batcher.submit(served.name, [one.inputs for one in prepared])
+        if len(uploads) > self.settings.max_queue:
+            raise TooLarge(f"{len(uploads)} images in one request, over the limit of {self.settings.max_queue} "
+                           "(the queue's length)")
+        # Admitted before anything is decoded: places in the queue, then the pixels the headers declare.
+        with self.batcher.reserve(len(uploads)) as reservation:
+            pixels = await loop.run_in_executor(self._decoders, self._declared_pixels, uploads)
+            with self.pixels.hold(pixels):
+                prepared = await self._decode_all(served, uploads)
+                jobs = self.batcher.submit(served.name, [one.inputs for one in prepared], reservation)
+                return await self._finish(served, prepared, jobs, extras, client_gone, received)
+
+    async def _decode_all(self, served: ServedBank, uploads: list[Upload]) -> list[Prepared]:
+        """Every upload decoded; the first failure is raised once no decode runs any more (they hold pixels)."""
+        loop = asyncio.get_running_loop()
+        outcomes = await asyncio.gather(*(
+            loop.run_in_executor(self._decoders, _prepare, served.engine, upload, self.settings.max_pixels)
+            for upload in uploads), return_exceptions=True)
+        failure = next((outcome for outcome in outcomes if isinstance(outcome, BaseException)), None)
+        if failure is not None:
+            raise failure
+        return outcomes
+
+    def _declared_pixels(self, uploads: list[Upload]) -> int:
+        return sum(declared_pixels(upload.data, upload.label, self.settings.max_pixels) for upload in uploads)
+
+    async def _finish(self, served: ServedBank, prepared: list[Prepared], jobs: list[Job], extras: Extras,
+                      client_gone: Optional[Callable[[], Awaitable[Any]]], received: float) -> list[dict[str, Any]]:
+        """Wait for the model, then build the answers (and archive them) while the images are still held."""
+        loop = asyncio.get_running_loop()
         detections = await self._wait_for(jobs, client_gone)
         answers = await asyncio.gather(*(
             loop.run_in_executor(self._decoders, _answer, served, one, detection, extras)
