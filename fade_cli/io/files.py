@@ -52,7 +52,11 @@ def read_file_bytes(path: Union[str, Path], what: str, limit: int = TEXT_FILE_LI
             kind = special_file_kind(os.fstat(handle.fileno()).st_mode)
             if kind is not None:
                 raise InputError(f"{what} {path} is {kind}, not a regular file")
-            data = handle.read(limit + 1)  # bounded even if the file grew since it was checked
+            # Read what the file held when checked (a read of `limit` bytes would allocate them at once),
+            # then, only if it grew since, on up to the limit.
+            data = handle.read(status.st_size + 1)
+            if len(data) > status.st_size:
+                data += handle.read(limit + 1 - len(data))
     except OSError as exc:
         raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     if len(data) > limit:

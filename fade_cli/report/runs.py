@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 from fade_cli.errors import InputError
 from fade_cli.io.files import confined_path, read_file_bytes
-from fade_cli.io.outputs import PARTIAL_FILE, ResultRow
+from fade_cli.io.outputs import PARTIAL_FILE, RUN_FILE_LIMIT, ResultRow
 from fade_cli.io.thumbnails import THUMBNAILS_DIR
 
 RESULTS_FILE = "results.jsonl"
@@ -30,7 +30,6 @@ DEFECTIVE = "defective"
 # Generous bounds on what a results file may hold; a larger one is not a fade run.
 MAX_LINE_CHARS = 1_000_000
 MAX_ROWS = 2_000_000
-RUN_FILE_LIMIT = 4 << 30  # results.jsonl / scores.csv of MAX_ROWS rows fit well within it
 JSON_FILE_LIMIT = 1 << 30  # metrics.json, curves.json
 # The folder a row's ``path`` names pictures in: a path that leaves it would have its thumbnails written elsewhere.
 _IMAGE_THUMBNAILS = f"{THUMBNAILS_DIR}/image"
