@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -18,12 +19,15 @@ import torch
 
 from fade_cli import strict_json
 from fade_cli import __version__
-from fade_cli.errors import FadeWarning
+from fade_cli.errors import FadeWarning, InputError
 from fade_cli.io.atomic import OutputError, atomic_write
+from fade_cli.io.files import read_file_bytes
 from fade_cli.model_cache import fade_data_dir
 from fade_cli.open_clip_import import open_clip_module
 
 CACHE_SUBDIR = "text-embeddings"
+# An entry is a (2, D) float array: kilobytes. A larger file is not an entry and is never read into memory.
+ENTRY_LIMIT = 16 << 20
 
 
 def text_cache_dir(cache_dir: Optional[str]) -> Path:
@@ -49,15 +53,19 @@ def load_cached(directory: Path, key: str, dim: Optional[int] = None) -> Optiona
     """The cached (2, D) classifier, or None when there is none.
 
     The cache is untrusted input like any file: an entry that is not a finite float
-    (2, ``dim``) array (damaged, truncated, written by something else) is discarded with
-    a warning naming it, and the caller encodes the prompts again.
+    (2, ``dim``) array (damaged, truncated, written by something else), or not a regular
+    file at all (a FIFO would block the run), is discarded with a warning naming it,
+    and the caller encodes the prompts again.
     """
     path = directory / f"{key}.npy"
     if not path.exists():
         return None
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(io.BytesIO(read_file_bytes(path, "text-embedding cache entry", ENTRY_LIMIT)),
+                        allow_pickle=False)
         problem = _entry_problem(array, dim)
+    except InputError as exc:
+        problem = str(exc)
     except (OSError, ValueError, EOFError) as exc:
         problem = f"not a readable .npy array ({exc})"
     if problem is not None:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fade_cli.errors import ImageError, InputError
+from fade_cli.io.files import require_regular_file
 from fade_cli.io.images import check_pixel_count
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
@@ -91,6 +92,7 @@ def _varying_alpha(image: Image.Image):
 
 
 def _open(path: Path) -> Image.Image:
+    require_regular_file(path, "mask")  # before PIL opens it: a FIFO would block
     try:
         with Image.open(path) as opened:
             check_pixel_count(opened, path)

@@ -25,6 +25,7 @@ from fade_cli import strict_json
 from fade_cli import __version__
 from fade_cli.evaluation.summary import METRICS, Aggregate, Metrics, Summary
 from fade_cli.io.atomic import atomic_write
+from fade_cli.io.files import confined_path
 from fade_cli.io.outputs import csv_bytes
 from fade_cli.io.thumbnails import image_thumbnail_path, write_thumbnails
 
@@ -54,7 +55,7 @@ def run_folder(seed: Optional[int]) -> Path:
 
 def save_eval_map(out_dir: Path, seed: Optional[int], relative: str, scores_hw: np.ndarray) -> Path:
     """maps/[seed<k>/]<image path>.npy: the float32 eval-size map exactly as it was scored."""
-    path = out_dir / "maps" / run_folder(seed) / f"{relative}.npy"
+    path = confined_path(out_dir, f"maps/{run_folder(seed).as_posix()}/{relative}.npy", f"eval map in {out_dir}")
     atomic_write(path, lambda handle: np.save(handle, scores_hw, allow_pickle=False))
     return path
 

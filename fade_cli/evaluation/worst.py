@@ -10,6 +10,7 @@ outline the ground truth in white.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +21,7 @@ from scipy import ndimage
 from fade_cli.errors import ImageError
 from fade_cli.evaluation.evaluate import ImageRecord
 from fade_cli.evaluation.masks import load_mask
+from fade_cli.io.files import confined_path
 from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import load_image
 from fade_cli.io.outputs import write_png
@@ -85,6 +87,8 @@ def write_worst_heatmaps(records: Sequence[ImageRecord], count: int, folder: Pat
             entry["heatmap_error"] = str(exc)
         else:
             path = folder / heatmap_name(rank, record)
+            # the folder holds a class name, the name a defect: both come from the dataset
+            confined_path(base, os.path.relpath(path, base), f"worst heatmap in {base}")
             picture = overlay(image, upsample_map(record.grid_map, image.height, image.width))
             if record.mask is not None:
                 _draw_outline(picture, load_mask(record.mask, image.size))

@@ -43,10 +43,14 @@ from fade_cli import strict_json
 from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
+from fade_cli.io.files import read_file_bytes
 from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import escape_undecodable
 from fade_cli.io.thumbnails import THUMBNAILS_DIR, write_thumbnails
 from fade_cli.memory import check_map_size
+
+# Results and state files of a run are read whole; one larger than this is not a fade run's.
+RUN_FILE_LIMIT = 4 << 30
 
 RESULT_FILES = ("results.csv", "results.jsonl")
 RUN_INFO_FILE = "run.json"
@@ -102,7 +106,7 @@ def json_line(row: ResultRow) -> str:
 
 def read_json_lines(path: Path) -> list[str]:
     """The lines of a JSON-lines file, split at newlines only (never at U+2028 or the like inside a name)."""
-    text = path.read_bytes().decode("utf-8", "surrogateescape")
+    text = read_file_bytes(path, "JSON-lines file", RUN_FILE_LIMIT).decode("utf-8", "surrogateescape")
     return [line for line in text.split("\n") if line.strip()]
 
 
@@ -329,8 +333,8 @@ def rows_to_resume(out_dir: Path, relatives: Iterable[str], settings: Optional[d
 
 def _read_rows(path: Path) -> list[ResultRow]:
     try:
-        lines = path.read_bytes().decode("utf-8").split("\n")
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = read_file_bytes(path, "results file", RUN_FILE_LIMIT).decode("utf-8").split("\n")
+    except (InputError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path} to resume: {exc}") from exc
     if lines and lines[-1] == "":
         lines.pop()
@@ -354,8 +358,8 @@ def _check_same_settings(out_dir: Path, settings: Optional[dict[str, Any]]) -> N
     if settings is None or not path.is_file():
         return
     try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        previous = json.loads(read_file_bytes(path, "settings file").decode("utf-8"))
+    except (InputError, ValueError) as exc:
         raise InputError(f"cannot read {path}: {exc}; cannot tell what the interrupted run was asked") from exc
     if not isinstance(previous, dict):
         raise InputError(f"{path} is damaged; cannot tell what the interrupted run was asked")

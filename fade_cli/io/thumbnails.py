@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from fade_cli.io.atomic import atomic_write
+from fade_cli.io.files import confined_path
 
 THUMBNAIL_SIDE = 320
 JPEG_QUALITY = 85
@@ -70,7 +71,13 @@ def write_thumbnails(out_dir: Path, relative: str, image: Optional[Image.Image],
     ``image_size`` is the full image's (width, height), needed for a map without its image.
     """
     if image is not None:
-        write_jpeg(out_dir / image_thumbnail_path(relative), image_thumbnail(image))
+        write_jpeg(_inside(out_dir, image_thumbnail_path(relative)), image_thumbnail(image))
         image_size = image.size
     if map_hw is not None and image_size is not None:
-        write_jpeg(out_dir / map_thumbnail_path(relative, run), map_thumbnail(map_hw, thumbnail_size(*image_size)))
+        write_jpeg(_inside(out_dir, map_thumbnail_path(relative, run)),
+                   map_thumbnail(map_hw, thumbnail_size(*image_size)))
+
+
+def _inside(out_dir: Path, relative: str) -> Path:
+    """A thumbnail's file, refused where its name (from an input's path) would lead out of the output folder."""
+    return confined_path(out_dir, relative, f"thumbnail in {out_dir}")

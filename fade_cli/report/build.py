@@ -8,6 +8,7 @@ the saved map, else from the heatmap PNG.
 """
 from __future__ import annotations
 
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,11 +17,12 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
-from fade_cli.errors import ImageError
+from fade_cli.errors import ImageError, InputError
 from fade_cli.evaluation.report import HEADERS
 from fade_cli.io.atomic import atomic_write
+from fade_cli.io.files import confined_path, read_file_bytes, require_regular_file
 from fade_cli.io.heatmap import COLORMAP, overlay_image_width
-from fade_cli.io.images import load_image
+from fade_cli.io.images import MAX_PIXELS, load_image
 from fade_cli.io.outputs import REPORT_FILE
 from fade_cli.io.thumbnails import (
     THUMBNAILS_DIR,
@@ -39,6 +41,8 @@ from fade_cli.report.runs import DEFECTIVE, Row, RunData, load_run
 PAGE_FORMAT = 1
 THUMBNAIL_THREADS = min(8, os.cpu_count() or 1)
 HEATMAP_THUMBNAIL_DIR = f"{THUMBNAILS_DIR}/heatmap"
+# A saved map is one float per pixel (at most float64) of an image within the pixel limit, plus the .npy header.
+MAP_FILE_LIMIT = MAX_PIXELS * 8 + (1 << 16)
 
 
 def build_report(
@@ -113,11 +117,16 @@ def _thumbnails_of(run: RunData, row: Row, files: set[str]) -> None:
         write_thumbnails(run.run_dir, row.path, None if has_image else image, None)
         saved_map = _saved_map(run, row)
         if saved_map is not None and not has_map:
-            write_jpeg(run.run_dir / _map_thumbnail_of(row), map_thumbnail(saved_map, thumbnail_size(*image.size)))
+            write_jpeg(_thumbnail_file(run, _map_thumbnail_of(row)),
+                       map_thumbnail(saved_map, thumbnail_size(*image.size)))
         return
     heatmap = _heatmap_picture(run, row) if _heat_thumbnail_of(row) not in files else None
     if heatmap is not None:  # no original: the heatmap (image and map blended) stands in for both
-        write_jpeg(run.run_dir / _heat_thumbnail_of(row), image_thumbnail(heatmap))
+        write_jpeg(_thumbnail_file(run, _heat_thumbnail_of(row)), image_thumbnail(heatmap))
+
+
+def _thumbnail_file(run: RunData, relative: str) -> Path:
+    return confined_path(run.run_dir, relative, f"thumbnail of {run.run_dir}")
 
 
 def _readable_source(row: Row) -> Optional[Image.Image]:
@@ -133,8 +142,9 @@ def _saved_map(run: RunData, row: Row) -> Optional[np.ndarray]:
     if row.map_path is None or not (run.run_dir / row.map_path).is_file():
         return None
     try:
-        saved = np.load(run.run_dir / row.map_path, allow_pickle=False)
-    except (OSError, ValueError):
+        data = read_file_bytes(run.run_dir / row.map_path, "saved map", MAP_FILE_LIMIT)
+        saved = np.load(io.BytesIO(data), allow_pickle=False)
+    except (InputError, OSError, ValueError, EOFError):
         return None
     return saved if saved.ndim == 2 and saved.dtype.kind == "f" else None
 
@@ -305,10 +315,12 @@ def _mask_size(run: RunData, row: Row) -> Optional[list[int]]:
     """The image's (width, height), read from its mask's header: where region boxes are drawn."""
     if row.mask_path is None or not row.regions:
         return None
+    path = run.run_dir / row.mask_path
     try:
-        with Image.open(run.run_dir / row.mask_path) as mask:
+        require_regular_file(path, "mask")  # PIL would block on a FIFO
+        with Image.open(path) as mask:
             return list(mask.size)
-    except (OSError, ValueError):
+    except (InputError, OSError, ValueError):
         return None
 
 

@@ -8,6 +8,7 @@ an unfinished last line (a crash during an append) is left out.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fade_cli.errors import InputError
-from fade_cli.io.outputs import PARTIAL_FILE, ResultRow
+from fade_cli.io.files import confined_path, read_file_bytes
+from fade_cli.io.outputs import PARTIAL_FILE, RUN_FILE_LIMIT, ResultRow
+from fade_cli.io.thumbnails import THUMBNAILS_DIR
 
 RESULTS_FILE = "results.jsonl"
 WATCH_STATE_FILE = "watch-state.jsonl"
@@ -27,6 +30,10 @@ DEFECTIVE = "defective"
 # Generous bounds on what a results file may hold; a larger one is not a fade run.
 MAX_LINE_CHARS = 1_000_000
 MAX_ROWS = 2_000_000
+JSON_FILE_LIMIT = 1 << 30  # metrics.json, curves.json
+# The folder a row's ``path`` names pictures in: a path that leaves it would have its thumbnails written elsewhere.
+_IMAGE_THUMBNAILS = f"{THUMBNAILS_DIR}/image"
+_RUN_FILE_FIELDS = ("map_path", "heatmap_path", "mask_path")
 
 _TEXT_FIELDS = ("path", "verdict", "map_path", "heatmap_path", "mask_path", "error")
 _SCORE_FIELDS = ("score", "language_score", "vision_score")
@@ -61,24 +68,26 @@ def load_run(run_dir: Path, images_root: Optional[Path] = None) -> RunData:
     """Read the run in ``run_dir``; ``images_root`` is where a detect/watch run's images are (optional)."""
     if not run_dir.is_dir():
         raise InputError(f"{run_dir} is not a folder")
-    if (run_dir / METRICS_FILE).is_file():
+    # exists(), not is_file(): a FIFO or a folder in a run file's place is named as such when it is read.
+    if (run_dir / METRICS_FILE).exists():
         return _load_eval(run_dir)
     results, complete = run_dir / RESULTS_FILE, True
-    if not results.is_file():
+    if not results.exists():
         results, complete = run_dir / PARTIAL_FILE, False
-    if not results.is_file():
+    if not results.exists():
         raise InputError(f"{run_dir} holds no results of fade detect, watch or eval "
                          f"({RESULTS_FILE}, {PARTIAL_FILE} or {METRICS_FILE})")
     kind = "watch" if (run_dir / WATCH_STATE_FILE).exists() else "detect"
     folder = images_root is not None and images_root.is_dir()
-    rows = [_detect_row(record, results, number, images_root, folder) for number, record in _json_lines(results)]
+    rows = [_detect_row(record, results, number, images_root, folder, run_dir)
+            for number, record in _json_lines(results)]
     _label_from_folders(rows)
     return RunData(kind, run_dir, rows, complete=complete)
 
 
 def _json_lines(path: Path):
     """(line number, object) of each line; an unfinished last line is skipped."""
-    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    text = read_file_bytes(path, "results file", RUN_FILE_LIMIT).decode("utf-8", errors="surrogateescape")
     lines = text.split("\n")
     torn_tail = not text.endswith("\n")
     if len(lines) > MAX_ROWS:
@@ -99,7 +108,8 @@ def _json_lines(path: Path):
         yield number, record
 
 
-def _detect_row(record: dict, file: Path, number: int, images_root: Optional[Path], root_is_folder: bool) -> Row:
+def _detect_row(record: dict, file: Path, number: int, images_root: Optional[Path], root_is_folder: bool,
+                run_dir: Path) -> Row:
     where = f"{file}, line {number}"
     values: dict[str, Any] = {}
     for name in _TEXT_FIELDS:
@@ -112,8 +122,28 @@ def _detect_row(record: dict, file: Path, number: int, images_root: Optional[Pat
     if regions is not None:
         regions = [_region(region, where) for region in _list(regions, where, "regions")]
     path = values["path"]
-    source = images_root / path if root_is_folder else images_root  # one file given: the run's only image
-    return Row(group=folder_of(path), regions=regions, source=source, **values)
+    row = Row(group=folder_of(path), regions=regions, **values)
+    try:
+        _check_row_path(run_dir, path, where, "path")
+        for name in _RUN_FILE_FIELDS:
+            if values[name] is not None:
+                confined_path(run_dir, values[name], f"{where}: {name}")
+        # one file given: the run's only image
+        row.source = confined_path(images_root, path, f"{where}: path") if root_is_folder else images_root
+    except InputError as exc:
+        _refuse_paths(row, exc)
+    return row
+
+
+def _check_row_path(run_dir: Path, path: str, where: str, name: str) -> None:
+    """A row's image path names its thumbnails in the run folder: it must stay inside their folder."""
+    confined_path(run_dir / _IMAGE_THUMBNAILS, path, f"{where}: {name}")
+
+
+def _refuse_paths(row: Row, exc: InputError) -> None:
+    """A row whose paths lead out of their folders: an error row whose files are never read nor written."""
+    row.error = f"{row.error}; {exc}" if row.error else str(exc)
+    row.source = row.map_path = row.heatmap_path = row.mask_path = None
 
 
 def folder_of(path: str) -> str:
@@ -140,11 +170,11 @@ def _load_eval(run_dir: Path) -> RunData:
             raise InputError(f"{metrics_file}: no {key!r}: not a report of fade eval")
     root = _dataset_root(metrics, metrics_file)
     scores_file = run_dir / SCORES_FILE
-    if not scores_file.is_file():
+    if not scores_file.exists():
         raise InputError(f"{run_dir} has {METRICS_FILE} but no {SCORES_FILE}")
-    rows = [_eval_row(record, scores_file, number, root) for number, record in _csv_rows(scores_file)]
+    rows = [_eval_row(record, scores_file, number, root, run_dir) for number, record in _csv_rows(scores_file)]
     curves_file = run_dir / CURVES_FILE
-    curves = _json_file(curves_file).get("runs", []) if curves_file.is_file() else []
+    curves = _json_file(curves_file).get("runs", []) if curves_file.exists() else []
     curves = [_curve_entry(entry, curves_file) for entry in _list(curves, str(curves_file), "runs")]
     return RunData("eval", run_dir, rows, complete=metrics.get("complete", True) is not False,
                    metrics=metrics, curves=curves)
@@ -152,8 +182,8 @@ def _load_eval(run_dir: Path) -> RunData:
 
 def _json_file(path: Path) -> dict:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        document = json.loads(read_file_bytes(path, "run file", JSON_FILE_LIMIT).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from exc
     if not isinstance(document, dict):
         raise InputError(f"{path}: not a JSON object")
@@ -167,14 +197,14 @@ def _dataset_root(metrics: dict, where: Path) -> Optional[Path]:
 
 
 def _csv_rows(path: Path):
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as handle:
-        for number, record in enumerate(csv.DictReader(handle), start=2):
-            if number > MAX_ROWS:
-                raise InputError(f"{path} has more than {MAX_ROWS} rows")
-            yield number, record
+    text = read_file_bytes(path, "scores file", RUN_FILE_LIMIT).decode("utf-8", errors="surrogateescape")
+    for number, record in enumerate(csv.DictReader(io.StringIO(text, newline="")), start=2):
+        if number > MAX_ROWS:
+            raise InputError(f"{path} has more than {MAX_ROWS} rows")
+        yield number, record
 
 
-def _eval_row(record: dict, file: Path, number: int, root: Optional[Path]) -> Row:
+def _eval_row(record: dict, file: Path, number: int, root: Optional[Path], run_dir: Path) -> Row:
     where = f"{file}, line {number}"
     path = _text(record.get("image"), where, "image", required=True)
     label = record.get("label")
@@ -184,7 +214,7 @@ def _eval_row(record: dict, file: Path, number: int, root: Optional[Path]) -> Ro
     if seed_text and not seed_text.isdigit():
         raise InputError(f"{where}: seed must be a whole number, not {seed_text!r}")
     class_name = _text(record.get("class"), where, "class", required=True)
-    return Row(
+    row = Row(
         path=path,
         group=class_name,
         score=_score(_csv_float(record.get("score"), where, "score"), where, "score"),
@@ -194,8 +224,13 @@ def _eval_row(record: dict, file: Path, number: int, root: Optional[Path]) -> Ro
         label=DEFECTIVE if label == "1" else GOOD,
         defect=_text(record.get("defect"), where, "defect"),
         seed=int(seed_text) if seed_text else None,
-        source=root / path if root is not None else None,
     )
+    try:
+        _check_row_path(run_dir, path, where, "image")
+        row.source = confined_path(root, path, f"{where}: image") if root is not None else None
+    except InputError as exc:
+        _refuse_paths(row, exc)
+    return row
 
 
 def _csv_float(value: Optional[str], where: str, name: str) -> Optional[float]:
