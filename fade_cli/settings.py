@@ -74,7 +74,7 @@ class Setting:
     option: Optional[str] = None  # the command-line flag when it is not --NAME-WITH-DASHES
     results_depend: bool = True  # False: scores are the same whatever its value (a bank never stores it)
     optional: bool = False  # None is allowed besides the default (no pretrained tag with a weights file)
-    section: str = "Model and method"  # where --help lists it
+    section: str = "Published method"  # where --help lists it (fade_cli.cli.help_sections)
 
     @property
     def flag(self) -> str:
@@ -181,14 +181,14 @@ _CHECKS: dict[str, Callable[[Setting, Any], Any]] = {
 _PRESET = "[default: {zero} zero-shot, {few} few-shot and --mutual]."
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("model", "text", DEFAULT_MODEL, "open_clip ViT architecture.", "model", field="model"),
+    Setting("model", "text", DEFAULT_MODEL, "open_clip ViT architecture.", "model", field="model", section="Model"),
     Setting("pretrained", "text", DEFAULT_PRETRAINED,
-            "Pretrained tag, downloaded and cached by open_clip on a connected machine.", "model", field="pretrained",
+            "Pretrained tag, downloaded and cached by open_clip on a connected machine.", "model", field="pretrained", section="Model",
             optional=True),
-    Setting("weights", "file", None, "Local checkpoint file (overrides --pretrained).", "model", field="weights"),
+    Setting("weights", "file", None, "Local checkpoint file (overrides --pretrained).", "model", field="weights", section="Model"),
     Setting("model_config", "file", None,
             "Custom architecture as an open_clip JSON config; its file stem is the model name.", "model",
-            field="model_config"),
+            field="model_config", section="Model"),
     Setting("cache_dir", "folder", None,
             "Model cache folder [default: $FADE_CACHE_DIR, else the Hugging Face cache].", "runtime",
             field="cache_dir", section="Speed and machine",
@@ -197,7 +197,7 @@ SETTINGS: tuple[Setting, ...] = (
             section="Speed and machine",
             results_depend=False),
     Setting("precision", "choice", "fp32",
-            "fp32 reproduces the published numbers; auto: bf16 where the hardware computes it natively "
+            "fp32 reproduces the published numbers; auto is the choice for CPU stations: bf16 where the hardware computes it natively "
             "(CPUs with AMX or AVX512-BF16, GPUs with bf16), else fp32 (--verbose says why); tf32 is fp32 "
             "with TF32 matrix products on NVIDIA GPUs (fp32 elsewhere); bf16/fp16 as asked (slow on a "
             "CPU without bf16 instructions).", "runtime", field="precision", choices=("fp32", "auto", "tf32", "bf16", "fp16"),
@@ -205,7 +205,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("class_name", "text", "object", "Object name put into the prompts, e.g. screw (underscores become "
             "spaces).", "stored", field="class_name", option="--class", section="Everyday"),
     Setting("scales", "sizes", DEFAULT_SEG_SIZES,
-            "Segmentation input sizes, comma-separated; fewer or smaller sizes run faster.", "stored",
+            "Segmentation input sizes, comma-separated. The published 240,448,896 gives the finest maps; 240,448 "
+            "scores about 8x faster on a CPU (896 costs most) with coarser maps; 240 alone is faster still.", "stored",
             field="seg_sizes", section="Speed and machine"),
     Setting("cls_size", "int", DEFAULT_CLS_SIZE, "Input size for the image-level (classification) score.", "stored",
             field="cls_size", minimum=16, maximum=MAX_INPUT_SIZE),
