@@ -26,7 +26,8 @@ from fade_cli.memory import guard_engine_failures
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Output folder for results.csv/.jsonl, maps/ and heatmaps/.")
 @click.option("--overwrite", is_flag=True,
-              help="Replace results already in --out: the earlier run's results, maps, heatmaps and masks are removed.")
+              help="Replace results already in --out: the files earlier runs wrote there (results, maps, heatmaps, "
+                   "masks) are removed; other files stay.")
 @click.option("--resume", is_flag=True,
               help="Finish an interrupted run in --out: images with a scored row are not scored again.")
 @click.option("--threshold", type=FiniteFloat(), help="Score at or above which an image is NG; gives verdicts and exit code 1.")
@@ -70,6 +71,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
       fade detect /shared/archive --bank screw.fadebank --out /shared/rescored --ray --ray-gpus-per-worker 1
     """
     from fade_cli.io.folder_lock import output_folder_lock
+    from fade_cli.io.manifest import recording_writes
     from fade_cli.io.images import require_images
     from fade_cli.engine.mutual import require_mutual_batch
     from fade_cli.io.outputs import RunOutput, refuse_existing_results, rows_to_resume
@@ -99,6 +101,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     if out is not None:
         earlier_results = None if overwrite or resume else functools.partial(refuse_existing_results, out)
         ctx.with_resource(output_folder_lock(out, refuse=earlier_results))
+        ctx.with_resource(recording_writes(out))
         if resume:
             resumed = rows_to_resume(out, (file.relative for file in files), _settings(ctx.params))
     done = {row.path for row in resumed or []}

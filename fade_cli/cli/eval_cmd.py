@@ -21,7 +21,6 @@ from fade_cli.cli.options import (
 )
 from fade_cli.cli.exit_codes import OK, Terminated, stop_exit_code
 from fade_cli.cli.ray_options import pop_ray_settings, ray_options, start_ray
-from fade_cli.io.thumbnails import THUMBNAILS_DIR
 
 EVAL_EXIT_CODES_HELP = """\b
 Exit codes:
@@ -70,7 +69,8 @@ def _classes(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
                                     "[default: _mask].")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Write metrics.json, metrics.csv, metrics.md and scores.csv into this folder.")
-@click.option("--overwrite", is_flag=True, help="Replace a report already in --out.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a report already in --out: the files earlier runs wrote there are removed, no others.")
 @click.option("--save-worst", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Heatmaps of the N worst-scored images of each class (and seed) into OUT/worst/.")
 @click.option("--save-maps", is_flag=True, help="Every eval-size map, as scored, as float32 .npy into OUT/maps/.")
@@ -102,8 +102,9 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
     from fade_cli.cli.reporting import stderr_console
     from fade_cli.evaluation.datasets import DEFAULT_MASK_SUFFIX, detect_layout, load_dataset
     from fade_cli.evaluation.plan import EvalSettings, plan_runs
-    from fade_cli.evaluation.report import REPORT_FILES
+    from fade_cli.evaluation.report import REPORT_FILES, files_named_by_report
     from fade_cli.io.folder_lock import output_folder_lock
+    from fade_cli.io.manifest import recording_writes
     from fade_cli.io.outputs import REPORT_FILE, clear_previous_outputs
 
     options = pop_engine_options(kwargs)
@@ -123,8 +124,9 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
     runs = plan_runs(dataset, settings)  # fails now, not after hours, when a class lacks good images
     if out is not None:
         ctx.with_resource(output_folder_lock(out, refuse=None if overwrite else lambda: _refuse_existing_report(out)))
+        ctx.with_resource(recording_writes(out))
         if overwrite:
-            clear_previous_outputs(out, (*REPORT_FILES, REPORT_FILE), EVAL_FOLDERS)
+            clear_previous_outputs(out, (*REPORT_FILES, REPORT_FILE), files_named_by_report)
     if ray is not None:
         start_ray(ctx, ray, options["device"])
 
@@ -192,10 +194,6 @@ def _run_all_on_ray(evaluator, runs, ray, out, save_maps, save_worst, console, q
 def _print_stop(console, stop: BaseException, finished: int, planned: int) -> None:
     console.print(f"{'Stopped by SIGTERM' if isinstance(stop, Terminated) else 'Interrupted'} after "
                   f"{finished} of {planned} run(s).")
-
-
-# What `fade eval --out` writes besides REPORT_FILES: removed by --overwrite with them.
-EVAL_FOLDERS = ("worst", "maps", THUMBNAILS_DIR)
 
 
 def _refuse_existing_report(out: Path) -> None:
