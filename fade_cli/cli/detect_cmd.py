@@ -15,7 +15,7 @@ from fade_cli.cli.mutual_options import mutual_options, pop_mutual_settings, ref
 from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options, report_option
 from fade_cli.cli.ray_options import RAY_OPTION_NAMES, pop_ray_settings, ray_options, start_ray
 from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bars, stderr_console
-from fade_cli.cli.stopping import STOPS, silence_stdout
+from fade_cli.cli.stopping import STOPS, OutputStreamFailed, silence_stdout
 from fade_cli.errors import InputError
 from fade_cli.memory import guard_engine_failures
 
@@ -145,11 +145,11 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
                 run_detection_on_ray(engine, todo, ray, output, threshold, on_row, pixel_threshold)
     except STOPS as stop:
         _finish(output)
+        _report(out, report, console, images, threshold)  # before stdout: it may be what cannot be written
         if isinstance(stop, BrokenPipeError):
-            silence_stdout()
+            silence_stdout(stop)
         else:
             printer.finish(summary_rows)
-        _report(out, report, console, images, threshold)
         saved = f"; their results are in {out}" if out else ""
         console.print(f"{_stopped_by(stop)} after {len(summary_rows)} of {len(files)} images{saved}.", markup=False,
                       highlight=False, soft_wrap=True)
@@ -158,8 +158,8 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
         _finish(output)
         raise
     _finish(output)
-    printer.finish(summary_rows)
     _report(out, report, console, images, threshold)
+    printer.finish(summary_rows)
     if all(row.score is None for row in summary_rows):
         raise InputError("no image could be read")
     ctx.exit(run_exit_code(summary_rows, threshold is not None))
@@ -190,6 +190,8 @@ def _settings(params: dict[str, Any]) -> dict[str, Any]:
 def _stopped_by(stop: BaseException) -> str:
     if isinstance(stop, Terminated):
         return "Stopped by SIGTERM"
+    if isinstance(stop, OutputStreamFailed):
+        return f"Stopped: {stop}"
     if isinstance(stop, BrokenPipeError):
         return "Stopped: stdout was closed"
     return "Interrupted"
