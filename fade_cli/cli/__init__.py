@@ -70,6 +70,8 @@ class LazyGroup(click.Group):
             raise click.exceptions.Exit(stop_exit_code(exc)) from None
         except BrokenPipeError as exc:
             silence_stdout(exc)
+            if isinstance(exc, OutputStreamFailed) and exc.stream == "stdout":
+                click.echo(f"Stopped: {exc}.", err=True)
             raise click.exceptions.Exit(PIPE_CLOSED) from None
         except MemoryError as exc:
             raise ReportedError(f"out of memory; {MEMORY_HINT}", FAILURE) from exc
