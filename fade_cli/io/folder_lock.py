@@ -17,6 +17,10 @@ wrote nothing into it (the model failed to load) removes it again, with the
 parent folders it created, so a failed first run leaves no trace. Once the lock is held no other
 fade run writes there, so the temporary files a killed run left behind are
 removed (:func:`remove_stale_temporaries`).
+
+A command that writes one file (a bank, a prompt set, a report page) holds
+:func:`single_output_file` instead: the same lock on a side file, which also
+refuses an existing file unless it may be replaced.
 """
 from __future__ import annotations
 
