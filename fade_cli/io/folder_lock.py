@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -113,12 +114,12 @@ def single_output_file(path: Path, overwrite: bool, command: Optional[str] = Non
     """Hold ``path``, one output file, while inside: refused when another run writes it, or when it exists
     and ``overwrite`` is false. The file itself is written with :func:`fade_cli.io.atomic.atomic_write`.
 
-    The lock is ``flock`` on a side file, ``.<name>.fade-lock`` beside it, removed on the way out: a killed
+    The lock is ``flock`` on a side file beside it (:func:`_side_lock_file`), removed on the way out: a killed
     run's lock goes with its process, and the side file it leaves is taken over by the next run.
     """
     if path.is_dir():
         raise InputError(f"{path} is a folder; give a file name")
-    side = path.with_name(f".{path.name}.fade-lock")
+    side = _side_lock_file(path)
     handle = _locked_side_file(path, side)
     try:
         _describe_self(handle, command)
@@ -129,6 +130,12 @@ def single_output_file(path: Path, overwrite: bool, command: Optional[str] = Non
         with contextlib.suppress(OSError):
             os.unlink(side)  # while still held: a run waiting on this inode sees it is no longer the lock
         handle.close()
+
+
+def _side_lock_file(path: Path) -> Path:
+    """``.fade-<12 hex digits>.lock`` beside ``path``: of a fixed, short length, it fits wherever the name fits."""
+    digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:12]
+    return path.with_name(f".fade-{digest}.lock")
 
 
 def _locked_side_file(path: Path, side: Path):
