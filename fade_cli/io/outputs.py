@@ -46,7 +46,7 @@ from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
 from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import escape_undecodable
 from fade_cli.io.manifest import record_written, remove_written, written_files
-from fade_cli.io.thumbnails import THUMBNAILS_DIR, image_thumbnail_path, map_thumbnail_path, write_thumbnails
+from fade_cli.io.thumbnails import image_thumbnail_path, map_thumbnail_path, write_thumbnails
 from fade_cli.memory import check_map_size
 
 RESULT_FILES = ("results.csv", "results.jsonl")
