@@ -17,6 +17,7 @@ from conftest import GOLDEN, QUERIES, TINY_MODEL_ARGS
 from fade_cli.cli import cli
 
 MARKER = ".fade-output"  # the lock file and marker of an output folder (fade_cli.io.folder_lock.MARKER)
+MANIFEST = ".fade-written"  # what fade wrote into an output folder (fade_cli.io.manifest.MANIFEST)
 
 ARGS = TINY_MODEL_ARGS + ["--scales", "240", "--cls-size", "240", "--batch-size", "1"]
 EXAMPLES = Path(__file__).parent.parent / "examples" / "cookie"
@@ -101,21 +102,73 @@ def test_partial_results_of_an_interrupted_run_are_refused(tmp_path):
     assert (out / "results.partial.jsonl").read_text() == partial
 
 
-def test_overwrite_removes_everything_the_earlier_run_wrote(tmp_path):
-    out = tmp_path / "out"
-    for name in ("maps/old.png.npy", "heatmaps/old.png.png", "masks/old.png.png", "results.partial.jsonl",
-                 "results.jsonl", "run.json", "report.html", "thumbnails/image/old.png.jpg", "thumbnails/map/old.png.jpg"):
+USER_FILES = {"notes.txt": "the user's", "maps/mine.npy": "the user's map", "masks/mine.png": "the user's mask",
+              "heatmaps/sub/kept.png": "the user's", "thumbnails/x.jpg": "the user's"}
+
+
+def add_user_files(out: Path) -> None:
+    for name, text in USER_FILES.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text("from the earlier run")
-    (out / "notes.txt").write_text("the user's")
-    result = run(["detect", QUERIES, "--out", out, "--overwrite", "--no-maps", "-q", *ARGS])
-    assert result.exit_code == 0, result.output
-    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+        (out / name).write_text(text)
+
+
+def files_in(out: Path) -> list[str]:
+    return sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("with_manifest", [True, False], ids=["manifest", "older-fade-folder"])
+def test_overwrite_removes_what_the_earlier_run_wrote_and_keeps_the_users_files(tmp_path, with_manifest):
+    out = tmp_path / "out"
     images = ("cracked_a.png", "cracked_b.png", "good_a.png", "good_b.png")
-    assert files == [MARKER, *(f"heatmaps/{name}.png" for name in images), "notes.txt", "report.html",
-                     "results.csv", "results.jsonl", "run-settings.json", "run.json",
-                     *(f"thumbnails/{kind}/{name}.jpg" for kind in ("image", "map") for name in images)]
-    assert json.loads((out / "run.json").read_text())["precision"]["precision"] == "fp32"  # this run's, not the old
+    first = run(["detect", QUERIES, "--out", out, "--threshold", "0", "--pixel-threshold", "0", "--report", "-q",
+                 *ARGS])
+    assert first.exit_code == 1, first.output
+    assert (out / "masks/cracked_a.png.png").is_file() and (out / "maps/good_b.png.npy").is_file()
+    if not with_manifest:  # as a fade older than the manifest left the folder
+        (out / MANIFEST).unlink()
+    add_user_files(out)
+    result = run(["detect", QUERIES, "--out", out, "--overwrite", "--no-maps", "--no-report", "-q", *ARGS])
+    assert result.exit_code == 0, result.output
+    assert files_in(out) == sorted([MANIFEST, MARKER, *USER_FILES, *(f"heatmaps/{name}.png" for name in images),
+                                    "results.csv", "results.jsonl", "run-settings.json", "run.json"])
+    for name, text in USER_FILES.items():
+        assert (out / name).read_text() == text
+    assert not (out / "masks" / "cracked_a.png.png").exists() and not (out / "report.html").exists()
+    # the manifest now lists this run's files only: a third --overwrite removes them and keeps the user's again
+    listed = {json.loads(line) for line in (out / MANIFEST).read_text().splitlines()}
+    assert listed - {"results.partial.jsonl"} == set(files_in(out)) - set(USER_FILES) - {MANIFEST, MARKER}
+
+
+def test_overwrite_never_removes_files_named_like_fade_outputs_that_no_fade_run_wrote(tmp_path):
+    out = tmp_path / "out"
+    for name in ("maps/old.png.npy", "masks/old.png.png", "thumbnails/image/old.png.jpg", "other.csv"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("another tool's")
+    (out / "results.jsonl").write_text("another tool's results, not rows\n")
+    result = run(["detect", QUERIES, "--out", out, "--overwrite", "--no-maps", "--no-heatmaps", "-q", *ARGS])
+    assert result.exit_code == 0, result.output
+    for name in ("maps/old.png.npy", "masks/old.png.png", "thumbnails/image/old.png.jpg", "other.csv"):
+        assert (out / name).read_text() == "another tool's"
+
+
+def test_eval_overwrite_keeps_the_users_files_and_another_tools_results(tmp_path):
+    out = tmp_path / "eval"
+    args = ["eval", EXAMPLES, "--out", out, "--save-maps", "--save-worst", "1", "-q", *ARGS]
+    first = run(args)
+    assert first.exit_code == 0, first.output
+    earlier = set(files_in(out))
+    assert any(name.startswith("maps/") for name in earlier) and any(name.startswith("worst/") for name in earlier)
+    add_user_files(out)
+    (out / "results.csv").write_text("another tool's results")
+    (out / "worst" / "mine.png").write_text("the user's")
+    result = run(["eval", EXAMPLES, "--out", out, "--overwrite", "-q", *ARGS])
+    assert result.exit_code == 0, result.output
+    assert (out / "results.csv").read_text() == "another tool's results"
+    assert (out / "worst" / "mine.png").read_text() == "the user's"
+    for name, text in USER_FILES.items():
+        assert (out / name).read_text() == text
+    left = set(files_in(out))
+    assert not any(name.startswith(("maps/", "worst/")) for name in left - set(USER_FILES) - {"worst/mine.png"})
 
 
 def test_resume_scores_only_what_is_missing_and_gives_the_uninterrupted_results(tmp_path, monkeypatch):

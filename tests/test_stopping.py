@@ -152,3 +152,87 @@ def test_every_exit_code_is_in_the_help():
     for code in ("0", "1", "2", "3", "4", "130", "141", "143"):
         assert f"\n  {code} " in EXIT_CODES_HELP
     assert signal.SIGTERM + 128 == TERMINATED and signal.SIGPIPE + 128 == PIPE_CLOSED
+
+
+# stdout or stderr that cannot be written (a full disk: /dev/full) stops a run as a closed pipe does.
+def fade_into_dev_full(stream: str, args: list, script: str = "") -> subprocess.CompletedProcess:
+    """Runs fade in a real process whose ``stream`` ("stdout" or "stderr") is /dev/full; the other is captured."""
+    code = script or "from fade_cli.cli import main; main()"
+    with open("/dev/full", "w") as full:
+        streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, stream: full}
+        return subprocess.run([sys.executable, "-c", code, *map(str, args)], text=True, timeout=600, **streams)
+
+
+def argv_script(body: str) -> str:
+    return f"import sys\nsys.argv = ['fade', *sys.argv[1:]]\n{body}"
+
+
+@pytest.mark.parametrize("output_format", ["jsonl", "csv", "table"])
+def test_a_full_stdout_stops_detect_with_141_and_the_rows_saved(tmp_path, output_format):
+    out = tmp_path / "out"
+    done = fade_into_dev_full("stdout", ["detect", QUERIES, "--out", out, "--format", output_format, "-q", *ARGS],
+                              argv_script("from fade_cli.cli import main; main()"))
+    assert done.returncode == PIPE_CLOSED, done.stderr
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr
+    assert "stdout cannot be written (No space left on device)" in done.stderr
+    rows = rows_of(out / "results.jsonl")
+    assert rows and rows[0]["path"] == "cracked_a.png" and not (out / "results.partial.jsonl").exists()
+    if output_format == "table":  # the table comes last: every row, and the report, are saved before it
+        assert len(rows) == 4 and (out / "report.html").is_file()
+
+
+def test_a_full_stderr_stops_detect_with_141_and_the_rows_saved(tmp_path):
+    images = tmp_path / "in"
+    shutil.copytree(QUERIES, images)
+    (images / "cracked_c.png").write_bytes(b"not an image")  # its warning is the first line on stderr
+    out = tmp_path / "out"
+    done = fade_into_dev_full("stderr", ["detect", images, "--out", out, "--format", "jsonl", "-q", *ARGS],
+                              argv_script("from fade_cli.cli import main; main()"))
+    assert done.returncode == PIPE_CLOSED, done.stdout
+    rows = rows_of(out / "results.jsonl")
+    assert [row["path"] for row in rows] == ["cracked_a.png", "cracked_b.png", "cracked_c.png"]
+    printed = [json.loads(line)["path"] for line in done.stdout.splitlines()]
+    assert printed == ["cracked_a.png", "cracked_b.png"]  # stdout still works: the rows before the stop
+
+
+@pytest.mark.parametrize("stream", ["stdout", "stderr"])
+def test_a_full_stdout_or_stderr_stops_eval_with_141_after_the_report_is_written(tmp_path, stream):
+    out = tmp_path / "eval"
+    done = fade_into_dev_full(stream, ["eval", EXAMPLES, "--out", out, "-q", *ARGS],
+                              argv_script("from fade_cli.cli import main; main()"))
+    assert done.returncode == PIPE_CLOSED, (done.stdout, done.stderr)
+    assert "Traceback" not in (done.stderr or "")
+    assert json.loads((out / "metrics.json").read_text())["complete"] is not None
+    assert (out / "report.html").is_file()
+
+
+def test_a_full_stdout_stops_watch_with_141_and_the_rows_saved(tmp_path):
+    images = tmp_path / "in"
+    shutil.copytree(QUERIES, images)
+    out = tmp_path / "out"
+    done = fade_into_dev_full("stdout", ["watch", images, "--out", out, "--once", "--settle", "0", *ARGS],
+                              argv_script("from fade_cli.cli import main; main()"))
+    assert done.returncode == PIPE_CLOSED, done.stderr
+    assert "Traceback" not in done.stderr and rows_of(out / "results.jsonl")
+
+
+def test_output_left_in_the_buffer_until_exit_that_cannot_be_written_is_141_not_a_traceback():
+    # Python's own last flush at exit would print "Exception ignored" and exit 120.
+    script = argv_script("""
+import click
+from fade_cli.cli import LazyGroup, main
+
+@click.command()
+def unflushed():
+    sys.stdout.write("left in the buffer until the process exits\\n")
+
+LazyGroup.get_command = lambda self, ctx, name: unflushed
+main()
+""")
+    done = fade_into_dev_full("stdout", ["unflushed"], script)
+    assert done.returncode == PIPE_CLOSED and done.stderr == ""
+
+
+def test_help_into_a_full_stdout_is_141():
+    done = fade_into_dev_full("stdout", ["--help"], argv_script("from fade_cli.cli import main; main()"))
+    assert done.returncode == PIPE_CLOSED and "Traceback" not in done.stderr

@@ -15,7 +15,13 @@ import click
 
 from fade_cli import __version__
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP, FAILURE, PIPE_CLOSED, Terminated, stop_exit_code
-from fade_cli.cli.stopping import sigterm_as_interrupt, silence_stdout
+from fade_cli.cli.stopping import (
+    OutputStreamFailed,
+    flush_standard_streams,
+    guard_standard_streams,
+    sigterm_as_interrupt,
+    silence_stdout,
+)
 from fade_cli.errors import FadeError, FadeWarning
 from fade_cli.settings import settings_named_as_flags
 from fade_cli.memory import MEMORY_HINT
@@ -73,8 +79,10 @@ class LazyGroup(click.Group):
             # the rest (model loading, light commands).
             click.echo("Stopped (SIGTERM)." if isinstance(exc, Terminated) else "Interrupted.", err=True)
             raise click.exceptions.Exit(stop_exit_code(exc)) from None
-        except BrokenPipeError:
-            silence_stdout()
+        except BrokenPipeError as exc:
+            silence_stdout(exc)
+            if isinstance(exc, OutputStreamFailed) and exc.stream == "stdout":
+                click.echo(f"Stopped: {exc}.", err=True)
             raise click.exceptions.Exit(PIPE_CLOSED) from None
         except MemoryError as exc:
             raise ReportedError(f"out of memory; {MEMORY_HINT}", FAILURE) from exc
@@ -105,7 +113,16 @@ def main() -> None:
     # open_clip and huggingface_hub log download retries and failures; fade reports them itself.
     logging.disable(logging.ERROR)
     warnings.showwarning = _show_warning
-    cli()
+    guard_standard_streams()
+    try:
+        cli()
+        code = 0
+    except OutputStreamFailed:  # outside any command: help, usage errors, click's own messages
+        code = PIPE_CLOSED
+    except SystemExit as exc:
+        code = exc.code
+    # Flushed here, not by Python after the exit, whose failure would be a traceback and exit 120.
+    raise SystemExit(code if flush_standard_streams() else PIPE_CLOSED)
 
 
 _python_showwarning = warnings.showwarning

@@ -37,7 +37,8 @@ def bank() -> None:
 @click.argument("refs", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help=f"Bank file to write (by convention *{BANK_SUFFIX}).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bank file.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing bank file (without it, an existing file is refused).")
 @click.option("--threshold", type=FiniteFloat(), help="Image threshold to store instead of the calibrated one.")
 @click.option("--pixel-threshold", type=FiniteFloat(), help="Pixel threshold to store instead of the calibrated one.")
 @click.option("--margin", type=FiniteFloat(min=0, min_open=True), default=DEFAULT_MARGIN, show_default=True,
@@ -63,6 +64,7 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
     from fade_cli.bank.engine_bridge import bank_from_engine
     from fade_cli.cli.engine_setup import build_engine, calibrate_references, report_engine_setup
     from fade_cli.cli.reporting import print_warning, stderr_console
+    from fade_cli.io.folder_lock import single_output_file
     from fade_cli.io.images import require_images
     from fade_cli.memory import guard_engine_failures
     from fade_cli.prompt_set import with_default_prompts
@@ -70,7 +72,9 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
     options = pop_engine_options(kwargs)
     config = engine_config_from_options(options)
     cls_prompts, seg_prompts = with_default_prompts(*prompt_sets_from_options(options))
-    _check_out(out, overwrite)
+    _check_out(out)
+    # Held until the bank is written: a second build of the same file is refused now, not after its work.
+    click.get_current_context().with_resource(single_output_file(out, overwrite))
     console = stderr_console()
     ref_files = require_images(refs, on_skip=functools.partial(print_warning, console))
     engine = build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet)
@@ -89,11 +93,9 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
     click.echo(f"Thresholds: {describe_thresholds(thresholds, calibration)}")
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def _check_out(out: Path) -> None:
     if out.is_dir():
         raise InputError(f"--out {out} is a folder; give a file name such as {out / ('refs' + BANK_SUFFIX)}")
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists; choose another --out or pass --overwrite")
 
 
 def _sizes(patches_by_size: dict) -> str:

@@ -15,7 +15,7 @@ from fade_cli.cli.mutual_options import mutual_options, pop_mutual_settings, ref
 from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options, report_option
 from fade_cli.cli.ray_options import RAY_OPTION_NAMES, pop_ray_settings, ray_options, start_ray
 from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bars, stderr_console
-from fade_cli.cli.stopping import STOPS, silence_stdout
+from fade_cli.cli.stopping import STOPS, OutputStreamFailed, silence_stdout
 from fade_cli.errors import InputError
 from fade_cli.settings import SCORE_NEUTRAL
 from fade_cli.memory import guard_engine_failures
@@ -27,7 +27,8 @@ from fade_cli.memory import guard_engine_failures
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Output folder for results.csv/.jsonl, maps/ and heatmaps/.")
 @click.option("--overwrite", is_flag=True,
-              help="Replace results already in --out: the earlier run's results, maps, heatmaps and masks are removed.")
+              help="Replace results already in --out: the files earlier runs wrote there (results, maps, heatmaps, "
+                   "masks) are removed; other files stay.")
 @click.option("--resume", is_flag=True,
               help="Finish an interrupted run in --out: images with a scored row are not scored again.")
 @click.option("--threshold", type=FiniteFloat(), help="Score at or above which an image is NG; gives verdicts and exit code 1.")
@@ -71,6 +72,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
       fade detect /shared/archive --bank screw.fadebank --out /shared/rescored --ray --ray-gpus-per-worker 1
     """
     from fade_cli.io.folder_lock import output_folder_lock
+    from fade_cli.io.manifest import recording_writes
     from fade_cli.io.images import require_images
     from fade_cli.engine.mutual import require_mutual_batch
     from fade_cli.io.outputs import RunOutput, refuse_existing_results, rows_to_resume
@@ -100,6 +102,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     if out is not None:
         earlier_results = None if overwrite or resume else functools.partial(refuse_existing_results, out)
         ctx.with_resource(output_folder_lock(out, refuse=earlier_results))
+        ctx.with_resource(recording_writes(out))
         if resume:
             resumed = rows_to_resume(out, (file.relative for file in files), _settings(ctx.params))
     done = {row.path for row in resumed or []}
@@ -143,11 +146,11 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
                 run_detection_on_ray(engine, todo, ray, output, threshold, on_row, pixel_threshold)
     except STOPS as stop:
         _finish(output)
+        _report(out, report, console, images)  # before stdout: it may be what cannot be written
         if isinstance(stop, BrokenPipeError):
-            silence_stdout()
+            silence_stdout(stop)
         else:
             printer.finish(summary_rows)
-        _report(out, report, console, images)
         saved = f"; their results are in {out}" if out else ""
         console.print(f"{_stopped_by(stop)} after {len(summary_rows)} of {len(files)} images{saved}.", markup=False,
                       highlight=False, soft_wrap=True)
@@ -156,8 +159,8 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
         _finish(output)
         raise
     _finish(output)
-    printer.finish(summary_rows)
     _report(out, report, console, images)
+    printer.finish(summary_rows)
     if all(row.score is None for row in summary_rows):
         raise InputError(_nothing_scored(summary_rows))
     ctx.exit(run_exit_code(summary_rows, threshold is not None))
@@ -207,6 +210,8 @@ def _run_record(ctx: click.Context, threshold: Optional[float], pixel_threshold:
 def _stopped_by(stop: BaseException) -> str:
     if isinstance(stop, Terminated):
         return "Stopped by SIGTERM"
+    if isinstance(stop, OutputStreamFailed):
+        return f"Stopped: {stop}"
     if isinstance(stop, BrokenPipeError):
         return "Stopped: stdout was closed"
     return "Interrupted"

@@ -21,7 +21,7 @@ from fade_cli.cli.options import (
 )
 from fade_cli.cli.exit_codes import OK, Terminated, stop_exit_code
 from fade_cli.cli.ray_options import pop_ray_settings, ray_options, start_ray
-from fade_cli.io.thumbnails import THUMBNAILS_DIR
+from fade_cli.cli.stopping import STOPS, OutputStreamFailed
 
 EVAL_EXIT_CODES_HELP = """\b
 Exit codes:
@@ -30,7 +30,8 @@ Exit codes:
        --out in use by another run)
   3    failure while running (model, memory, disk)
   130  interrupted by Ctrl-C (with --out, the report holds the finished runs, marked incomplete)
-  141  stdout closed early (| head); the report in --out is written first
+  141  stdout or stderr cannot be written (closed early as by | head, disk full); the report in --out is
+       written first (as on Ctrl-C, it holds the finished runs)
   143  stopped by SIGTERM (as Ctrl-C: the report holds the finished runs, marked incomplete)"""
 
 
@@ -70,7 +71,8 @@ def _classes(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
                                     "[default: _mask].")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="Write metrics.json, metrics.csv, metrics.md and scores.csv into this folder.")
-@click.option("--overwrite", is_flag=True, help="Replace a report already in --out.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a report already in --out: the files earlier runs wrote there are removed, no others.")
 @click.option("--save-worst", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Heatmaps of the N worst-scored images of each class (and seed) into OUT/worst/.")
 @click.option("--save-maps", is_flag=True, help="Every eval-size map, as scored, as float32 .npy into OUT/maps/.")
@@ -102,8 +104,9 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
     from fade_cli.cli.reporting import stderr_console
     from fade_cli.evaluation.datasets import DEFAULT_MASK_SUFFIX, detect_layout, load_dataset
     from fade_cli.evaluation.plan import EvalSettings, plan_runs
-    from fade_cli.evaluation.report import REPORT_FILES
+    from fade_cli.evaluation.report import REPORT_FILES, files_named_by_report
     from fade_cli.io.folder_lock import output_folder_lock
+    from fade_cli.io.manifest import recording_writes
     from fade_cli.io.outputs import REPORT_FILE, clear_previous_outputs
 
     options = pop_engine_options(kwargs)
@@ -123,8 +126,9 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
     runs = plan_runs(dataset, settings)  # fails now, not after hours, when a class lacks good images
     if out is not None:
         ctx.with_resource(output_folder_lock(out, refuse=None if overwrite else lambda: _refuse_existing_report(out)))
+        ctx.with_resource(recording_writes(out))
         if overwrite:
-            clear_previous_outputs(out, (*REPORT_FILES, REPORT_FILE), EVAL_FOLDERS)
+            clear_previous_outputs(out, (*REPORT_FILES, REPORT_FILE), files_named_by_report)
     if ray is not None:
         start_ray(ctx, ray, options["device"])
 
@@ -143,11 +147,13 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
         results, worst, stop = _run_all_on_ray(evaluator, runs, ray, out, save_maps, save_worst, console, quiet,
                                                thumbnails)
     if results:
-        _report(results, evaluator, root, layout, dataset, out, worst, stop is not None, _prompt_origins(options))
+        table = _report(results, evaluator, root, layout, dataset, out, worst, stop is not None,
+                        _prompt_origins(options))
         if thumbnails:
             from fade_cli.cli.report_cmd import report_after_run
 
             report_after_run(out, console)
+        click.echo(table, nl=False)  # last: a stdout that cannot be written must not cost the files in --out
     ctx.exit(OK if stop is None else stop_exit_code(stop))
 
 
@@ -161,7 +167,7 @@ def _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet, thumbn
             results.append(result)
             if save_worst:
                 worst[(result.class_name, result.seed)] = _save_worst(result, save_worst, out)
-    except KeyboardInterrupt as stop:
+    except STOPS as stop:
         _print_stop(console, stop, len(results), len(runs))
         return results, worst, stop
     return results, worst, None
@@ -180,7 +186,7 @@ def _run_all_on_ray(evaluator, runs, ray, out, save_maps, save_worst, console, q
                 finished[index] = result
                 _warn_missing_masks(console, runs[index], result)
                 advance()
-    except KeyboardInterrupt as interrupt:
+    except STOPS as interrupt:
         _print_stop(console, interrupt, len(finished), len(runs))
         stop = interrupt
     results = in_plan_order(evaluator, finished)
@@ -190,12 +196,11 @@ def _run_all_on_ray(evaluator, runs, ray, out, save_maps, save_worst, console, q
 
 
 def _print_stop(console, stop: BaseException, finished: int, planned: int) -> None:
-    console.print(f"{'Stopped by SIGTERM' if isinstance(stop, Terminated) else 'Interrupted'} after "
-                  f"{finished} of {planned} run(s).")
-
-
-# What `fade eval --out` writes besides REPORT_FILES: removed by --overwrite with them.
-EVAL_FOLDERS = ("worst", "maps", THUMBNAILS_DIR)
+    if isinstance(stop, BrokenPipeError):
+        cause = f"Stopped: {stop}" if isinstance(stop, OutputStreamFailed) else "Stopped: stdout was closed"
+    else:
+        cause = "Stopped by SIGTERM" if isinstance(stop, Terminated) else "Interrupted"
+    console.print(f"{cause} after {finished} of {planned} run(s).", markup=False, highlight=False, soft_wrap=True)
 
 
 def _refuse_existing_report(out: Path) -> None:
@@ -292,13 +297,14 @@ def _prompt_origins(options: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _report(results, evaluator, root, layout, dataset, out, worst, interrupted, prompt_origins) -> None:
+def _report(results, evaluator, root, layout, dataset, out, worst, interrupted, prompt_origins) -> str:
+    """Write the report into ``out`` (when given); returns the table for stdout."""
     from fade_cli.evaluation.report import markdown_table, write_report
     from fade_cli.evaluation.summary import summarise
 
     summary = summarise(results)
     title = _title(root, layout, evaluator.settings, interrupted)
-    if out is not None:  # first: a reader that closes stdout early must not cost the report
+    if out is not None:
         context = {
             "dataset": {"root": str(root), "layout": layout, "classes": [split.name for split in dataset]},
             "complete": not interrupted,
@@ -306,4 +312,4 @@ def _report(results, evaluator, root, layout, dataset, out, worst, interrupted, 
         }
         context["prompts"]["sources"] = prompt_origins
         write_report(out, results, summary, context, title, worst)
-    click.echo(f"{title}\n\n{markdown_table(summary)}", nl=False)
+    return f"{title}\n\n{markdown_table(summary)}"

@@ -12,7 +12,9 @@ USAGE = 2  # usage or input error: bad option, missing folder, malformed file, o
 FAILURE = 3  # failure while running: model cannot be loaded, out of memory, disk full
 NOT_INSPECTED = 4  # done with a threshold, no image NG, but some image(s) could not be read or scored
 INTERRUPTED = 130  # Ctrl-C (SIGINT); commands that score images save the finished results first
-PIPE_CLOSED = 141  # stdout closed early (`| head`): stopped like an interruption, finished results saved
+# stdout or stderr cannot be written: closed early (`| head`), disk full, I/O error; stopped like an
+# interruption, finished results saved (141 = 128 + SIGPIPE, the code of a closed pipe)
+PIPE_CLOSED = 141
 TERMINATED = 143  # SIGTERM (a service manager, `docker stop`): stopped like Ctrl-C, finished results saved
 
 EXIT_CODES_HELP = """\b
@@ -23,7 +25,8 @@ Exit codes:
   3    failure while running (model, memory, disk)
   4    done, no image NG, but some image(s) not inspected (unreadable)
   130  interrupted (Ctrl-C); finished results are saved
-  141  stdout closed early (| head); finished results are saved
+  141  stdout/stderr cannot be written (closed early as by | head, disk
+       full); finished results are saved
   143  stopped by SIGTERM; finished results are saved"""
 
 
@@ -32,7 +35,7 @@ class Terminated(KeyboardInterrupt):
 
 
 def stop_exit_code(stop: BaseException) -> int:
-    """The exit code of a run stopped early by ``stop`` (Ctrl-C, SIGTERM or a closed stdout)."""
+    """The exit code of a run stopped early by ``stop`` (Ctrl-C, SIGTERM, or stdout/stderr not writable)."""
     if isinstance(stop, Terminated):
         return TERMINATED
     if isinstance(stop, BrokenPipeError):

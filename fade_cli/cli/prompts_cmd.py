@@ -16,7 +16,6 @@ from typing import Any, Callable, Optional
 import click
 
 from fade_cli.cli.options import FiniteFloat
-from fade_cli.errors import InputError
 from fade_cli.prompt_set import PLACEHOLDER, STATES, PromptSet, load_prompt_set
 from fade_cli.prompting import (
     DEFAULT_GENERATOR,
@@ -144,8 +143,10 @@ def generate(ctx: click.Context, class_name: str, generator: str, out: Optional[
       fade prompts generate pcb --generator llm --llm-model ./qwen-0.5b --count 200 --out pcb.json
     """
     chosen: PromptGenerator = ctx.meta[_GENERATOR_KEY]
-    if out is not None and out.exists() and not overwrite:
-        raise InputError(f"{out} already exists; add --overwrite to replace it")
+    if out is not None:
+        from fade_cli.io.folder_lock import single_output_file
+
+        ctx.with_resource(single_output_file(out, overwrite))
     reporter = _TerminalReporter(quiet)
     try:
         with reporting_to(reporter):

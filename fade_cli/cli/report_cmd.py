@@ -12,7 +12,8 @@ from fade_cli.cli.options import FiniteFloat
 REPORT_EXIT_CODES_HELP = """\b
 Exit codes:
   0    report written
-  2    RUN_DIR holds no run, or a malformed results file
+  2    RUN_DIR holds no run, or a malformed results file; --out exists (without --overwrite) or is being
+       written by another fade run
   3    the report could not be written (disk full, permissions)"""
 
 
@@ -20,13 +21,15 @@ Exit codes:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="The HTML file to write [default: RUN_DIR/report.html]; thumbnails stay in RUN_DIR/thumbnails/.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --out file (RUN_DIR/report.html, the run's own page, is always replaced).")
 @click.option("--images", "images_root", type=click.Path(exists=True, path_type=Path),
               help="Where a detect or watch run's images are (the IMAGES it was given): the detail view shows them "
                    "at full resolution, and missing thumbnails are made from them.")
 @click.option("--threshold", type=FiniteFloat(), help="A what-if threshold for the explorer to start at [default: the run's own verdicts, none if it made none].")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def report(run_dir: Path, out: Optional[Path], images_root: Optional[Path], threshold: Optional[float],
-           quiet: bool) -> None:
+def report(run_dir: Path, out: Optional[Path], overwrite: bool, images_root: Optional[Path],
+           threshold: Optional[float], quiet: bool) -> None:
     """Write RUN_DIR/report.html: one self-contained page to open offline in a browser.
 
     A gallery of every image (highest score first, image or heatmap, filters),
@@ -42,11 +45,16 @@ def report(run_dir: Path, out: Optional[Path], images_root: Optional[Path], thre
     from fade_cli.cli.reporting import progress_bar, stderr_console
     from fade_cli.report.build import REPORT_FILE, write_report
     from fade_cli.report.runs import load_run
+    from fade_cli.io.folder_lock import single_output_file
+    from fade_cli.io.manifest import recording_writes
 
     console = stderr_console()
+    page = out if out is not None else run_dir / REPORT_FILE
     run = load_run(run_dir, images_root)
-    with progress_bar(console, quiet, total=len(run.rows), description="Thumbnails") as advance:
-        path = write_report(run, out if out is not None else run_dir / REPORT_FILE, threshold, advance)
+    # The run's manifest lists the page and thumbnails too, so that a later --overwrite of the run removes them.
+    with single_output_file(page, overwrite or out is None), recording_writes(run_dir, only_if_recorded=True), \
+            progress_bar(console, quiet, total=len(run.rows), description="Thumbnails") as advance:
+        path = write_report(run, page, threshold, advance)
     console.print(f"Report: {path}", markup=False, highlight=False, soft_wrap=True)
 
 

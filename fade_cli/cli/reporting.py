@@ -16,6 +16,7 @@ from rich.progress import TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
+from fade_cli.cli.stopping import OutputStreamFailed
 from fade_cli.io.images import escape_undecodable
 from fade_cli.io.outputs import FIELDS, ResultRow, csv_cells, json_line
 
@@ -24,11 +25,16 @@ class _Console(Console):
     """rich's Console, except that a closed pipe is not ``SystemExit(1)`` (exit 1 means NG).
 
     A closed stdout raises BrokenPipeError, which commands handle as an interruption
-    (exit 141); a closed stderr only silences the messages.
+    (exit 141); so does stdout or stderr that cannot be written, when the streams are
+    guarded (:class:`~fade_cli.cli.stopping.OutputStreamFailed`). An unguarded closed stderr only
+    silences the messages.
     """
 
     def on_broken_pipe(self) -> None:
         self.quiet = True
+        failure = sys.exc_info()[1]
+        if isinstance(failure, OutputStreamFailed):
+            raise failure
         if not self.stderr:
             raise BrokenPipeError(errno.EPIPE, "stdout was closed")
 

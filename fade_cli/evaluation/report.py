@@ -9,11 +9,14 @@ written, so the same arguments give byte-identical files.
 """
 from __future__ import annotations
 
+import contextlib
+import csv
 import io
+import json
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -27,7 +30,7 @@ from fade_cli.evaluation.summary import METRICS, Aggregate, Metrics, Summary
 from fade_cli.io.atomic import atomic_write
 from fade_cli.io.files import confined_path
 from fade_cli.io.outputs import csv_bytes
-from fade_cli.io.thumbnails import image_thumbnail_path, write_thumbnails
+from fade_cli.io.thumbnails import image_thumbnail_path, map_thumbnail_path, write_thumbnails
 
 if TYPE_CHECKING:
     from fade_cli.evaluation.evaluate import ImageRecord, RunResult
@@ -58,6 +61,29 @@ def save_eval_map(out_dir: Path, seed: Optional[int], relative: str, scores_hw: 
     path = confined_path(out_dir, f"maps/{run_folder(seed).as_posix()}/{relative}.npy", f"eval map in {out_dir}")
     atomic_write(path, lambda handle: np.save(handle, scores_hw, allow_pickle=False))
     return path
+
+
+def files_named_by_report(out_dir: Path, fade_files: set[str]) -> Iterator[str]:
+    """The files an earlier `fade eval` report in ``out_dir`` names where eval writes them: the maps and
+    thumbnails of each scored image (scores.csv) and the worst-image heatmaps (metrics.json)."""
+    if "scores.csv" in fade_files:
+        with contextlib.suppress(OSError, csv.Error, UnicodeDecodeError):
+            with open(out_dir / "scores.csv", newline="", encoding="utf-8") as handle:
+                for row in csv.DictReader(handle):
+                    relative, seed = row.get("image"), row.get("seed") or ""
+                    if not relative or not (seed == "" or seed.isdigit()):
+                        continue
+                    run = run_folder(int(seed) if seed else None)
+                    yield from ((Path("maps") / run / f"{relative}.npy").as_posix(), image_thumbnail_path(relative),
+                                map_thumbnail_path(relative, "" if seed == "" else run.as_posix()))
+    if "metrics.json" in fade_files:
+        with contextlib.suppress(OSError, ValueError):
+            document = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+            for entry in document.get("runs", []) if isinstance(document, dict) else []:
+                for worst in (entry.get("worst") or []) if isinstance(entry, dict) else []:
+                    heatmap = worst.get("heatmap") if isinstance(worst, dict) else None
+                    if isinstance(heatmap, str) and heatmap.startswith("worst/") and heatmap.endswith(".png"):
+                        yield heatmap
 
 
 def save_eval_thumbnails(out_dir: Path, seed: Optional[int], relative: str, image: Image.Image,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from fade_cli.errors import FadeError
+from fade_cli.io.manifest import record_written
 
 
 class OutputError(FadeError):
@@ -57,6 +58,7 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        record_written(path)  # before it is in place: a kill now still leaves it on record
         os.replace(tmp_name, path)
     except BaseException as exc:
         if tmp_name is not None:

@@ -17,11 +17,16 @@ wrote nothing into it (the model failed to load) removes it again, with the
 parent folders it created, so a failed first run leaves no trace. Once the lock is held no other
 fade run writes there, so the temporary files a killed run left behind are
 removed (:func:`remove_stale_temporaries`).
+
+A command that writes one file (a bank, a prompt set, a report page) holds
+:func:`single_output_file` instead: the same lock on a side file, which also
+refuses an existing file unless it may be replaced.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -95,6 +100,62 @@ def output_folder_lock(folder: Path, command: Optional[str] = None,
         handle.close()  # releases the lock
 
 
+class OutputFileBusy(InputError):
+    """Another fade run is writing the same output file."""
+
+    def __init__(self, path: Path, holder: Optional[Holder]):
+        who = holder.describe() if holder is not None else "holder unknown"
+        super().__init__(f"{path} is being written by another fade run ({who}); wait for it to end or choose "
+                         "another name")
+
+
+@contextlib.contextmanager
+def single_output_file(path: Path, overwrite: bool, command: Optional[str] = None) -> Iterator[None]:
+    """Hold ``path``, one output file, while inside: refused when another run writes it, or when it exists
+    and ``overwrite`` is false. The file itself is written with :func:`fade_cli.io.atomic.atomic_write`.
+
+    The lock is ``flock`` on a side file beside it (:func:`_side_lock_file`), removed on the way out: a killed
+    run's lock goes with its process, and the side file it leaves is taken over by the next run.
+    """
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give a file name")
+    side = _side_lock_file(path)
+    handle = _locked_side_file(path, side)
+    try:
+        _describe_self(handle, command)
+        if os.path.lexists(path) and not overwrite:
+            raise InputError(f"{path} already exists; choose another name or pass --overwrite")
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(side)  # while still held: a run waiting on this inode sees it is no longer the lock
+        handle.close()
+
+
+def _side_lock_file(path: Path) -> Path:
+    """``.fade-<12 hex digits>.lock`` beside ``path``: of a fixed, short length, it fits wherever the name fits."""
+    digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:12]
+    return path.with_name(f".fade-{digest}.lock")
+
+
+def _locked_side_file(path: Path, side: Path):
+    while True:
+        try:
+            side.parent.mkdir(parents=True, exist_ok=True)
+            handle = os.fdopen(os.open(side, os.O_RDWR | os.O_CREAT, 0o666), "r+", encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        try:
+            if not _try_lock(handle, side.parent):
+                raise OutputFileBusy(path, _read_holder(handle))
+            if _is_current(handle, side):
+                return handle
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()  # the run before removed it between our open and our lock: again
+
+
 def _locked_marker(folder: Path):
     """The marker, opened and locked; raises OutputFolderBusy when another run holds it."""
     while True:
@@ -102,7 +163,7 @@ def _locked_marker(folder: Path):
         try:
             if not _try_lock(handle, folder):
                 raise OutputFolderBusy(folder, _read_holder(handle))
-            if _is_current_marker(handle, folder):
+            if _is_current(handle, folder / MARKER):
                 return handle
         except BaseException:
             handle.close()
@@ -110,9 +171,10 @@ def _locked_marker(folder: Path):
         handle.close()  # a run that wrote nothing removed the folder between our open and our lock: again
 
 
-def _is_current_marker(handle, folder: Path) -> bool:
+def _is_current(handle, path: Path) -> bool:
+    """Whether ``handle`` is still the file named ``path`` (not one removed since it was opened)."""
     try:
-        named = os.stat(folder / MARKER)
+        named = os.stat(path)
     except OSError:
         return False
     opened = os.fstat(handle.fileno())

@@ -20,7 +20,8 @@ crash, a full disk or Ctrl-C never leaves a half-written file. Rows are also
 appended to ``results.partial.jsonl`` as images finish, so an interrupted run
 keeps what it did: a later run refuses that folder, finishes the run
 (``resumed=`` rows from :func:`rows_to_resume`) or, with ``overwrite``, removes
-everything the earlier run wrote. ``run-settings.json`` holds what the run was
+what the earlier run wrote, as its manifest ``.fade-written`` lists
+(:func:`clear_previous_outputs`), and nothing else. ``run-settings.json`` holds what the run was
 asked, for a resume to compare. Callers hold the folder's lock
 (:mod:`fade_cli.io.folder_lock`) while writing.
 """
@@ -31,10 +32,9 @@ import csv
 import io
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -46,7 +46,8 @@ from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
 from fade_cli.io.files import read_file_bytes
 from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import escape_undecodable
-from fade_cli.io.thumbnails import THUMBNAILS_DIR, write_thumbnails
+from fade_cli.io.manifest import record_written, remove_written, written_files
+from fade_cli.io.thumbnails import image_thumbnail_path, map_thumbnail_path, write_thumbnails
 from fade_cli.memory import check_map_size
 
 # Results and state files of a run are read whole; one larger than this is not a fade run's.
@@ -58,7 +59,7 @@ PARTIAL_FILE = "results.partial.jsonl"
 SETTINGS_FILE = "run-settings.json"  # what the run was asked to do: a --resume must ask the same
 RUN_FILES = (*RESULT_FILES, PARTIAL_FILE)
 REPORT_FILE = "report.html"  # written by fade_cli.report, with the pictures in thumbnails/
-IMAGE_FOLDERS = ("maps", "heatmaps", "masks", THUMBNAILS_DIR)
+RUN_OUTPUT_FILES = (*RUN_FILES, SETTINGS_FILE, RUN_INFO_FILE, REPORT_FILE)  # the fixed names of a detect run's files
 PNG_COMPRESS_LEVEL = 1
 
 
@@ -153,21 +154,50 @@ def refuse_existing_results(out_dir: Path, names: Iterable[str] = RUN_FILES, wha
                          f"choose another --out or {ways}")
 
 
-def clear_previous_outputs(out_dir: Path, files: Iterable[str], folders: Iterable[str]) -> None:
-    """Remove what an earlier run wrote into ``out_dir`` (``--overwrite``): its ``files`` and ``folders``.
+def clear_previous_outputs(out_dir: Path, fixed_names: Iterable[str],
+                           named_by_results: Callable[[Path, set[str]], Iterable[str]]) -> None:
+    """Remove what earlier fade runs wrote into ``out_dir`` (``--overwrite``), and nothing else.
 
-    Nothing else is touched: a folder of the user's that happens to be the --out keeps its own files.
+    Removed: the files its manifest lists (:mod:`fade_cli.io.manifest`), and the files that fade's own
+    results name at the paths fade gives them (``named_by_results(out_dir, fade's files)``: files Ray
+    workers wrote are not in the manifest). A folder written by a fade older than the manifest has
+    none: then ``fixed_names`` (the command's own result files) count as fade's files. A file of the
+    user's beside them, or in maps/ or masks/, stays.
     """
+    listed = written_files(out_dir)
+    fade_files = set(fixed_names) if listed is None else set(listed)
     try:
-        for name in files:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(out_dir / name)
-        for name in folders:
-            if (out_dir / name).is_dir() and not (out_dir / name).is_symlink():
-                shutil.rmtree(out_dir / name)
+        known = [*(fade_files if listed is None else ()), *named_by_results(out_dir, fade_files)]
+        remove_written(out_dir, known)
     except OSError as exc:
         raise OutputError(f"cannot remove the earlier results in {out_dir}: {describe_write_failure(exc)}",
                           exc.errno) from exc
+
+
+def json_entries(path: Path) -> Iterator[dict]:
+    """The JSON objects of a JSON-lines file that is there; lines that are not one (cut short by a kill) are skipped."""
+    with contextlib.suppress(OSError):
+        for line in read_json_lines(path):
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict):
+                    yield entry
+
+
+def files_named_by_rows(out_dir: Path, fade_files: set[str]) -> Iterator[str]:
+    """The files that the rows of fade's results in ``out_dir`` name where fade writes them (maps, heatmaps,
+    masks, thumbnails of each row's image): a path a row gives elsewhere is not provably fade's."""
+    for name in ("results.jsonl", PARTIAL_FILE):
+        if name not in fade_files:
+            continue
+        for entry in json_entries(out_dir / name):
+            relative = entry.get("path")
+            if not isinstance(relative, str):
+                continue
+            own = {"map_path": f"maps/{relative}.npy", "heatmap_path": f"heatmaps/{relative}.png",
+                   "mask_path": f"masks/{relative}.png"}
+            yield from (path for key, path in own.items() if entry.get(key) == path)
+            yield from (image_thumbnail_path(relative), map_thumbnail_path(relative))
 
 
 def write_run_info(out_dir: Path, info: dict[str, Any]) -> None:
@@ -244,8 +274,8 @@ class ImageWriter:
 class RunOutput(ImageWriter):
     """Writes one run's outputs into ``out_dir``; refuses to clobber earlier results unless asked.
 
-    ``overwrite``: everything an earlier run wrote (results, maps, heatmaps, masks) is
-    removed first, so no stale file is left beside the new rows. ``resumed``: the rows
+    ``overwrite``: what earlier runs wrote (results, maps, heatmaps, masks; not the user's
+    files beside them) is removed first, so no stale file is left beside the new rows. ``resumed``: the rows
     of an interrupted run (from :func:`rows_to_resume`) are kept and the run adds the
     rest; the final results are those of one uninterrupted run. ``settings`` (what the
     run was asked, as JSON values) are saved for a later ``--resume`` to compare.
@@ -272,7 +302,7 @@ class RunOutput(ImageWriter):
         self.resumed = resumed is not None
         self.rows: list[ResultRow] = list(resumed or [])
         if overwrite and not self.resumed:
-            clear_previous_outputs(out_dir, (*RUN_FILES, SETTINGS_FILE, RUN_INFO_FILE, REPORT_FILE), IMAGE_FOLDERS)
+            clear_previous_outputs(out_dir, RUN_OUTPUT_FILES, files_named_by_rows)
         elif not self.resumed:
             refuse_existing_results(out_dir)
         if settings is not None:
@@ -280,6 +310,7 @@ class RunOutput(ImageWriter):
         if self.rows:  # the rows kept, written whole (a crash now loses none of them); the run appends to them
             atomic_write(out_dir / PARTIAL_FILE, lambda handle: handle.write(rows_to_jsonl(self.rows)))
         try:
+            record_written(out_dir / PARTIAL_FILE)
             self._partial = open(out_dir / PARTIAL_FILE, "a" if self.rows else "w", encoding="utf-8")
         except OSError as exc:
             raise OutputError(f"cannot write {out_dir / PARTIAL_FILE}: {describe_write_failure(exc)}",
