@@ -11,6 +11,7 @@ from fade_cli import strict_json
 from fade_cli.bank.bank import FORMAT_VERSION, ReferenceBank, load_bank, save_bank
 from fade_cli.bank.calibration import DEFAULT_MARGIN, MIN_REFERENCES, choose_thresholds, describe_thresholds
 from fade_cli.bank.compat import describe_identity
+from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP
 from fade_cli.cli.options import FiniteFloat, engine_config_from_options, engine_options, pop_engine_options
 from fade_cli.cli.options import prompt_sets_from_options
@@ -33,7 +34,9 @@ def bank() -> None:
     """
 
 
-@bank.command("build", epilog=EXIT_CODES_HELP)
+@bank.command("build", epilog=EXIT_CODES_HELP, **sectioned(
+    Everyday=("out", "class_name", "overwrite", "threshold", "pixel_threshold", "margin"),
+    Outputs=("patch_dtype", "quiet")))
 @click.argument("refs", type=click.Path(path_type=Path))
 @click.option("--out", "out", required=True, type=click.Path(path_type=Path, dir_okay=False),
               help=f"Bank file to write (by convention *{BANK_SUFFIX}).")
@@ -45,7 +48,7 @@ def bank() -> None:
               help="Calibration: threshold = margin x the highest leave-one-out reference score.")
 @click.option("--dtype", "patch_dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Storage of the reference patches; float16 halves the file, scores move slightly.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", is_flag=True, help="Hide the progress bar only: rows, warnings and errors still print.")
 @engine_options
 def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[float],
                   pixel_threshold: Optional[float], margin: float, patch_dtype: str, quiet: bool,
@@ -106,7 +109,7 @@ def _megabytes(size: int) -> str:
     return f"{size / 1e6:.1f} MB"
 
 
-@bank.command("info")
+@bank.command("info", **sectioned(Outputs=("output_format",)))
 @click.argument("bank_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "output_format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text for people; json: the bank's metadata and tensor shapes.")

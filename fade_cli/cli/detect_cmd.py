@@ -8,10 +8,11 @@ from typing import Any, Optional
 
 import click
 
+from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP, Terminated, run_exit_code, stop_exit_code
 from fade_cli.bank.calibration import DEFAULT_MARGIN
 from fade_cli.cli.engine_setup import read_run_setup, start_engine
-from fade_cli.cli.mutual_options import mutual_options, pop_mutual_settings, refuse_with_mutual
+from fade_cli.cli.mutual_options import MUTUAL_OPTION_NAMES, mutual_options, pop_mutual_settings, refuse_with_mutual
 from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options, report_option
 from fade_cli.cli.ray_options import RAY_OPTION_NAMES, pop_ray_settings, ray_options, start_ray
 from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bars, stderr_console
@@ -21,7 +22,10 @@ from fade_cli.settings import SCORE_NEUTRAL
 from fade_cli.memory import guard_engine_failures
 
 
-@click.command(epilog=EXIT_CODES_HELP)
+@click.command(epilog=EXIT_CODES_HELP, **sectioned(
+    Everyday=("images", "refs", "class_name", "out", "threshold", "bank_path", "calibrate", "overwrite", "resume"),
+    Outputs=("pixel_threshold", "margin", "map_size", "heatmaps", "maps", "output_format", "quiet", "report"),
+    Mutual_scoring=MUTUAL_OPTION_NAMES, Ray_cluster=RAY_OPTION_NAMES))
 @click.argument("images", type=click.Path(path_type=Path))
 @click.option("--refs", type=click.Path(path_type=Path), help="Folder of known-good images: few-shot mode.")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
@@ -45,7 +49,7 @@ from fade_cli.memory import guard_engine_failures
 @click.option("--maps/--no-maps", default=True, show_default=True, help="Write raw .npy maps.")
 @click.option("--format", "output_format", type=click.Choice(["table", "jsonl", "csv"]), default="table",
               show_default=True, help="stdout: a table for people, or JSON lines / CSV for scripts.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", is_flag=True, help="Hide the progress bar only: rows, warnings and errors still print.")
 @report_option
 @ray_options
 @mutual_options

@@ -11,7 +11,8 @@ from typing import Any, Optional
 import click
 from click.core import ParameterSource
 
-from fade_cli.cli.mutual_options import mutual_options, pop_mutual_settings, refuse_with_mutual
+from fade_cli.cli.help_sections import sectioned
+from fade_cli.cli.mutual_options import MUTUAL_OPTION_NAMES, mutual_options, pop_mutual_settings, refuse_with_mutual
 from fade_cli.cli.options import (
     engine_config_from_options,
     engine_options,
@@ -20,7 +21,7 @@ from fade_cli.cli.options import (
     report_option,
 )
 from fade_cli.cli.exit_codes import OK, Terminated, stop_exit_code
-from fade_cli.cli.ray_options import pop_ray_settings, ray_options, start_ray
+from fade_cli.cli.ray_options import RAY_OPTION_NAMES, pop_ray_settings, ray_options, start_ray
 from fade_cli.cli.stopping import STOPS, OutputStreamFailed
 
 EVAL_EXIT_CODES_HELP = """\b
@@ -54,7 +55,11 @@ def _classes(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
     return names
 
 
-@click.command(epilog=EVAL_EXIT_CODES_HELP)
+@click.command(epilog=EVAL_EXIT_CODES_HELP, **sectioned(
+    Everyday=("layout", "classes", "shots", "seeds", "out", "overwrite"),
+    Outputs=("save_worst", "save_maps", "quiet", "report"),
+    Published_method=("eval_size", "quantize_8bit", "mask_suffix"), Mutual_scoring=MUTUAL_OPTION_NAMES,
+    Ray_cluster=RAY_OPTION_NAMES))
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--dataset", "layout", type=click.Choice(["auto", "mvtec", "visa", "folder"]), default="auto",
               show_default=True, help="Layout of ROOT; auto: visa when ROOT/split_csv/1cls.csv exists, else mvtec.")
@@ -76,7 +81,7 @@ def _classes(ctx: click.Context, param: click.Parameter, value: Optional[str]) -
 @click.option("--save-worst", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Heatmaps of the N worst-scored images of each class (and seed) into OUT/worst/.")
 @click.option("--save-maps", is_flag=True, help="Every eval-size map, as scored, as float32 .npy into OUT/maps/.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", is_flag=True, help="Hide the progress bar only: rows, warnings and errors still print.")
 @report_option
 @ray_options
 @mutual_options

@@ -13,7 +13,8 @@ import click
 from fade_cli.settings import SETTINGS_BY_NAME
 
 # The order --help shows them in: what a quality engineer sets on the first day, then outputs, then speed.
-SECTION_ORDER = ("Everyday", "Outputs", "Prompts", "Speed and machine", "Model", "Published method", "Other options")
+SECTION_ORDER = ("Everyday", "Outputs", "Prompts", "Limits and timeouts", "Speed and machine", "Mutual scoring",
+                 "Ray cluster", "Model", "Published method", "Other options")
 OTHER = "Other options"
 
 
@@ -23,17 +24,20 @@ class SectionedCommand(click.Command):
     def __init__(self, *args: Any, sections: Optional[dict[str, tuple[str, ...]]] = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.section_of = {name: title for title, names in (sections or {}).items() for name in names}
+        # Within a section, the options a command lists come in its order, before the others.
+        self.rank = {name: index for names in (sections or {}).values() for index, name in enumerate(names)}
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        grouped: dict[str, list[tuple[str, str]]] = {title: [] for title in SECTION_ORDER}
-        for param in self.get_params(ctx):
+        grouped: dict[str, list[tuple[int, str, str]]] = {title: [] for title in SECTION_ORDER}
+        for position, param in enumerate(self.get_params(ctx)):
             record = param.get_help_record(ctx)
             if record is not None:
-                grouped.setdefault(self._section(param), []).append(record)
+                rank = self.rank.get(param.name or "", len(self.rank) + position)
+                grouped.setdefault(self._section(param), []).append((rank, *record))
         for title, rows in grouped.items():
             if rows:
                 with formatter.section(title):
-                    formatter.write_dl(rows)
+                    formatter.write_dl([(term, text) for _, term, text in sorted(rows, key=lambda row: row[0])])
 
     def _section(self, param: click.Parameter) -> str:
         if param.name in self.section_of:

@@ -6,6 +6,7 @@ from typing import Optional
 import click
 
 from fade_cli import strict_json
+from fade_cli.cli.help_sections import sectioned
 
 CACHE_HELP = "Model cache folder [default: $FADE_CACHE_DIR, else the Hugging Face cache ($HF_HOME/hub)]."
 
@@ -27,7 +28,7 @@ def models() -> None:
     """
 
 
-@models.command("list")
+@models.command("list", **sectioned(Everyday=("cached_only", "include_all", "output_format")))
 @click.option("--cached", "cached_only", is_flag=True, help="Only models whose weights are in the cache.")
 @click.option("--all", "include_all", is_flag=True, help="Also architectures fade cannot run (ResNets, timm towers).")
 @click.option("--format", "output_format", type=click.Choice(["table", "jsonl"]), default="table", show_default=True)
@@ -60,7 +61,7 @@ def list_command(cached_only: bool, include_all: bool, output_format: str, cache
     stdout_console().print(table)
 
 
-@models.command("download")
+@models.command("download", **sectioned(Everyday=("pretrained", "quiet")))
 @click.argument("model")
 @click.option("--pretrained", required=True, help="Pretrained tag, e.g. laion400m_e31 (see `fade models list`).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help=CACHE_HELP)
@@ -87,7 +88,7 @@ def download_command(model: str, pretrained: str, cache_dir: Optional[str], quie
     click.echo(f"{model} ({pretrained}): {_size(os.path.getsize(path))} in {cache_location(cache_dir)}", err=True)
 
 
-@models.command("path")
+@models.command("path", **sectioned(Everyday=("cache_dir",)))
 @click.option("--cache-dir", type=click.Path(file_okay=False), help=CACHE_HELP)
 def path_command(cache_dir: Optional[str]) -> None:
     """Print the cache folder fade reads and downloads into (copy it to prepare a station)."""

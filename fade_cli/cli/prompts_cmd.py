@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional
 
 import click
 
+from fade_cli.cli.help_sections import SectionedCommand, sectioned
 from fade_cli.cli.options import FiniteFloat
 from fade_cli.prompt_set import PLACEHOLDER, STATES, PromptSet, load_prompt_set
 from fade_cli.prompting import (
@@ -84,7 +85,7 @@ def click_option(option: GeneratorOption) -> click.Option:
                         required=option.required, help=option.help, **default)
 
 
-class GeneratorCommand(click.Command):
+class GeneratorCommand(SectionedCommand):
     """A command whose options are those of the generator named by --generator (found before parsing)."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
@@ -118,7 +119,8 @@ class GeneratorCommand(click.Command):
         super().format_epilog(ctx, formatter)
 
 
-@prompts.command(cls=GeneratorCommand, epilog=EXIT_CODES_HELP, short_help="Write a prompt set for a part, as JSON.")
+@prompts.command(cls=GeneratorCommand, epilog=EXIT_CODES_HELP, short_help="Write a prompt set for a part, as JSON.",
+                 sections={"Everyday": ("generator", "out", "overwrite", "quiet"), "Other options": ("plugins_dir",)})
 @click.argument("class_name", metavar="CLASS")
 @click.option("-g", "--generator", default=DEFAULT_GENERATOR, show_default=True, metavar="NAME",
               help="Prompt generator (see `fade prompts generators`).")
@@ -198,7 +200,8 @@ class _TerminalReporter:
         self._stack.close()
 
 
-@prompts.command(short_help="List the installed generators with their options.")
+@prompts.command(short_help="List the installed generators with their options.",
+                 **sectioned(Everyday=("plugins_dir",)))
 @click.option("--plugins-dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
               help=f"Folder of plugin modules [default: ${PLUGINS_DIR_ENV}].")
 def generators(plugins_dir: Optional[Path]) -> None:
@@ -230,7 +233,8 @@ def _option_synopsis(option: GeneratorOption) -> str:
     return f"{option.flag} {metavar}" + (" ..." if option.multiple else "")
 
 
-@prompts.command(epilog=EXIT_CODES_HELP, short_help="Counts, samples and duplicates of a prompt set.")
+@prompts.command(epilog=EXIT_CODES_HELP, short_help="Counts, samples and duplicates of a prompt set.",
+                 **sectioned(Everyday=("samples",)))
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--samples", type=click.IntRange(min=0), default=5, show_default=True,
               help="Sentences shown per state.")

@@ -7,6 +7,7 @@ from typing import Optional
 import click
 from rich.console import Console
 
+from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.options import FiniteFloat
 
 REPORT_EXIT_CODES_HELP = """\b
@@ -17,7 +18,8 @@ Exit codes:
   3    the report could not be written (disk full, permissions)"""
 
 
-@click.command(epilog=REPORT_EXIT_CODES_HELP)
+@click.command(epilog=REPORT_EXIT_CODES_HELP, **sectioned(
+    Everyday=("out", "overwrite", "images_root", "threshold"), Outputs=("quiet",)))
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
               help="The HTML file to write [default: RUN_DIR/report.html]; thumbnails stay in RUN_DIR/thumbnails/.")
@@ -27,7 +29,7 @@ Exit codes:
               help="Where a detect or watch run's images are (the IMAGES it was given): the detail view shows them "
                    "at full resolution, and missing thumbnails are made from them.")
 @click.option("--threshold", type=FiniteFloat(), help="A what-if threshold for the explorer to start at [default: the run's own verdicts, none if it made none].")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", is_flag=True, help="Hide the progress bar only: rows, warnings and errors still print.")
 def report(run_dir: Path, out: Optional[Path], overwrite: bool, images_root: Optional[Path],
            threshold: Optional[float], quiet: bool) -> None:
     """Write RUN_DIR/report.html: one self-contained page to open offline in a browser.

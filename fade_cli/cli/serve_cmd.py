@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional
 import click
 
 from fade_cli.bank.calibration import DEFAULT_MARGIN
+from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.options import engine_options, pop_engine_options
 from fade_cli.cli.reporting import stderr_console
 from fade_cli.errors import InputError
@@ -18,7 +19,12 @@ Exit codes:
   3    failure (the model cannot be loaded, the queue not drained in time)"""
 
 
-@click.command(epilog=SERVE_EXIT_CODES_HELP)
+@click.command(epilog=SERVE_EXIT_CODES_HELP, **sectioned(
+    Everyday=("bank_paths", "refs", "class_name", "threshold", "pixel_threshold", "calibrate", "margin", "host", "port",
+              "token_file", "insecure", "archive", "quiet"),
+    Limits_and_timeouts=("max_batch", "max_wait_ms", "max_queue", "timeout_s", "max_bytes", "max_pixels",
+                         "max_pixels_in_flight", "max_connections", "keep_alive_s", "header_timeout_s",
+                         "body_timeout_s", "drain_timeout")))
 @click.option("--bank", "bank_paths", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Saved reference bank to serve (repeatable); its file stem is its name in ?bank=.")
 @click.option("--refs", type=click.Path(path_type=Path), help="Without --bank: folder of known-good images (few-shot).")

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import click
 
+from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options
 from fade_cli.cli.exit_codes import OK, Terminated, run_exit_code, stop_exit_code
 from fade_cli.cli.reporting import RowPrinter, print_warning, stderr_console
@@ -25,7 +26,10 @@ Exit codes:
   141  stopped because stdout was closed (| head)"""
 
 
-@click.command(epilog=WATCH_EXIT_CODES_HELP)
+@click.command(epilog=WATCH_EXIT_CODES_HELP, **sectioned(
+    Everyday=("folder", "out", "refs", "class_name", "bank_path", "threshold", "move_to", "once"),
+    Outputs=("pixel_threshold", "map_size", "heatmaps", "maps", "output_format", "quiet"),
+    Speed_and_machine=("settle", "interval")))
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Output folder: results.jsonl (appended), watch-state.jsonl, heatmaps/, maps/.")

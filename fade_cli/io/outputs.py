@@ -175,8 +175,10 @@ def clear_previous_outputs(out_dir: Path, fixed_names: Iterable[str],
 
 
 def json_entries(path: Path) -> Iterator[dict]:
-    """The JSON objects of a JSON-lines file that is there; lines that are not one (cut short by a kill) are skipped."""
-    with contextlib.suppress(OSError):
+    """The JSON objects of a JSON-lines file that is there; lines that are not one (cut short by a kill) are skipped.
+
+    A file that is not there (or not a regular file: read_json_lines refuses it) has none."""
+    with contextlib.suppress(OSError, InputError):
         for line in read_json_lines(path):
             with contextlib.suppress(ValueError):
                 entry = json.loads(line)
