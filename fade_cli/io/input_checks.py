@@ -45,28 +45,43 @@ OVERLAPS_SHOWN = 5
 
 @dataclass(frozen=True)
 class DatasetFolder:
-    """A folder with a dataset's layout, found among the files of a run, and why it is one."""
+    """A folder with a dataset's layout, found among the files of a run, and why it is one.
+
+    ``path`` is a class folder (MVTec: ``train/``, ``test/``, ``ground_truth/``; VisA: ``Data/``)
+    or, with ``is_root``, a dataset root (VisA's ``split_csv/``).
+    """
 
     path: Path
     why: str
+    layout: str = "mvtec"
+    is_root: bool = False
+
+    def eval_command(self) -> str:
+        """The `fade eval` command that measures fade on this dataset (it takes the folder of the class folders)."""
+        if self.is_root:
+            return f"fade eval {self.path} --dataset {self.layout}"
+        folder = Path(os.path.abspath(self.path))
+        return f"fade eval {os.path.relpath(folder.parent)} --dataset {self.layout} --classes {folder.name}"
 
 
 def find_dataset(root: Path, files: Sequence[ImageFile]) -> Optional[DatasetFolder]:
     """The first dataset layout under ``root`` (or ``root`` inside a mask folder), judged from the files found."""
     base = Path(os.path.abspath(root)).parts
-    inside = _mask_index(base)
+    inside = _mask_folder(base)
     if inside is not None:
-        return DatasetFolder(root, f"it is a folder of ground-truth masks ({PurePath(*base[: inside + 1])}), "
-                                   "not of product photos")
+        start, end, layout = inside
+        return DatasetFolder(Path(os.path.relpath(PurePath(*base[:start]))),
+                             f"it is a folder of ground-truth masks ({os.path.relpath(PurePath(*base[:end]))}), not of photos", layout)
     if (root / VISA_SPLIT_CSV).is_file():
-        return DatasetFolder(root, f"it holds a VisA split file ({VISA_SPLIT_CSV.as_posix()})")
+        return DatasetFolder(root, f"it holds a VisA split file ({VISA_SPLIT_CSV.as_posix()})", "visa", is_root=True)
     children: dict[tuple[str, ...], set[str]] = {}
     for file in files:
         folders = PurePath(file.relative).parts[:-1]
-        masks = _mask_index(folders)
+        masks = _mask_folder(folders)
         if masks is not None:
-            return DatasetFolder(root.joinpath(*folders[:masks]),
-                                 f"it holds ground-truth masks ({root.joinpath(*folders[: masks + 1])})")
+            start, end, layout = masks
+            return DatasetFolder(root.joinpath(*folders[:start]),
+                                 f"it holds ground-truth masks ({root.joinpath(*folders[:end])})", layout)
         for depth, name in enumerate(folders):
             children.setdefault(folders[:depth], set()).add(name.lower())
     for prefix, names in sorted(children.items()):
@@ -83,7 +98,7 @@ def refuse_dataset_images(root: Path, files: Sequence[ImageFile]) -> None:
     test = found.path / TEST_SPLIT
     where = f"score its test images ({test})" if test.is_dir() else "score a folder of product photos"
     raise InputError(f"{root} is not a folder of images to inspect: {found.why}. Ground-truth masks would be scored "
-                     f"as product photos. To measure fade on the dataset run `fade eval {found.path}`; to inspect "
+                     f"as product photos. To measure fade on the dataset run `{found.eval_command()}`; to inspect "
                      f"parts, {where}")
 
 
@@ -105,14 +120,15 @@ def defect_like_folder(root: Path, files: Sequence[ImageFile]) -> Optional[str]:
     folder named like ``defect``, ``anomaly`` or ``ng``. Only ``root``, its parent and the folders
     below it are judged: the names higher up (a user called ``ng``) say nothing about the parts.
     """
-    folder = Path(os.path.abspath(root if root.is_dir() else root.parent))
+    given = root if root.is_dir() else root.parent
+    folder = Path(os.path.abspath(given))
     above = (folder.parent.name, folder.name)
     for file in files:
         names = above + PurePath(file.relative).parts[:-1]
         for index in range(1, len(names)):
             name = names[index].lower()
             if (names[index - 1].lower() == TEST_SPLIT and name not in GOOD_CLASSES) or name in DEFECT_NAMES:
-                return (folder.parent / PurePath(*names[1 : index + 1])).as_posix()
+                return given.joinpath(*names[2 : index + 1]).as_posix()
     return None
 
 
@@ -176,14 +192,15 @@ def upscale_warning(width: int, height: int, input_size: int) -> Optional[str]:
             f"{-(-input_size // int(MAX_UPSCALE))} pixels on its shorter side")
 
 
-def _mask_index(folders: Sequence[str]) -> Optional[int]:
-    """Where the mask folder (MVTec's ``ground_truth``, VisA's ``Data/Masks``) is in ``folders``: its last part."""
+def _mask_folder(folders: Sequence[str]) -> Optional[tuple[int, int, str]]:
+    """Where a mask folder (MVTec's ``ground_truth``, VisA's ``Data/Masks``) is in ``folders``: (start, end, layout)."""
     lowered = [name.lower() for name in folders]
     if MVTEC_MASKS in lowered:
-        return lowered.index(MVTEC_MASKS)
+        index = lowered.index(MVTEC_MASKS)
+        return index, index + 1, "mvtec"
     for index in range(len(lowered) - 1):
         if tuple(lowered[index : index + 2]) == VISA_MASKS:
-            return index + 1
+            return index, index + 2, "visa"
     return None
 
 
