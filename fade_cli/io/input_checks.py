@@ -32,6 +32,7 @@ MVTEC_MASKS = "ground_truth"
 # VisA: ROOT/split_csv/1cls.csv, ROOT/CLASS/Data/Images/{Normal,Anomaly}, ROOT/CLASS/Data/Masks/Anomaly.
 VISA_SPLIT_CSV = PurePath("split_csv", "1cls.csv")
 VISA_MASKS = ("data", "masks")
+MASK_FILE_SUFFIX = "_mask"  # MVTec's NNN_mask.png
 TEST_SPLIT = "test"
 # Class folders of a test split that hold good parts; every other one holds a kind of defect.
 GOOD_CLASSES = frozenset({"good", "normal", "ok"})
@@ -53,7 +54,7 @@ class DatasetFolder:
 
     path: Path
     why: str
-    layout: str = "mvtec"
+    layout: Optional[str] = "mvtec"  # None: masks outside a dataset, which `fade eval` cannot take
     is_root: bool = False
 
     def eval_command(self) -> str:
@@ -82,6 +83,8 @@ def find_dataset(root: Path, files: Sequence[ImageFile]) -> Optional[DatasetFold
             start, end, layout = masks
             return DatasetFolder(root.joinpath(*folders[:start]),
                                  f"it holds ground-truth masks ({root.joinpath(*folders[:end])})", layout)
+        if _is_mask_file(root, file):
+            return DatasetFolder(root.joinpath(*folders), f"it holds mask files ({file.relative})", layout=None)
         for depth, name in enumerate(folders):
             children.setdefault(folders[:depth], set()).add(name.lower())
     for prefix, names in sorted(children.items()):
@@ -96,10 +99,10 @@ def refuse_dataset_images(root: Path, files: Sequence[ImageFile]) -> None:
     if found is None:
         return
     test = found.path / TEST_SPLIT
+    measure = f" To measure fade on the dataset run `{found.eval_command()}`." if found.layout else ""
     where = f"score its test images ({test})" if test.is_dir() else "score a folder of product photos"
-    raise InputError(f"{root} is not a folder of images to inspect: {found.why}. Ground-truth masks would be scored "
-                     f"as product photos. To measure fade on the dataset run `{found.eval_command()}`; to inspect "
-                     f"parts, {where}")
+    raise InputError(f"{root} is not a folder of images to inspect: {found.why}. Masks would be scored as product "
+                     f"photos.{measure} To inspect parts, {where}")
 
 
 def refuse_dataset_references(root: Path, files: Sequence[ImageFile]) -> None:
@@ -202,6 +205,17 @@ def _mask_folder(folders: Sequence[str]) -> Optional[tuple[int, int, str]]:
         if tuple(lowered[index : index + 2]) == VISA_MASKS:
             return index, index + 2, "visa"
     return None
+
+
+def _is_mask_file(root: Path, file: ImageFile) -> bool:
+    """A file named like a mask (``001_mask.png``) in a folder named like masks (``original_rgba_masks/``).
+
+    Both are asked for: a product photo may well be called ``face_mask.jpg``.
+    """
+    folders = (Path(os.path.abspath(root if root.is_dir() else root.parent)).name,
+               *PurePath(file.relative).parts[:-1])
+    return (PurePath(file.relative).stem.lower().endswith(MASK_FILE_SUFFIX)
+            and any("mask" in folder.lower() for folder in folders))
 
 
 def _regular_size(path: Path) -> Optional[int]:
