@@ -221,3 +221,12 @@ def test_the_largest_margin_offered_keeps_the_threshold_at_most_one():
         check_calibrated_thresholds(awkward, choose_thresholds(awkward))
     offered = float(str(refused.value).split("at most ")[1].split(",")[0])
     assert offered * 0.7 <= 1.0
+
+
+def test_a_split_dataset_without_masks_is_refused_as_images(tmp_path):
+    for split in ("train/good", "test/good"):
+        (tmp_path / "part" / split).mkdir(parents=True)
+        shutil.copy(GOOD_REFS / "001.jpg", tmp_path / "part" / split / f"{split.replace('/', '-')}.jpg")
+    out = tmp_path / "run"
+    result = detect(tmp_path / "part", "--out", out)
+    assert_refused(result, out, "train/ and test/ splits", "training images would be scored", "fade eval")

@@ -86,8 +86,9 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
         print_warning(console, f"thresholds are calibrated from at least {MIN_REFERENCES} references; this bank "
                                "has one, so it stores only the thresholds given with --threshold/--pixel-threshold")
     thresholds = choose_thresholds(calibration, threshold, pixel_threshold)
-    for message in check_calibrated_thresholds(calibration, thresholds) if calibration is not None else []:
-        print_warning(console, message)
+    if calibration is not None:
+        for message in check_calibrated_thresholds(calibration, thresholds):
+            print_warning(console, message)
     saved = bank_from_engine(engine, cls_prompts, seg_prompts, ref_files, patch_dtype, thresholds, calibration)
     size = save_bank(saved, out)
     click.echo(f"Wrote {out}: {len(ref_files)} reference(s), sizes {_sizes(saved.patches_by_size)}, "

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import click
+from rich.console import Console
 
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP, Terminated, run_exit_code, stop_exit_code
 from fade_cli.bank.calibration import DEFAULT_MARGIN
-from fade_cli.cli.engine_setup import given_engine_options, read_run_setup, start_engine
+from fade_cli.cli.engine_setup import RunSetup, given_engine_options, read_run_setup, start_engine
 from fade_cli.cli.mutual_options import mutual_options, pop_mutual_settings, refuse_with_mutual
 from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options, report_option
 from fade_cli.cli.ray_options import RAY_OPTION_NAMES, pop_ray_settings, ray_options, start_ray
@@ -166,7 +167,8 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     ctx.exit(run_exit_code(summary_rows, threshold is not None))
 
 
-def _note_silent_defaults(ctx: click.Context, setup, out: Optional[Path], output_format: str, console) -> None:
+def _note_silent_defaults(ctx: click.Context, setup: RunSetup, out: Optional[Path], output_format: str,
+                          console: Console) -> None:
     """One line each for defaults that change what a run does without a word: the class name, no --out."""
     given = given_engine_options(ctx)
     own_prompts = "prompts" in given or {"cls_prompts", "seg_prompts"} <= given  # prompt files may not name it
@@ -179,7 +181,7 @@ def _note_silent_defaults(ctx: click.Context, setup, out: Optional[Path], output
                        "written (give --out DIR to keep them)")
 
 
-def _note(console, message: str) -> None:
+def _note(console: Console, message: str) -> None:
     console.print(f"note: {message}", markup=False, highlight=False, soft_wrap=True)
 
 

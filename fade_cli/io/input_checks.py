@@ -56,6 +56,7 @@ class DatasetFolder:
     why: str
     layout: Optional[str] = "mvtec"  # None: masks outside a dataset, which `fade eval` cannot take
     is_root: bool = False
+    has_masks: bool = True
 
     def eval_command(self) -> str:
         """The `fade eval` command that measures fade on this dataset (it takes the folder of the class folders)."""
@@ -72,7 +73,8 @@ def find_dataset(root: Path, files: Sequence[ImageFile]) -> Optional[DatasetFold
     if inside is not None:
         start, end, layout = inside
         return DatasetFolder(Path(os.path.relpath(PurePath(*base[:start]))),
-                             f"it is a folder of ground-truth masks ({os.path.relpath(PurePath(*base[:end]))}), not of photos", layout)
+                             f"it is a folder of ground-truth masks ({os.path.relpath(PurePath(*base[:end]))}), "
+                             "not of photos", layout)
     if (root / VISA_SPLIT_CSV).is_file():
         return DatasetFolder(root, f"it holds a VisA split file ({VISA_SPLIT_CSV.as_posix()})", "visa", is_root=True)
     children: dict[tuple[str, ...], set[str]] = {}
@@ -89,7 +91,8 @@ def find_dataset(root: Path, files: Sequence[ImageFile]) -> Optional[DatasetFold
             children.setdefault(folders[:depth], set()).add(name.lower())
     for prefix, names in sorted(children.items()):
         if MVTEC_SPLITS <= names:
-            return DatasetFolder(root.joinpath(*prefix), "it holds train/ and test/ splits (the MVTec AD layout)")
+            return DatasetFolder(root.joinpath(*prefix), "it holds train/ and test/ splits (the MVTec AD layout)",
+                                 has_masks=False)
     return None
 
 
@@ -101,8 +104,10 @@ def refuse_dataset_images(root: Path, files: Sequence[ImageFile]) -> None:
     test = found.path / TEST_SPLIT
     measure = f" To measure fade on the dataset run `{found.eval_command()}`." if found.layout else ""
     where = f"score its test images ({test})" if test.is_dir() else "score a folder of product photos"
-    raise InputError(f"{root} is not a folder of images to inspect: {found.why}. Masks would be scored as product "
-                     f"photos.{measure} To inspect parts, {where}")
+    wrong = ("Masks would be scored as product photos" if found.has_masks
+             else "Its good training images would be scored as parts to inspect")
+    raise InputError(f"{root} is not a folder of images to inspect: {found.why}. {wrong}.{measure} To inspect parts, "
+                     f"{where}")
 
 
 def refuse_dataset_references(root: Path, files: Sequence[ImageFile]) -> None:
@@ -136,7 +141,7 @@ def defect_like_folder(root: Path, files: Sequence[ImageFile]) -> Optional[str]:
 
 
 def defect_reference_warning(root: Path, files: Sequence[ImageFile]) -> Optional[str]:
-    """A warning when references come from a folder that looks like it holds defects (see :func:`defect_like_folder`)."""
+    """A warning when the references come from a folder that seems to hold defects (:func:`defect_like_folder`)."""
     folder = defect_like_folder(root, files)
     if folder is None:
         return None
