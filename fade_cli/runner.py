@@ -24,6 +24,7 @@ from fade_cli.errors import ImageError, InputError
 from fade_cli.io.atomic import OutputError
 from fade_cli.io.defects import find_defects
 from fade_cli.io.images import ImageFile, load_image
+from fade_cli.io.input_checks import smallest_input_size, upscale_warning
 from fade_cli.io.outputs import ResultRow
 
 # Batches decoded ahead of the model, and threads decoding their images.
@@ -280,6 +281,9 @@ def _finish_rows(
 ) -> None:
     """Write each scored image's files in writer threads and pass its row on in file order (see run_detection)."""
     threads = output.writer_threads if output is not None else 1
+    # Stand-in engines (tests, plugins) may have no config: their images are not judged for size.
+    config = getattr(engine, "config", None)
+    smallest_input = smallest_input_size(config) if config is not None else None
     rows = _RowsInOrder(output, on_row, capacity=engine.batch_size + threads, pixel_budget=WRITE_PIXEL_BUDGET)
     with ThreadPoolExecutor(max_workers=threads) as writers, contextlib.closing(scored) as batches:
         try:
@@ -289,7 +293,7 @@ def _finish_rows(
                         rows.put(_done(ResultRow(path=item.file.relative, error=item.error)), pixels=0)
                         continue
                     finish = functools.partial(finish_row, item.file, item.image, item.detection, output, threshold,
-                                               pixel_threshold)
+                                               pixel_threshold, smallest_input)
                     rows.make_room(item.pixels)
                     rows.put(writers.submit(finish), item.pixels)
                 rows.hand_over()
@@ -369,9 +373,13 @@ def finish_row(
     output: Optional[ResultSink],
     threshold: Optional[float],
     pixel_threshold: Optional[float],
+    smallest_input: Optional[int] = None,
 ) -> ResultRow:
     """One scored image's row, its files written first (runs in a writer thread; `fade serve` builds its rows here
-    too). Without ``image`` (mutual scoring keeps no decoded images) the file is decoded again."""
+    too). Without ``image`` (mutual scoring keeps no decoded images) the file is decoded again.
+
+    With ``smallest_input`` (the smallest size the model takes), an image it enlarges too much
+    keeps its score and verdict, and its ``error`` says why the score says little."""
     problem = non_finite_result(detection)
     if problem is not None:
         return ResultRow(path=file.relative, error=f"{file.path}: not inspected: {problem}")
@@ -397,4 +405,7 @@ def finish_row(
         # This image's file name cannot be written (too long for the output folder, a sub-folder not
         # writable): its score and verdict stand, the row says which files are missing.
         row.error = f"{file.path}: scored, but its output files were not written: {exc}"
+    too_small = upscale_warning(image.width, image.height, smallest_input) if smallest_input else None
+    if too_small is not None:
+        row.error = "; ".join(filter(None, [row.error, f"{file.path}: {too_small}"]))
     return row

@@ -118,7 +118,7 @@ def test_prompt_files_are_used(images):
     base = run(["detect", str(images / "good_a.png"), "--format", "jsonl", "-q", *FAST_ARGS])
     custom = run(["detect", str(images / "good_a.png"), "--format", "jsonl", "-q", "--cls-prompts",
                   str(CLS_PROMPTS), "--seg-prompts", str(SEG_PROMPTS), "--class", "widget", *FAST_ARGS])
-    assert json.loads(base.output)["language_score"] != json.loads(custom.output)["language_score"]
+    assert json.loads(base.stdout)["language_score"] != json.loads(custom.stdout)["language_score"]
 
 
 def _env_without_network():

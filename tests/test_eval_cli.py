@@ -117,7 +117,7 @@ def test_mvtec_eval_report_numbers_and_detect_agree(tmp_path):
     reference = EXAMPLES / report["runs"][0]["references"][0]
     detect = run(["detect", str(COOKIE / "test"), "--refs", str(reference), "--class", "cookie",
                   "--format", "csv", "-q", *FAST_ARGS])
-    detected = {row["path"]: float(row["score"]) for row in csv.DictReader(detect.output.splitlines())}
+    detected = {row["path"]: float(row["score"]) for row in csv.DictReader(detect.stdout.splitlines())}
     evaluated = {r["image"].removeprefix("cookie/test/"): float(r["score"])
                  for r in read_csv(out / "scores.csv") if r["seed"] == "0"}
     assert detected == evaluated

@@ -100,7 +100,7 @@ def local_scores() -> dict[str, float]:
     """Each golden query's score in a local run of RUN_ARGS."""
     result = CliRunner().invoke(cli, ["detect", str(QUERIES), *RUN_ARGS, "--format", "jsonl"],
                                 catch_exceptions=False)
-    return {row["path"]: row["score"] for row in map(json.loads, result.output.splitlines())}
+    return {row["path"]: row["score"] for row in map(json.loads, result.stdout.splitlines())}
 
 
 def wait_for_rows(out: Path, count: int, proc: subprocess.Popen, timeout: float = 300) -> int:

@@ -308,8 +308,8 @@ def test_a_damaged_text_cache_entry_is_discarded_rebuilt_and_named(damage):
     messages = " ".join(str(warning.message) for warning in warned)
     assert all(f"discarded the damaged text-embedding cache entry {entry}" in messages for entry in entries)
     assert second.exit_code == first.exit_code == 0
-    assert [json.loads(line)["score"] for line in second.output.splitlines()] == \
-        [json.loads(line)["score"] for line in first.output.splitlines()]
+    assert [json.loads(line)["score"] for line in second.stdout.splitlines()] == \
+        [json.loads(line)["score"] for line in first.stdout.splitlines()]
     assert all(np.load(entry).shape == (2, 32) and np.isfinite(np.load(entry)).all() for entry in entries)
 
 

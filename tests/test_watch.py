@@ -57,8 +57,9 @@ class FakeTime:
 
 
 def picture(path: Path, shade: int = 90) -> None:
+    """A small grey photo: 30 pixels high, no more than 8-fold from the 240 pixels the model takes (else its row warns)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (32, 24), (shade, shade, shade)).save(path)
+    Image.new("RGB", (40, 30), (shade, shade, shade)).save(path)
 
 
 def rows_of(out: Path) -> list[dict]:
@@ -298,7 +299,7 @@ def test_full_disk_while_appending_a_row_leaves_no_half_line(tmp_path, monkeypat
 def bitmap(path: Path, shade: int) -> None:
     """A BMP: its size does not depend on its content, as with many camera formats."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (32, 24), (shade, shade, shade)).save(path, format="BMP")
+    Image.new("RGB", (40, 30), (shade, shade, shade)).save(path, format="BMP")
 
 
 @pytest.mark.parametrize("crashed_before_the_state", [False, True])

@@ -13,6 +13,7 @@ itself is in ``leave_one_out.py``; this module does not import torch.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
@@ -138,3 +139,36 @@ def describe_thresholds(thresholds: Thresholds, calibration: Optional[Calibratio
                  f"reference scores (max image score {max(calibration.image_scores):.4f}, "
                  f"max pixel {max(calibration.pixel_maxima):.4f})")
     return text
+
+
+def check_calibrated_thresholds(calibration: Calibration, thresholds: Thresholds) -> list[str]:
+    """Refuse a calibrated threshold that can never be reached; warnings for one that judges references NG.
+
+    Scores and map values are at most 1, so a threshold clamped from above 1 would let every image
+    pass. A margin below 1 puts the threshold under the references' own scores: good parts NG.
+    Thresholds the user gave are theirs and not judged here.
+    """
+    warnings = []
+    for name, scores, origin in (("image", calibration.image_scores, thresholds.image_source),
+                                 ("pixel", calibration.pixel_maxima, thresholds.pixel_source)):
+        if origin != "calibrated":
+            continue
+        highest = max(scores)
+        wanted = calibration.margin * highest
+        if wanted > 1.0:
+            raise InputError(
+                f"the calibrated {name} threshold would be {wanted:.4f} (margin {calibration.margin:g} x the highest "
+                f"reference {name} score {highest:.4f}), above 1, the highest score there is: no image could ever be "
+                f"NG. Use a margin of at most {_largest_margin(highest)}, or give the {name} threshold")
+        above = sum(score >= wanted for score in scores)
+        if above:
+            warnings.append(
+                f"the calibrated {name} threshold {wanted:.4f} (margin {calibration.margin:g}) is at or below the "
+                f"{name} score of {above} of the {len(scores)} good references (highest {highest:.4f}): good parts "
+                "like them will be judged NG; a margin above 1 keeps the threshold above them")
+    return warnings
+
+
+def _largest_margin(highest: float) -> str:
+    """1 / ``highest`` rounded down (rounded up, it would still give a threshold above 1)."""
+    return f"{math.floor(1000.0 / highest) / 1000:g}"

@@ -9,7 +9,8 @@ import click
 
 from fade_cli import strict_json
 from fade_cli.bank.bank import FORMAT_VERSION, ReferenceBank, load_bank, save_bank
-from fade_cli.bank.calibration import DEFAULT_MARGIN, MIN_REFERENCES, choose_thresholds, describe_thresholds
+from fade_cli.bank.calibration import DEFAULT_MARGIN, MIN_REFERENCES, check_calibrated_thresholds, choose_thresholds
+from fade_cli.bank.calibration import describe_thresholds
 from fade_cli.bank.compat import describe_identity
 from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP
@@ -69,6 +70,7 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
     from fade_cli.cli.reporting import print_warning, stderr_console
     from fade_cli.io.folder_lock import single_output_file
     from fade_cli.io.images import require_images
+    from fade_cli.io.input_checks import check_reference_folder
     from fade_cli.memory import guard_engine_failures
     from fade_cli.prompt_set import with_default_prompts
 
@@ -80,6 +82,8 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
     click.get_current_context().with_resource(single_output_file(out, overwrite))
     console = stderr_console()
     ref_files = require_images(refs, on_skip=functools.partial(print_warning, console))
+    for message in check_reference_folder(refs, ref_files):
+        print_warning(console, message)
     engine = build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet)
     report_engine_setup(console, options["verbose"], engine.device, engine.precision)
     calibration = None
@@ -89,6 +93,9 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
         print_warning(console, f"thresholds are calibrated from at least {MIN_REFERENCES} references; this bank "
                                "has one, so it stores only the thresholds given with --threshold/--pixel-threshold")
     thresholds = choose_thresholds(calibration, threshold, pixel_threshold)
+    if calibration is not None:
+        for message in check_calibrated_thresholds(calibration, thresholds):
+            print_warning(console, message)
     saved = bank_from_engine(engine, cls_prompts, seg_prompts, ref_files, patch_dtype, thresholds, calibration)
     size = save_bank(saved, out)
     click.echo(f"Wrote {out}: {len(ref_files)} reference(s), sizes {_sizes(saved.patches_by_size)}, "

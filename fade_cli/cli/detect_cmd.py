@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 import click
+from rich.console import Console
 
 from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP, Terminated, run_exit_code, stop_exit_code
 from fade_cli.bank.calibration import DEFAULT_MARGIN
-from fade_cli.cli.engine_setup import read_run_setup, start_engine
+from fade_cli.cli.engine_setup import RunSetup, given_engine_options, read_run_setup, start_engine
 from fade_cli.cli.mutual_options import MUTUAL_OPTION_NAMES, mutual_options, pop_mutual_settings, refuse_with_mutual
 from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options, report_option
 from fade_cli.cli.ray_options import RAY_OPTION_NAMES, pop_ray_settings, ray_options, start_ray
@@ -78,6 +79,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     from fade_cli.io.folder_lock import output_folder_lock
     from fade_cli.io.manifest import recording_writes
     from fade_cli.io.images import require_images
+    from fade_cli.io.input_checks import check_run_inputs
     from fade_cli.engine.mutual import require_mutual_batch
     from fade_cli.io.outputs import RunOutput, refuse_existing_results, rows_to_resume
     from fade_cli.runner import run_detection
@@ -100,6 +102,9 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     refuse_input_as_output(images, out)
     files = require_images(images, exclude=out, on_skip=warn)
     ref_files = require_images(refs, on_skip=warn) if refs is not None else []
+    for message in check_run_inputs(images, files, refs, ref_files):
+        warn(message)
+    _note_silent_defaults(ctx, setup, out, output_format, console)
     if mutual is not None:
         require_mutual_batch(len(files))
     resumed = None
@@ -176,6 +181,24 @@ def _nothing_scored(rows) -> str:
 
     readable = sum(row.error == ALONE_IN_GROUP for row in rows)
     return too_few_readable(readable, len(rows)) if readable else "no image could be read"
+
+
+def _note_silent_defaults(ctx: click.Context, setup: RunSetup, out: Optional[Path], output_format: str,
+                          console: Console) -> None:
+    """One line each for defaults that change what a run does without a word: the class name, no --out."""
+    given = given_engine_options(ctx)
+    own_prompts = "prompts" in given or {"cls_prompts", "seg_prompts"} <= given  # prompt files may not name it
+    if setup.bank is None and "class_name" not in given and not own_prompts:
+        _note(console, f'no --class: the prompts call the part "{setup.config.class_name}"; naming it '
+                       "(--class screw) puts its name in every prompt, which usually scores defects better")
+    if out is None:
+        printed = "the table is" if output_format == "table" else "the results are"
+        _note(console, f"no --out: only {printed} printed; anomaly maps, heatmaps, masks and the report are not "
+                       "written (give --out DIR to keep them)")
+
+
+def _note(console: Console, message: str) -> None:
+    console.print(f"note: {message}", markup=False, highlight=False, soft_wrap=True)
 
 
 def refuse_input_as_output(images: Path, out: Optional[Path]) -> None:

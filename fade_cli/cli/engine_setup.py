@@ -15,7 +15,8 @@ from click.core import ParameterSource
 from rich.console import Console
 
 from fade_cli.bank.bank import ReferenceBank, load_bank
-from fade_cli.bank.calibration import DEFAULT_MARGIN, Calibration, Thresholds, choose_thresholds, describe_thresholds
+from fade_cli.bank.calibration import DEFAULT_MARGIN, Calibration, Thresholds, check_calibrated_thresholds
+from fade_cli.bank.calibration import choose_thresholds, describe_thresholds
 from fade_cli.bank.compat import BankMismatchError, describe_identity, model_file_contradictions
 from fade_cli.bank.compat import model_files_for_bank, precision_warning, setting_differences
 from fade_cli.cli.options import ENGINE_OPTION_NAMES, engine_config_from_options, prompt_sets_from_options
@@ -211,7 +212,10 @@ def start_engine(
     if not calibrate:
         return engine, None
     calibration = guard_engine_failures(lambda: calibrate_references(engine, ref_files, margin, console, quiet))
-    return engine, calibrated_thresholds(calibration, threshold, pixel_threshold)
+    chosen = calibrated_thresholds(calibration, threshold, pixel_threshold)
+    for warning in check_calibrated_thresholds(calibration, chosen.thresholds):
+        print_warning(console, warning)
+    return engine, chosen
 
 
 def report_engine_setup(console: Console, verbose: bool, device: Any, precision: Any) -> None:

@@ -209,7 +209,7 @@ class _RunCollector:
         return None, None
 
     def add(self, row: ResultRow) -> None:
-        if row.error:
+        if row.score is None:  # a scored row may carry a warning in its error (a tiny image): not unreadable
             raise InputError(f"cannot evaluate class {self.run.split.name!r}: test image unreadable: {row.error}")
         if self.on_image is not None:
             self.on_image()

@@ -252,6 +252,10 @@ def to_rgb8(image: Image.Image, path: Optional[Path] = None) -> Image.Image:
         return Image.fromarray(grey, mode="L").convert("RGB")
     # Alpha is dropped, keeping the colour under it: what PIL's RGB conversion, and so the
     # published pipeline, does (FADE_SPEC section 1: "decode to RGB").
+    if image.mode == "P" and "transparency" in image.info:
+        # The same colours, without the UserWarning PIL prints for a palette with transparency
+        # converted straight to RGB (it leaked onto the terminal, unasked).
+        image = image.convert("RGBA")
     return image.convert("RGB")
 
 
