@@ -9,13 +9,19 @@ import click
 from fade_cli.bank.calibration import DEFAULT_MARGIN
 from fade_cli.cli.options import engine_options, pop_engine_options
 from fade_cli.cli.reporting import stderr_console
-from fade_cli.errors import InputError
+from fade_cli.errors import FadeError, InputError
+from fade_cli.io.files import read_text_file
 
 SERVE_EXIT_CODES_HELP = """\b
 Exit codes:
   0    stopped by SIGTERM or Ctrl-C, every accepted request answered
   2    usage or input error (bad option, bank, token file, address in use)
   3    failure (the model cannot be loaded, the queue not drained in time)"""
+
+# The top-level modules of the serve extra (setup.cfg) and of what they import.
+SERVE_EXTRA_MODULES = {"fastapi", "uvicorn", "starlette", "pydantic", "prometheus_client", "multipart",
+                       "python_multipart"}
+TOKEN_FILE_LIMIT = 4096  # a bearer token is tens of bytes
 
 
 @click.command(epilog=SERVE_EXIT_CODES_HELP)
@@ -73,9 +79,9 @@ def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path]
     try:
         from fade_cli.serve.app import ApiSettings, create_app
         from fade_cli.serve.server import bind_socket, is_loopback, run_server, url_of
-    except ImportError as exc:
-        raise InputError(f"fade serve needs the serve extra ({exc.name} is missing): pip install 'fade[serve]'") from exc
-    from fade_cli.serve.archive import Archive
+    except (ImportError, OSError) as exc:
+        raise _import_failure(exc) from exc
+    from fade_cli.serve.archive import Archive, refuse_foreign_folder
     from fade_cli.serve.service import InspectionService, ServiceSettings
 
     options = pop_engine_options(kwargs)
@@ -92,7 +98,8 @@ def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path]
     if archive is not None:
         from fade_cli.io.folder_lock import output_folder_lock
 
-        ctx.with_resource(output_folder_lock(archive))  # one writer per audit trail
+        # One writer per audit trail; a folder holding another command's run is refused before it is touched.
+        ctx.with_resource(output_folder_lock(archive, refuse=lambda: refuse_foreign_folder(archive)))
     service = InspectionService(load_banks, settings, archive=Archive(archive) if archive is not None else None)
     say = (lambda text: None) if quiet else (lambda text: console.print(text, markup=False, highlight=False,
                                                                           soft_wrap=True))
@@ -102,11 +109,19 @@ def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path]
     say("Stopped: every accepted request was answered.")
 
 
+def _import_failure(exc: BaseException) -> FadeError:
+    """Why serve's modules cannot be imported: the serve extra is not installed, or a library failed to load."""
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    if missing and missing.split(".")[0] in SERVE_EXTRA_MODULES:
+        return InputError(f"fade serve needs the serve extra ({missing} is missing): pip install 'fade[serve]'")
+    # torch (or another library) is installed but cannot load: an address-space limit (ulimit -v), a broken
+    # install, a missing system library. Saying "install the extra" would send the user the wrong way.
+    return FadeError(f"fade serve cannot start: a library it needs failed to load: {type(exc).__name__}: {exc}")
+
+
 def _read_token(path: Path) -> str:
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read --token-file {path}: {exc}") from exc
+    # A regular file, read with a bound: a FIFO would hang the start before the port opens, /dev/zero never ends.
+    token = read_text_file(path, "--token-file", limit=TOKEN_FILE_LIMIT).strip()
     if not token or any(ch.isspace() for ch in token):
         raise InputError(f"--token-file {path} must hold one token: no spaces, not empty")
     return token
