@@ -1,14 +1,21 @@
 """`fade serve`: an HTTP inspection service that keeps the model loaded and batches concurrent requests."""
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import signal
+import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional, TextIO
 
 import click
 
 from fade_cli.bank.calibration import DEFAULT_MARGIN
+from fade_cli.cli.exit_codes import FAILURE, OK, PIPE_CLOSED
 from fade_cli.cli.options import engine_options, pop_engine_options
 from fade_cli.cli.reporting import stderr_console
+from fade_cli.cli.stopping import silence_stream
 from fade_cli.errors import FadeError, InputError
 from fade_cli.io.files import read_text_file
 
@@ -59,12 +66,7 @@ TOKEN_FILE_LIMIT = 4096  # a bearer token is tens of bytes
 @click.option("-q", "--quiet", is_flag=True, help="No status messages on stderr.")
 @engine_options
 @click.pass_context
-def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path], threshold: Optional[float],
-          pixel_threshold: Optional[float], calibrate: bool, margin: float, host: str, port: int,
-          max_batch: Optional[int],
-          max_wait_ms: float, max_queue: int, timeout_s: float, max_bytes: int, max_pixels: int,
-          token_file: Optional[Path],
-          insecure: bool, archive: Optional[Path], drain_timeout: float, quiet: bool, **kwargs: Any) -> None:
+def serve(ctx: click.Context, quiet: bool, **params: Any) -> None:
     """Serve POST /v1/detect over HTTP with the model kept loaded (see docs/serve.md).
 
     Requests that arrive together are scored in one forward pass; each answer is
@@ -76,6 +78,25 @@ def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path]
       curl --data-binary @part.png 'http://127.0.0.1:8080/v1/detect?bank=screw'
       fade serve --refs ./good --class screw --calibrate --port 8080
     """
+    with _Stderr.guarding() as stderr, _hangup_as_sigterm():
+        try:
+            code = _serve(ctx, quiet=quiet, stderr=stderr, **params)
+        except KeyboardInterrupt:  # a stop signal before the server took the signals over: no request was taken
+            stderr.say(quiet, "Stopped before serving.")
+            code = OK
+        except FadeError:
+            if not stderr.lost:
+                raise
+            code = PIPE_CLOSED  # the error cannot be told: the exit code says why
+    ctx.exit(PIPE_CLOSED if stderr.lost and code == OK else code)
+
+
+def _serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path], threshold: Optional[float],
+           pixel_threshold: Optional[float], calibrate: bool, margin: float, host: str, port: int,
+           max_batch: Optional[int], max_wait_ms: float, max_queue: int, timeout_s: float, max_bytes: int,
+           max_pixels: int, token_file: Optional[Path], insecure: bool, archive: Optional[Path],
+           drain_timeout: float, quiet: bool, stderr: "_Stderr", **kwargs: Any) -> int:
+    """Set up, serve until stopped, and return the exit code."""
     try:
         from fade_cli.serve.app import ApiSettings, create_app
         from fade_cli.serve.server import bind_socket, is_loopback, run_server, url_of
@@ -101,12 +122,106 @@ def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path]
         # One writer per audit trail; a folder holding another command's run is refused before it is touched.
         ctx.with_resource(output_folder_lock(archive, refuse=lambda: refuse_foreign_folder(archive)))
     service = InspectionService(load_banks, settings, archive=Archive(archive) if archive is not None else None)
-    say = (lambda text: None) if quiet else (lambda text: console.print(text, markup=False, highlight=False,
-                                                                          soft_wrap=True))
-    service.on_ready = lambda: say(f"Ready: serving {', '.join(sorted(service.banks))} on {url}")
-    say(f"Listening on {url}; loading the model (GET /readyz answers 200 once ready)")
-    run_server(create_app(service, ApiSettings(max_bytes=max_bytes, token=token)), service, sock, drain_timeout)
-    say("Stopped: every accepted request was answered.")
+    stderr.on_lost = service.request_stop
+    service.on_ready = lambda: stderr.say(quiet, f"Ready: serving {', '.join(sorted(service.banks))} on {url}")
+    stderr.say(quiet, f"Listening on {url}; loading the model (GET /readyz answers 200 once ready)")
+    if stderr.lost:
+        sock.close()
+        return PIPE_CLOSED
+    finished = run_server(create_app(service, ApiSettings(max_bytes=max_bytes, token=token)), service, sock,
+                          drain_timeout)
+    code = _stopped(service, drain_timeout, quiet, stderr)
+    if not finished:
+        # The worker is still loading the model or inside a forward pass: torch aborts (SIGABRT) a process whose
+        # interpreter shuts down around such a thread, so end without that shutdown. Nothing is left to save:
+        # the archive's writes are done, and the kernel releases the folder lock.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(PIPE_CLOSED if stderr.lost and code == OK else code)
+    return code
+
+
+def _stopped(service, drain_timeout: float, quiet: bool, stderr: "_Stderr") -> int:
+    """Say how the service stopped; the exit code: FAILURE when the drain timeout cut requests short."""
+    if service.cut_requests:
+        stderr.say(False, f"Stopped: the drain timeout ({drain_timeout:g} s) passed with "
+                          f"{service.cut_requests} request(s) unanswered; they got 503.")
+        return FAILURE
+    if not service.was_ready:
+        stderr.say(quiet, "Stopped before the model was ready; no request was accepted.")
+    else:
+        stderr.say(quiet, "Stopped: every accepted request was answered.")
+    return OK
+
+
+@contextlib.contextmanager
+def _hangup_as_sigterm() -> Iterator[None]:
+    """SIGHUP (the terminal closed, `kill -HUP`) stops serve as SIGTERM does, instead of killing it undrained."""
+    try:
+        previous = signal.signal(signal.SIGHUP, signal.getsignal(signal.SIGTERM))
+    except (ValueError, TypeError):  # not the main thread, or no Python handler for SIGTERM: leave it
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+class _Stderr(io.TextIOBase):
+    """sys.stderr while serve runs. A write that fails (a closed pipe, a full disk) raises nothing: it marks the
+    output lost and asks the service to drain and stop (``on_lost``), which then exits PIPE_CLOSED."""
+
+    def __init__(self, stream: TextIO):
+        super().__init__()
+        self.stream = stream
+        self.lost = False
+        self.on_lost: Callable[[], None] = lambda: None
+
+    @classmethod
+    @contextlib.contextmanager
+    def guarding(cls) -> Iterator["_Stderr"]:
+        guard = cls(sys.stderr)
+        sys.stderr = guard
+        try:
+            yield guard
+        finally:
+            sys.stderr = guard.stream
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self.stream.encoding
+
+    @property
+    def errors(self) -> Optional[str]:  # type: ignore[override]
+        return self.stream.errors
+
+    def isatty(self) -> bool:
+        return not self.lost and self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def write(self, text: str) -> int:
+        self._guarded(lambda: (self.stream.write(text), self.stream.flush()))
+        return len(text)
+
+    def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    def say(self, quiet: bool, text: str) -> None:
+        if not quiet:
+            self.write(text + "\n")
+
+    def _guarded(self, action: Callable[[], Any]) -> None:
+        if self.lost:
+            return
+        try:
+            action()
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.lost = True
+            silence_stream(self.stream)  # what is still buffered goes nowhere: Python's exit flushes it
+            self.on_lost()
 
 
 def _import_failure(exc: BaseException) -> FadeError:

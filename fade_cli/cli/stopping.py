@@ -37,7 +37,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def silence_stdout() -> None:
     """After a reader closed stdout: send what is still buffered to /dev/null, so exiting is quiet."""
+    silence_stream(sys.stdout)
+
+
+def silence_stream(stream) -> None:
+    """After a write to ``stream`` (stdout, stderr) failed: what is still buffered, and what follows, go to /dev/null."""
     with contextlib.suppress(OSError, ValueError, AttributeError):
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
         os.close(devnull)
