@@ -21,9 +21,10 @@ from fade_cli.io.files import read_text_file
 
 SERVE_EXIT_CODES_HELP = """\b
 Exit codes:
-  0    stopped by SIGTERM or Ctrl-C, every accepted request answered
-  2    usage or input error (bad option, bank, token file, address in use)
-  3    failure (the model cannot be loaded, the queue not drained in time)"""
+  0    stopped by SIGTERM, SIGHUP or Ctrl-C, every accepted request answered
+  2    usage or input error (bad option, bank, token file, address in use, archive folder of another run)
+  3    failure (the model or a library cannot be loaded; the drain timeout cut requests: they got 503)
+  141  stderr cannot be written (closed pipe, full disk): drained and stopped"""
 
 # The top-level modules of the serve extra (setup.cfg) and of what they import.
 SERVE_EXTRA_MODULES = {"fastapi", "uvicorn", "starlette", "pydantic", "prometheus_client", "multipart",
@@ -62,7 +63,8 @@ TOKEN_FILE_LIMIT = 4096  # a bearer token is tens of bytes
 @click.option("--archive", type=click.Path(file_okay=False, path_type=Path),
               help="Keep every request's image and its result row here (images/, results.jsonl).")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
-              help="On SIGTERM/Ctrl-C: seconds to finish the requests in flight before exiting.")
+              help="On SIGTERM/SIGHUP/Ctrl-C: seconds to answer the requests in flight; those left get 503 "
+                   "(exit 3).")
 @click.option("-q", "--quiet", is_flag=True, help="No status messages on stderr.")
 @engine_options
 @click.pass_context
@@ -137,16 +139,19 @@ def _serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path
         # the archive's writes are done, and the kernel releases the folder lock.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(PIPE_CLOSED if stderr.lost and code == OK else code)
+        os._exit(code)
     return code
 
 
 def _stopped(service, drain_timeout: float, quiet: bool, stderr: "_Stderr") -> int:
-    """Say how the service stopped; the exit code: FAILURE when the drain timeout cut requests short."""
+    """Say how the service stopped; the exit code: FAILURE when the drain timeout cut requests short,
+    PIPE_CLOSED when stderr could not be written, else OK."""
     if service.cut_requests:
         stderr.say(False, f"Stopped: the drain timeout ({drain_timeout:g} s) passed with "
                           f"{service.cut_requests} request(s) unanswered; they got 503.")
         return FAILURE
+    if stderr.lost:
+        return PIPE_CLOSED
     if not service.was_ready:
         stderr.say(quiet, "Stopped before the model was ready; no request was accepted.")
     else:
@@ -195,6 +200,9 @@ class _Stderr(io.TextIOBase):
     @property
     def errors(self) -> Optional[str]:  # type: ignore[override]
         return self.stream.errors
+
+    def writable(self) -> bool:
+        return True
 
     def isatty(self) -> bool:
         return not self.lost and self.stream.isatty()
