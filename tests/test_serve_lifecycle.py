@@ -62,6 +62,32 @@ def test_requests_the_drain_timeout_cuts_get_a_json_503_and_the_exit_code_says_s
         stop(proc)
 
 
+def test_an_upload_the_drain_timeout_cuts_gets_a_503_and_the_exit_code_says_so(bank_file):
+    import re
+    import socket
+
+    proc, url = start_serve("--bank", str(bank_file), "--drain-timeout", "1", *TINY_MODEL_ARGS)
+    try:
+        wait_ready(url, proc)
+        host, port = re.fullmatch(r"http://(.+):(\d+)", url).groups()
+        with socket.create_connection((host, int(port)), timeout=60) as client:
+            # A slow client: it declared 100 kB and sent 40 bytes when the stop comes.
+            client.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: fade\r\nContent-Length: 100000\r\n\r\n" + b"\x89PNG" * 10)
+            assert httpx.get(f"{url}/healthz").status_code == 200  # the loop has read the upload's headers too
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            answer = b""
+            while chunk := client.recv(65536):  # the server closes the connection after its answer
+                answer += chunk
+            answer = answer.decode("latin-1")
+        assert answer.startswith("HTTP/1.1 503") and "drain timeout" in answer
+        assert proc.wait(timeout=60) == 3
+        stderr = proc.stderr.read()
+        assert "1 request(s) unanswered" in stderr and "every accepted request was answered" not in stderr
+    finally:
+        stop(proc)
+
+
 def test_sighup_drains_like_sigterm(bank_file):
     proc, url = start_serve("--bank", str(bank_file), "--max-wait-ms", "60000", "--max-batch", "8",
                             "--drain-timeout", "60", *TINY_MODEL_ARGS)
