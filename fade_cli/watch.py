@@ -48,9 +48,9 @@ from typing import Callable, Iterator, Optional
 
 from fade_cli.errors import InputError
 from fade_cli.io.images import ImageFile, describe_os_error, discover_images
-from fade_cli.io.outputs import PARTIAL_FILE, ResultRow
+from fade_cli.io.outputs import ResultRow
 from fade_cli.watch_log import RESULTS_FILE, STATE_FILE, Identity, ResultsLog, Signature, WatchState, content_sha256
-from fade_cli.watch_log import signature
+from fade_cli.watch_log import refuse_results_of_other_runs, signature
 
 Warn = Callable[[str], None]
 
@@ -264,9 +264,7 @@ def _check_folders(folder: Path, out_dir: Path, move_to: Optional[Path]) -> None
 def _check_out(out_dir: Path) -> None:
     """Results of a `fade detect` run are never appended to; an empty state marks a watch's output folder."""
     state = out_dir / STATE_FILE
-    others = [name for name in (RESULTS_FILE, "results.csv", PARTIAL_FILE) if (out_dir / name).exists()]
-    if others and not state.exists():
-        raise InputError(f"{out_dir} holds results of another run ({', '.join(others)}); choose another --out")
+    refuse_results_of_other_runs(out_dir, STATE_FILE, "--out")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         state.touch()

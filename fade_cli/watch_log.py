@@ -18,10 +18,15 @@ from fade_cli.engine.file_hash import read_sha256
 from fade_cli.engine.result import Detection
 from fade_cli.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
-from fade_cli.io.outputs import ImageWriter, ResultRow, json_line, json_text, read_json_lines, write_run_info
+from fade_cli.io.outputs import PARTIAL_FILE, RUN_INFO_FILE, ImageWriter, ResultRow, json_line, json_text
+from fade_cli.io.outputs import read_json_lines, write_run_info
 
 RESULTS_FILE = "results.jsonl"
 STATE_FILE = "watch-state.jsonl"
+ARCHIVE_FILE = "serve-archive.txt"  # marks the audit trail of `fade serve --archive` (fade_cli.serve.archive)
+# Files by which a folder holds the results of a run: `fade detect` (results, partial results, run.json),
+# `fade eval` (metrics.json), and the marker of each kind of run that appends to its folder.
+RUN_RESULT_FILES = (RESULTS_FILE, "results.csv", PARTIAL_FILE, RUN_INFO_FILE, "metrics.json", STATE_FILE, ARCHIVE_FILE)
 
 
 class Signature(NamedTuple):
@@ -76,6 +81,19 @@ def content_sha256(path: Path) -> Optional[str]:
         return read_sha256(path)
     except OSError:
         return None
+
+
+def refuse_results_of_other_runs(folder: Path, marker: str, option: str) -> None:
+    """Refuse a folder holding another run's results; ``marker`` (a file) marks the folders of this kind of run.
+
+    A watch and a serve archive append to their folder across restarts, each only to a
+    folder of its own kind: never to a `fade detect` run's results, nor to each other's.
+    """
+    if os.path.lexists(folder / marker):
+        return
+    others = [name for name in RUN_RESULT_FILES if os.path.lexists(folder / name)]
+    if others:
+        raise InputError(f"{folder} holds results of another run ({', '.join(others)}); choose another {option}")
 
 
 def drop_torn_tail(path: Path) -> None:

@@ -1,22 +1,35 @@
 """`fade serve`: an HTTP inspection service that keeps the model loaded and batches concurrent requests."""
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional, TextIO
 
 import click
 
 from fade_cli.bank.calibration import DEFAULT_MARGIN
+from fade_cli.cli.exit_codes import FAILURE, OK, PIPE_CLOSED
 from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.options import engine_options, pop_engine_options
 from fade_cli.cli.reporting import stderr_console
-from fade_cli.errors import InputError
+from fade_cli.cli.stopping import silence_stream
+from fade_cli.errors import FadeError, InputError
+from fade_cli.io.files import read_text_file
 
 SERVE_EXIT_CODES_HELP = """\b
 Exit codes:
-  0    stopped by SIGTERM or Ctrl-C, every accepted request answered
-  2    usage or input error (bad option, bank, token file, address in use)
-  3    failure (the model cannot be loaded, the queue not drained in time)"""
+  0    stopped by SIGTERM, SIGHUP or Ctrl-C, every accepted request answered
+  2    usage or input error (bad option, bank, token file, address in use, archive folder of another run)
+  3    failure (the model or a library cannot be loaded; the drain timeout cut requests: they got 503)
+  141  stderr cannot be written (closed pipe, full disk): drained and stopped"""
+
+# The top-level modules of the serve extra (setup.cfg) and of what they import.
+SERVE_EXTRA_MODULES = {"fastapi", "uvicorn", "starlette", "pydantic", "prometheus_client", "multipart",
+                       "python_multipart"}
+TOKEN_FILE_LIMIT = 4096  # a bearer token is tens of bytes
 
 
 @click.command(epilog=SERVE_EXIT_CODES_HELP, **sectioned(
@@ -74,13 +87,7 @@ Exit codes:
 @click.option("-q", "--quiet", is_flag=True, help="No status messages on stderr.")
 @engine_options
 @click.pass_context
-def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path], threshold: Optional[float],
-          pixel_threshold: Optional[float], calibrate: bool, margin: float, host: str, port: int,
-          max_batch: Optional[int],
-          max_wait_ms: float, max_queue: int, timeout_s: float, max_bytes: int, max_pixels: int,
-          max_pixels_in_flight: Optional[int], max_connections: Optional[int], keep_alive_s: float,
-          header_timeout_s: float, body_timeout_s: float, token_file: Optional[Path],
-          insecure: bool, archive: Optional[Path], drain_timeout: float, quiet: bool, **kwargs: Any) -> None:
+def serve(ctx: click.Context, quiet: bool, **params: Any) -> None:
     """Serve POST /v1/detect over HTTP with the model kept loaded (see docs/serve.md).
 
     Requests that arrive together are scored in one forward pass; each answer is
@@ -92,13 +99,35 @@ def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path]
       curl --data-binary @part.png 'http://127.0.0.1:8080/v1/detect?bank=screw'
       fade serve --refs ./good --class screw --calibrate --port 8080
     """
+    # SIGHUP stops serve as SIGTERM does: the `fade` group takes both (cli.stopping.sigterm_as_interrupt).
+    with _Stderr.guarding() as stderr:
+        try:
+            code = _serve(ctx, quiet=quiet, stderr=stderr, **params)
+        except KeyboardInterrupt:  # a stop signal before the server took the signals over: no request was taken
+            stderr.say(quiet, "Stopped before serving.")
+            code = OK
+        except FadeError:
+            if not stderr.lost:
+                raise
+            code = PIPE_CLOSED  # the error cannot be told: the exit code says why
+    ctx.exit(PIPE_CLOSED if stderr.lost and code == OK else code)
+
+
+def _serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path], threshold: Optional[float],
+           pixel_threshold: Optional[float], calibrate: bool, margin: float, host: str, port: int,
+           max_batch: Optional[int], max_wait_ms: float, max_queue: int, timeout_s: float, max_bytes: int,
+           max_pixels: int, max_pixels_in_flight: Optional[int], max_connections: Optional[int],
+           keep_alive_s: float, header_timeout_s: float, body_timeout_s: float, token_file: Optional[Path],
+           insecure: bool, archive: Optional[Path], drain_timeout: float, quiet: bool, stderr: "_Stderr",
+           **kwargs: Any) -> int:
+    """Set up, serve until stopped, and return the exit code."""
     try:
         from fade_cli.serve.app import ApiSettings, create_app
         from fade_cli.serve.server import bind_socket, is_loopback, run_server, url_of
-    except ImportError as exc:
-        raise InputError(f"fade serve needs the serve extra ({exc.name} is missing): pip install 'fade[serve]'") from exc
+    except (ImportError, OSError) as exc:
+        raise _import_failure(exc) from exc
     from fade_cli.serve.admission import default_pixels_in_flight
-    from fade_cli.serve.archive import Archive
+    from fade_cli.serve.archive import Archive, refuse_foreign_folder
     from fade_cli.serve.connections import ConnectionLimits, check_max_connections, default_max_connections
     from fade_cli.serve.service import InspectionService, ServiceSettings
 
@@ -124,22 +153,116 @@ def serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path]
     if archive is not None:
         from fade_cli.io.folder_lock import output_folder_lock
 
-        ctx.with_resource(output_folder_lock(archive))  # one writer per audit trail
+        # One writer per audit trail; a folder holding another command's run is refused before it is touched.
+        ctx.with_resource(output_folder_lock(archive, refuse=lambda: refuse_foreign_folder(archive)))
     service = InspectionService(load_banks, settings, archive=Archive(archive) if archive is not None else None)
-    say = (lambda text: None) if quiet else (lambda text: console.print(text, markup=False, highlight=False,
-                                                                          soft_wrap=True))
-    service.on_ready = lambda: say(f"Ready: serving {', '.join(sorted(service.banks))} on {url}")
-    say(f"Listening on {url}; loading the model (GET /readyz answers 200 once ready)")
+    stderr.on_lost = service.request_stop
+    service.on_ready = lambda: stderr.say(quiet, f"Ready: serving {', '.join(sorted(service.banks))} on {url}")
+    stderr.say(quiet, f"Listening on {url}; loading the model (GET /readyz answers 200 once ready)")
+    if stderr.lost:
+        sock.close()
+        return PIPE_CLOSED
     api = ApiSettings(max_bytes=max_bytes, token=token, body_timeout_s=body_timeout_s)
-    run_server(create_app(service, api), service, sock, drain_timeout, limits)
-    say("Stopped: every accepted request was answered.")
+    finished = run_server(create_app(service, api), service, sock, drain_timeout, limits)
+    code = _stopped(service, drain_timeout, quiet, stderr)
+    if not finished:
+        # The worker is still loading the model or inside a forward pass: torch aborts (SIGABRT) a process whose
+        # interpreter shuts down around such a thread, so end without that shutdown. Nothing is left to save:
+        # the archive's writes are done, and the kernel releases the folder lock.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _stopped(service, drain_timeout: float, quiet: bool, stderr: "_Stderr") -> int:
+    """Say how the service stopped; the exit code: FAILURE when the drain timeout cut requests short,
+    PIPE_CLOSED when stderr could not be written, else OK."""
+    if service.cut_requests:
+        stderr.say(False, f"Stopped: the drain timeout ({drain_timeout:g} s) passed with "
+                          f"{service.cut_requests} request(s) unanswered; they got 503.")
+        return FAILURE
+    if stderr.lost:
+        return PIPE_CLOSED
+    if not service.was_ready:
+        stderr.say(quiet, "Stopped before the model was ready; no request was accepted.")
+    else:
+        stderr.say(quiet, "Stopped: every accepted request was answered.")
+    return OK
+
+
+class _Stderr(io.TextIOBase):
+    """sys.stderr while serve runs. A write that fails (a closed pipe, a full disk) raises nothing: it marks the
+    output lost and asks the service to drain and stop (``on_lost``), which then exits PIPE_CLOSED."""
+
+    def __init__(self, stream: TextIO):
+        super().__init__()
+        self.stream = stream
+        self.lost = False
+        self.on_lost: Callable[[], None] = lambda: None
+
+    @classmethod
+    @contextlib.contextmanager
+    def guarding(cls) -> Iterator["_Stderr"]:
+        guard = cls(sys.stderr)
+        sys.stderr = guard
+        try:
+            yield guard
+        finally:
+            sys.stderr = guard.stream
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self.stream.encoding
+
+    @property
+    def errors(self) -> Optional[str]:  # type: ignore[override]
+        return self.stream.errors
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return not self.lost and self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    def write(self, text: str) -> int:
+        self._guarded(lambda: (self.stream.write(text), self.stream.flush()))
+        return len(text)
+
+    def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    def say(self, quiet: bool, text: str) -> None:
+        if not quiet:
+            self.write(text + "\n")
+
+    def _guarded(self, action: Callable[[], Any]) -> None:
+        if self.lost:
+            return
+        try:
+            action()
+        except (OSError, ValueError):  # ValueError: the stream was closed
+            self.lost = True
+            silence_stream(self.stream)  # what is still buffered goes nowhere: Python's exit flushes it
+            self.on_lost()
+
+
+def _import_failure(exc: BaseException) -> FadeError:
+    """Why serve's modules cannot be imported: the serve extra is not installed, or a library failed to load."""
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    if missing and missing.split(".")[0] in SERVE_EXTRA_MODULES:
+        return InputError(f"fade serve needs the serve extra ({missing} is missing): pip install 'fade[serve]'")
+    # torch (or another library) is installed but cannot load: an address-space limit (ulimit -v), a broken
+    # install, a missing system library. Saying "install the extra" would send the user the wrong way.
+    return FadeError(f"fade serve cannot start: a library it needs failed to load: {type(exc).__name__}: {exc}")
 
 
 def _read_token(path: Path) -> str:
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read --token-file {path}: {exc}") from exc
+    # A regular file, read with a bound: a FIFO would hang the start before the port opens, /dev/zero never ends.
+    token = read_text_file(path, "--token-file", limit=TOKEN_FILE_LIMIT).strip()
     if not token or any(ch.isspace() for ch in token):
         raise InputError(f"--token-file {path} must hold one token: no spaces, not empty")
     return token

@@ -68,8 +68,13 @@ def silence_stdout(stop: Optional[BaseException] = None) -> None:
     A guarded stream that failed (``stop``, an :class:`OutputStreamFailed`) has already silenced itself.
     """
     if not isinstance(stop, OutputStreamFailed):
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            _silence(sys.stdout.fileno())
+        silence_stream(sys.stdout)
+
+
+def silence_stream(stream) -> None:
+    """After a write to ``stream`` (stdout, stderr) failed: what is still buffered, and what follows, go to /dev/null."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        _silence(stream.fileno())
 
 
 def _silence(fd: int) -> None:

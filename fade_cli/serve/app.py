@@ -29,7 +29,7 @@ from fade_cli.errors import ImageError
 from fade_cli.io.atomic import OutputError
 from fade_cli.serve.admission import Busy, TooLarge
 from fade_cli.serve.batcher import NotRunning, QueueFull
-from fade_cli.serve.service import READY, BankNotNamed, ClientGone, Extras, InspectionService, TimedOut
+from fade_cli.serve.service import READY, BankNotNamed, ClientGone, Cut, Extras, InspectionService, TimedOut
 from fade_cli.serve.service import UnknownBank, Upload
 
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
@@ -151,7 +151,10 @@ def create_app(service: InspectionService, settings: ApiSettings = ApiSettings()
     ) -> Any:
         started = time.monotonic()
         try:
-            return await _detect(service, settings, request, bank, name, Extras(heatmap == "png", map == "npy"))
+            return await service.unless_cut(_detect(service, settings, request, bank, name,
+                                                    Extras(heatmap == "png", map == "npy")))
+        except Cut as exc:  # the drain timeout passed first
+            raise HTTPException(503, str(exc), headers={"Retry-After": RETRY_AFTER_S}) from None
         finally:
             service.metrics.latency.observe(time.monotonic() - started)
 

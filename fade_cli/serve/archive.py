@@ -11,12 +11,17 @@ disk), so every row names an image that is there. A row's ``path`` is relative t
 ``DIR/images``, as `fade detect DIR/images` would name it. The client's file name is
 kept in the archived name only after reducing it to safe characters: no request can
 name a path here.
+
+``DIR/serve-archive.txt`` marks the folder as an archive: an archive is appended to across
+restarts, and a folder holding another command's results (a `fade detect` run, a watch's
+output) is refused, as `fade watch` refuses one (:func:`refuse_results_of_other_runs`).
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
 import io
+import os
 import re
 import uuid
 from pathlib import Path
@@ -26,7 +31,7 @@ from PIL import Image
 from fade_cli.io.atomic import atomic_write
 from fade_cli.io.images import decode_image_bytes
 from fade_cli.io.outputs import ResultRow
-from fade_cli.watch_log import ResultsLog
+from fade_cli.watch_log import ARCHIVE_FILE, RESULTS_FILE, RUN_RESULT_FILES, ResultsLog, refuse_results_of_other_runs
 
 IMAGES = "images"
 # PIL formats kept as sent, under the extension `fade detect` looks for; anything else is kept as PNG.
@@ -40,7 +45,11 @@ class Archive:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        refuse_foreign_folder(folder)
         self.log = ResultsLog(folder, save_maps=False, save_heatmaps=False)
+        if not (folder / ARCHIVE_FILE).exists():
+            text = "The audit trail of `fade serve --archive`: images/ and their rows in results.jsonl.\n"
+            atomic_write(folder / ARCHIVE_FILE, lambda handle: handle.write(text.encode("utf-8")))
 
     def keep_all(self, uploads: list[tuple[str, bytes]], rows: list[ResultRow]) -> None:
         """Keep one request's images and rows, in order (called from one thread at a time)."""
@@ -51,6 +60,20 @@ class Archive:
             relative = f"{now:%Y-%m-%d}/{now:%H%M%S}-{request}-{index}-{_safe_name(label)}{extension}"
             atomic_write(self.folder / IMAGES / relative, lambda handle: handle.write(data))
             self.log.add(dataclasses.replace(row, path=relative))
+
+
+def refuse_foreign_folder(folder: Path) -> None:
+    """Refuse a folder holding another command's results (InputError); an archive, or a new folder, is fine."""
+    if _is_unmarked_archive(folder):
+        return
+    refuse_results_of_other_runs(folder, ARCHIVE_FILE, "archive folder")
+
+
+def _is_unmarked_archive(folder: Path) -> bool:
+    """An archive written before archives were marked: results.jsonl and images/, and no other run's files."""
+    others = [name for name in RUN_RESULT_FILES if name != RESULTS_FILE]
+    return ((folder / RESULTS_FILE).is_file() and (folder / IMAGES).is_dir()
+            and not any(os.path.lexists(folder / name) for name in others))
 
 
 def _safe_name(label: str) -> str:

@@ -151,6 +151,18 @@ class Batcher:
             self._accepting = False
             self._changed.notify_all()
 
+    def cancel_queued(self) -> int:
+        """Drop every job not taken into a batch yet (their futures are cancelled); returns how many."""
+        with self._changed:
+            dropped = [job for queue in self._queues.values() for job in queue]
+            for queue in self._queues.values():
+                queue.clear()
+            self._set_depth(0)
+            self._changed.notify_all()
+        for job in dropped:
+            job.future.cancel()
+        return len(dropped)
+
     def _set_depth(self, depth: int) -> None:
         self._depth = depth
         self.observe_depth(depth)

@@ -1,14 +1,17 @@
-"""Running the app under uvicorn on a socket fade binds itself, with a graceful drain on SIGTERM/SIGINT.
+"""Running the app under uvicorn on a socket fade binds itself, with a graceful drain on a stop signal.
 
 Binding first means a port in use is a clear error (not a log line and exit 1), and
-``--port 0`` picks a free port whose number is printed. On a stop signal the service
-turns not-ready at once, uvicorn stops accepting connections and waits up to the
-drain timeout for the requests in flight (the queued ones are still scored), then the
-worker stops. uvicorn would re-raise the signal after its shutdown, killing the
-process by SIGTERM; a service that drained cleanly exits 0 instead.
+``--port 0`` picks a free port whose number is printed. On a stop signal (SIGTERM,
+SIGINT, SIGHUP) or :meth:`InspectionService.request_stop` the service turns not-ready
+at once, uvicorn stops accepting connections and waits for the requests in flight (the
+queued ones are still scored). When the drain timeout passes first, the service cuts
+what is left: each of those requests is answered 503 and counted
+(``service.cut_requests``). uvicorn would re-raise the signal after its shutdown,
+killing the process by it; the command chooses the exit code instead.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import signal
@@ -22,8 +25,10 @@ from fade_cli.errors import FadeError, InputError
 from fade_cli.serve.connections import ConnectionLimits, default_max_connections, uvicorn_settings
 from fade_cli.serve.service import InspectionService
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: a closed terminal, `kill -HUP`
 BACKLOG = 2048  # uvicorn's default
+# After the cut, how long uvicorn waits for the 503s to go out before it cancels what is left (and closes).
+CUT_GRACE_S = 5.0
 
 
 def is_loopback(host: str) -> bool:
@@ -59,11 +64,12 @@ def url_of(sock: socket.socket) -> str:
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, telling the service to drain on the first stop signal and not re-raising it."""
+    """uvicorn's server: drains the service on a stop, cuts it after the drain timeout, never re-raises the signal."""
 
-    def __init__(self, config: uvicorn.Config, service: InspectionService):
+    def __init__(self, config: uvicorn.Config, service: InspectionService, drain_timeout_s: float):
         super().__init__(config)
         self.service = service
+        self.drain_timeout_s = drain_timeout_s
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -81,22 +87,35 @@ class DrainingServer(uvicorn.Server):
         self.service.drain()
         super().handle_exit(sig, frame)
 
+    async def shutdown(self, sockets: Optional[list[socket.socket]] = None) -> None:
+        self.service.drain()  # a stop asked for otherwise than by a signal drains the same way
+        cut = asyncio.get_running_loop().call_later(self.drain_timeout_s, self.service.cut)
+        try:
+            await super().shutdown(sockets)
+        finally:
+            cut.cancel()
 
 def run_server(app: Any, service: InspectionService, sock: socket.socket, drain_timeout_s: float,
-               limits: Optional[ConnectionLimits] = None) -> None:
-    """Serve until a stop signal (or a failed start); raises the loading error, if any.
+               limits: Optional[ConnectionLimits] = None) -> bool:
+    """Serve until a stop (signal or request) or a failed start; raises the loading error, if any.
 
     ``limits`` bound the connections (default: the open-file limit's cap and the default timeouts).
+    True when the worker has ended; False when it is still loading the model or inside a
+    forward pass (see :meth:`InspectionService.stop`).
     """
     limits = limits if limits is not None else ConnectionLimits(default_max_connections())
-    config = uvicorn.Config(app, lifespan="on", timeout_graceful_shutdown=drain_timeout_s, access_log=False,
-                            log_config=None, server_header=False, **uvicorn_settings(limits))
-    server = DrainingServer(config, service)
+    config = uvicorn.Config(app, lifespan="on", timeout_graceful_shutdown=drain_timeout_s + CUT_GRACE_S,
+                            access_log=False, log_config=None, server_header=False, **uvicorn_settings(limits))
+    server = DrainingServer(config, service, drain_timeout_s)
     service.on_failure = lambda exc: setattr(server, "should_exit", True)
+    service.on_stop_request = lambda: setattr(server, "should_exit", True)
     with sock:
         server.run(sockets=[sock])
+    # The lifespan's shutdown stopped the service already, unless a second Ctrl-C forced the exit: then now.
+    finished = service.stop(0)
     failure = service.failure
     if isinstance(failure, FadeError):
         raise failure
     if failure is not None:  # torch's and open_clip's own errors: still one message, never a traceback
         raise FadeError(f"the model could not be loaded: {type(failure).__name__}: {failure}") from failure
+    return finished

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -33,6 +33,7 @@ from fade_cli.serve.batcher import Batcher, Job
 from fade_cli.serve.metrics import ServeMetrics
 
 STARTING, READY, DRAINING, FAILED = "starting", "ready", "draining", "failed"
+T = TypeVar("T")
 
 
 @dataclass
@@ -102,6 +103,10 @@ class ClientGone(Exception):
     """The client disconnected before its answer was ready."""
 
 
+class Cut(Exception):
+    """The service stopped (its drain timeout passed) before the request was answered."""
+
+
 @dataclass
 class Extras:
     """What a request asked for besides the row."""
@@ -117,6 +122,9 @@ class InspectionService:
     ``state`` is ``starting`` until the banks are loaded and one forward pass has run,
     then ``ready``; ``draining`` once a stop was asked for; ``failed`` if loading failed
     (``failure`` says why, and ``on_failure`` is called so the server can exit).
+    :meth:`request_stop` asks the server to drain and stop (``on_stop_request``) as a
+    stop signal does; :meth:`cut` ends the drain: the requests not answered by then
+    get :class:`Cut`, and ``cut_requests`` counts them.
     """
 
     load_banks: Callable[[], list[ServedBank]]
@@ -125,10 +133,14 @@ class InspectionService:
     archive: Optional[Archive] = None
     on_failure: Callable[[BaseException], None] = lambda exc: None
     on_ready: Callable[[], None] = lambda: None
+    on_stop_request: Callable[[], None] = lambda: None
 
     def __post_init__(self) -> None:
         self.state = STARTING
         self.failure: Optional[BaseException] = None
+        self.cut_requests = 0
+        self.was_ready = False
+        self._cut: Optional[asyncio.Event] = None  # made in the event loop that serves the requests
         self.banks: dict[str, ServedBank] = {}
         self.batcher = Batcher(self._score_batch, self.settings.max_batch or 1, self.settings.max_wait_s,
                                self.settings.max_queue, observe_batch=self.metrics.batch_size.observe,
@@ -149,14 +161,55 @@ class InspectionService:
         self.metrics.ready.set(0)
         self.batcher.refuse_new_work()
 
+    def request_stop(self) -> None:
+        """Drain and stop the server, as a stop signal would (callable from any thread)."""
+        self.drain()
+        self.on_stop_request()
+
+    def cut(self) -> None:
+        """The drain timeout passed (call in the event loop): what is not answered yet gets :class:`Cut`."""
+        self.drain()
+        if self._cut is None:
+            self._cut = asyncio.Event()
+        self._cut.set()
+        self.batcher.cancel_queued()
+
+    async def unless_cut(self, work: Awaitable[T]) -> T:
+        """``work``'s result, or :class:`Cut` when the drain timeout passes first (``work`` is then cancelled).
+
+        A request whose rows are being archived when the cut comes is still answered: its
+        row is in the archive, so its client must get it.
+        """
+        if self._cut is None:
+            self._cut = asyncio.Event()
+        task = asyncio.ensure_future(work)
+        cut = asyncio.ensure_future(self._cut.wait())
+        try:
+            await asyncio.wait({task, cut}, return_when=asyncio.FIRST_COMPLETED)
+            task.cancel()  # nothing when it is done already
+            return await task
+        except asyncio.CancelledError:  # cut, or the server gave up on the request: either way unanswered
+            task.cancel()
+            self.cut_requests += 1
+            if not self._cut.is_set():
+                raise
+            raise Cut(f"the service stopped before this request was answered (drain timeout of "
+                      f"{self.settings.drain_timeout_s:g} s)") from None
+        finally:
+            cut.cancel()
+
     def stop(self, timeout_s: Optional[float] = None) -> bool:
         """After the server's drain: finish the queue and stop the worker and the pools.
 
         False when the worker was still busy after ``timeout_s`` (default: the settings'
-        drain timeout); it is a daemon thread, so the process can exit anyway.
+        drain timeout; none while the model loads: a stop does not wait for a load). A
+        process must then end without Python's shutdown (``os._exit``): torch aborts a
+        process whose interpreter ends while a thread is inside it.
         """
         self.drain()
-        finished = self.batcher.stop(timeout_s if timeout_s is not None else self.settings.drain_timeout_s)
+        if timeout_s is None:
+            timeout_s = self.settings.drain_timeout_s if self.was_ready else 0
+        finished = self.batcher.stop(timeout_s)
         self._decoders.shutdown(wait=False, cancel_futures=True)
         self._archiver.shutdown(wait=True)
         return finished
@@ -176,7 +229,7 @@ class InspectionService:
         if self.settings.max_batch is None:
             self.batcher.max_batch = max(served.engine.batch_size for served in banks)
         if self.state == STARTING:
-            self.state = READY
+            self.state, self.was_ready = READY, True
             self.metrics.ready.set(1)
             self.on_ready()
 
@@ -241,9 +294,9 @@ class InspectionService:
             for one, detection in zip(prepared, detections)))
         self._count(served, [row for row, _ in answers])
         if self.archive is not None:
-            await loop.run_in_executor(self._archiver, self.archive.keep_all,
-                                       [(one.upload.label, one.upload.data) for one in prepared],
-                                       [row for row, _ in answers])
+            await _finish_even_if_cancelled(loop.run_in_executor(
+                self._archiver, self.archive.keep_all, [(one.upload.label, one.upload.data) for one in prepared],
+                [row for row, _ in answers]))
         total_s = time.monotonic() - received
         return [{**row.to_dict(), "bank": served.name, **added, "timings": _timings(one, job, total_s)}
                 for (row, added), one, job in zip(answers, prepared, jobs)]
@@ -257,14 +310,15 @@ class InspectionService:
         try:
             done, _ = await asyncio.wait(watchers, timeout=self.settings.timeout_s,
                                          return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the request was cut: its images are not scored
+            _cancel(results, jobs)
+            raise
         finally:
             if gone is not None:
                 gone.cancel()
         if results in done:
             return results.result()
-        results.cancel()  # first: a gather whose parts were cancelled under it would log an unread error
-        for job in jobs:  # not started yet: never scored; already running: the result is dropped
-            job.future.cancel()
+        _cancel(results, jobs)
         if gone is not None and gone in done:
             raise ClientGone()
         raise TimedOut(f"no answer within --timeout {self.settings.timeout_s:g} s")
@@ -276,6 +330,20 @@ class InspectionService:
     def _count(self, served: ServedBank, rows: list[ResultRow]) -> None:
         self.metrics.images.labels(served.name).inc(len(rows))
         self.metrics.ng.labels(served.name).inc(sum(row.verdict == NG for row in rows))
+
+
+def _cancel(results: asyncio.Future, jobs: list[Job]) -> None:
+    results.cancel()  # first: a gather whose parts were cancelled under it would log an unread error
+    for job in jobs:  # not started yet: never scored; already running: the result is dropped
+        job.future.cancel()
+
+
+async def _finish_even_if_cancelled(future: asyncio.Future) -> None:
+    """Await ``future``; when cancelled meanwhile, still wait for it (and return): a started write completes."""
+    try:
+        await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await future
 
 
 def _prepare(engine: FadeEngine, upload: Upload, max_pixels: Optional[int]) -> Prepared:
