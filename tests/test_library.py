@@ -157,3 +157,21 @@ def test_the_examples_of_docs_library_run(tmp_path, monkeypatch):
     for block in blocks:
         exec(compile(block, "docs/library.md", "exec"), namespace)
     assert namespace["r"].anomaly_map is not None and (tmp_path / "cookie.fadebank").is_file()
+
+
+def test_nothing_below_the_command_line_imports_click_or_rich():
+    """The library floor stands alone: click and rich are the command line's (fade_cli/cli/)."""
+    import ast
+    from pathlib import Path
+
+    package = Path(fade_cli.__file__).parent
+    offenders = []
+    for path in package.rglob("*.py"):
+        if "cli" in path.relative_to(package).parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{path.relative_to(package)}: {name}" for name in names
+                          if name.split(".")[0] in ("click", "rich")]
+    assert offenders == []

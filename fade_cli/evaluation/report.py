@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import json
 import platform
 from importlib import metadata
@@ -20,9 +19,6 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
 from fade_cli import strict_json
 from fade_cli import __version__
@@ -219,18 +215,20 @@ def _percent(mean: Optional[float], std: Optional[float]) -> str:
 
 
 def markdown_table(summary: Summary) -> str:
-    """The per-class table in Markdown (percent; mean ± std over seeds when there are several)."""
-    table = Table(box=box.MARKDOWN, show_edge=True, pad_edge=True)
-    table.add_column("class")
-    for name in METRICS:
-        table.add_column(HEADERS[name], justify="right")
-    rows = [*summary.classes.items(), ("mean", summary.overall)]
-    for name, aggregate in rows:
-        std = aggregate.std or {}
-        table.add_row(name, *[_percent(aggregate.mean[m], std.get(m)) for m in METRICS])
-    buffer = io.StringIO()
-    Console(file=buffer, width=1000, color_system=None, highlight=False).print(table)
-    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines() if line.strip()) + "\n"
+    """The per-class table in Markdown (percent; mean ± std over seeds when there are several), numbers right-aligned."""
+    header = ["class", *(HEADERS[name] for name in METRICS)]
+    rows = [[name, *(_percent(aggregate.mean[m], (aggregate.std or {}).get(m)) for m in METRICS)]
+            for name, aggregate in [*summary.classes.items(), ("mean", summary.overall)]]
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        padded = [cell.ljust(width) if column == 0 else cell.rjust(width)
+                  for column, (cell, width) in enumerate(zip(cells, widths))]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (width + 2) if column == 0 else "-" * (width + 1) + ":"
+                          for column, width in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *map(line, rows)]) + "\n"
 
 
 def write_report(
