@@ -262,7 +262,7 @@ def test_a_fifo_in_the_text_embedding_cache_is_discarded_not_read(tmp_path):
     assert all(f"discarded the damaged text-embedding cache entry {entry}" in message for entry in entries), message
     assert "is a FIFO (named pipe), not a regular file" in message
     assert [json.loads(line)["score"] for line in second.stdout.splitlines()] == \
-        [json.loads(line)["score"] for line in first.output.splitlines()]
+        [json.loads(line)["score"] for line in first.stdout.splitlines()]
     assert all(entry.is_file() and np.load(entry).shape[0] == 2 for entry in entries)
 
 

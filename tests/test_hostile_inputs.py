@@ -348,8 +348,9 @@ def test_empty_folder_and_folder_without_images_exit_2(tmp_path):
 def _earlier_run(out: Path) -> dict[str, bytes]:
     """An output folder holding the results of an earlier run; returns its files' bytes."""
     (out / "maps").mkdir(parents=True)
-    (out / "results.jsonl").write_text('{"path": "old.png", "score": 0.5}\n')
-    (out / "results.csv").write_text("path,score\nold.png,0.5\n")
+    # Its row names its map where fade writes maps: --overwrite may remove it (docs/station.md).
+    (out / "results.jsonl").write_text('{"path": "good_a.png", "score": 0.5, "map_path": "maps/good_a.png.npy"}\n')
+    (out / "results.csv").write_text("path,score\ngood_a.png,0.5\n")
     np.save(out / "maps" / "good_a.png.npy", np.zeros((2, 2), np.float32))
     return _snapshot(out)
 
@@ -372,7 +373,7 @@ def test_full_disk_exits_3_keeps_finished_rows_and_leaves_no_temporary_files(tmp
     out = tmp_path / "out"
     _earlier_run(out)
     real_fdopen = outputs.os.fdopen
-    writes_left = [4]  # the lock file, the run's settings, the first image's map and heatmap fit; then the disk is full
+    writes_left = [5]  # the lock file, the run's settings and run.json, the first image's map and heatmap fit; then the disk is full
 
     class FullDisk:
         def __init__(self, handle):

@@ -186,7 +186,9 @@ def test_a_full_stderr_stops_detect_with_141_and_the_rows_saved(tmp_path):
     shutil.copytree(QUERIES, images)
     (images / "cracked_c.png").write_bytes(b"not an image")  # its warning is the first line on stderr
     out = tmp_path / "out"
-    done = fade_into_dev_full("stderr", ["detect", images, "--out", out, "--format", "jsonl", "-q", *ARGS],
+    # --class: no note on stderr before the first image (the broken image's warning must be the first line).
+    done = fade_into_dev_full("stderr", ["detect", images, "--out", out, "--format", "jsonl", "-q", "--class", "widget",
+                                         *ARGS],
                               argv_script("from fade_cli.cli import main; main()"))
     assert done.returncode == PIPE_CLOSED, done.stdout
     rows = rows_of(out / "results.jsonl")
