@@ -7,13 +7,11 @@ raises :class:`ModelError` with a message that says how to fix it.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -22,7 +20,7 @@ from fade_cli.engine.file_hash import weights_sha256
 from fade_cli.engine.model_files import ZIP_MAGIC, check_checkpoint_file, read_model_config
 from fade_cli.errors import InputError, ModelError
 from fade_cli.model_cache import check_architecture, check_pretrained_tag, default_cache_dir, fetch_weights
-from fade_cli.open_clip_import import enable_backends_for, open_clip_module
+from fade_cli.open_clip_import import enable_backends_for, open_clip_logs_dropped, open_clip_module
 
 VISUAL_PREFIX = "visual."
 
@@ -152,7 +150,7 @@ def _model_from_checkpoint(name: str, checkpoint: str, quick_gelu: bool, device:
     """
     open_clip = open_clip_module()
     enable_backends_for(open_clip.get_model_config(name) or {})
-    with torch.device("meta"), _no_warnings():  # open_clip warns "no pretrained weights": they follow here
+    with torch.device("meta"), open_clip_logs_dropped():  # open_clip warns "no pretrained weights": they follow here
         model = open_clip.create_model(name, pretrained=None, device="meta", force_quick_gelu=quick_gelu)
     target, prefix = (model, "") if text_tower else (model.visual, VISUAL_PREFIX)
     try:
@@ -237,13 +235,3 @@ def _unloaded_buffer(owner: torch.nn.Module, name: str, buffer: torch.Tensor) ->
     if name != "attn_mask" or buffer.ndim != 2 or buffer.shape[0] != buffer.shape[1]:
         raise ValueError(f"{type(owner).__name__}.{name} is neither in the checkpoint nor a known causal mask")
     return torch.full(tuple(buffer.shape), float("-inf"), dtype=buffer.dtype).triu_(1)
-
-
-@contextlib.contextmanager
-def _no_warnings() -> Iterator[None]:
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
