@@ -190,7 +190,14 @@ def _read_state_dict(checkpoint: str, prefix: str) -> dict[str, torch.Tensor]:
 
 def _as_open_clip_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What open_clip's own ``load_checkpoint`` does to a state dict before loading it (other formats, older
-    key names, a position embedding of another size), applied here to the model built on the meta device."""
+    key names, a position embedding of another size), applied here to the model built on the meta device.
+
+    A copy of that function's middle, because the function itself cannot be called: it reads the whole
+    file (fade reads only the vision tower's tensors, memory-mapped) and copies them with
+    ``load_state_dict`` into existing tensors (a model on the meta device needs ``assign=True``). The
+    conversions it calls are open_clip's own; tests/test_golden.py and tests/test_model_download.py
+    check the result against models open_clip loads itself.
+    """
     from open_clip.convert import convert_state_dict
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
 
