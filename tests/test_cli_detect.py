@@ -10,15 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import CLS_PROMPTS, FAST_ARGS, GOLDEN, QUERIES, SEG_PROMPTS
-from fade_cli.cli import cli
-
-
-def run(args):
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
+from conftest import CLS_PROMPTS, FAST_ARGS, GOLDEN, QUERIES, SEG_PROMPTS, run_cli as run
 
 
 @pytest.fixture

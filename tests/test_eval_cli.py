@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
-from conftest import FAST_ARGS
+from conftest import FAST_ARGS, run_cli as run
 from fade_cli.cli import cli
 from fade_cli.evaluation.masks import load_mask
 from fade_cli.evaluation.metrics import f1_max, image_metrics
@@ -24,10 +24,6 @@ from test_eval_metrics import brute_force_aupro
 EXAMPLES = Path(__file__).parent.parent / "examples" / "cookie"
 COOKIE = EXAMPLES / "cookie"
 EVAL_SIZE = 128  # smaller than the published 448: these tests check behaviour, not published numbers
-
-
-def run(args):
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -9,19 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import CLS_PROMPTS, FAST_ARGS, GOLDEN, QUERIES, SEG_PROMPTS
-from fade_cli.cli import cli
+from conftest import CLS_PROMPTS, FAST_ARGS, GOLDEN, QUERIES, SEG_PROMPTS, run_cli as run
 
 COOKIE = Path(__file__).parent.parent / "examples" / "cookie"
 # The golden model at one small size with the short golden prompt sets: these tests check behaviour.
 ARGS = [*FAST_ARGS, "--scales", "240", "--cls-prompts", str(CLS_PROMPTS), "--seg-prompts", str(SEG_PROMPTS)]
-
-
-def run(args):
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
 def rows_of(result) -> dict[str, dict]:

@@ -6,12 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import CLS_PROMPTS, GOLDEN, QUERIES, SEG_PROMPTS, TINY_MODEL_ARGS
+from conftest import CLS_PROMPTS, GOLDEN, QUERIES, SEG_PROMPTS, TINY_MODEL_ARGS, run_cli as run
 from fade_cli.bank.bank import load_bank
-from fade_cli.cli import cli
 from fade_cli.engine import precision
 from fade_cli.engine.precision import CpuFeatures, cpu_flags_from_cpuinfo, resolve_precision
 from fade_cli.errors import InputError
@@ -32,10 +30,6 @@ processor\t: 1
 flags\t\t: fpu
 """
 ARM_CPUINFO = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
-
-
-def run(args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ import json
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from fade_cli.cli import cli
+from conftest import run_cli as run
 from fade_cli.errors import InputError, ModelError
 from fade_cli.prompting import generate_prompt_set
 from fade_cli.prompting.llm import load_language_model
@@ -24,10 +23,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:llm. .* rounds:UserWarning")
 
 WORDS = ("a the of on with near and is bottle scratch dent crack stain chip bubble surface glass edge rim clean "
          "smooth clear small large visible defect photo part shows").split()
-
-
-def run(args):
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")
