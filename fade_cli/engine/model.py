@@ -195,8 +195,8 @@ def _as_open_clip_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) 
     A copy of that function's middle, because the function itself cannot be called: it reads the whole
     file (fade reads only the vision tower's tensors, memory-mapped) and copies them with
     ``load_state_dict`` into existing tensors (a model on the meta device needs ``assign=True``). The
-    conversions it calls are open_clip's own; tests/test_golden.py and tests/test_model_download.py
-    check the result against models open_clip loads itself.
+    conversions it calls are open_clip's own; tests/test_startup.py checks the result against the model
+    open_clip loads itself, in every format and key spelling load_checkpoint accepts.
     """
     from open_clip.convert import convert_state_dict
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
