@@ -139,6 +139,7 @@ def test_help_and_version_do_not_import_torch():
     assert "detect" in proc.stdout and "serve" in proc.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter runs the console script end to end
 def test_installed_console_script_runs_end_to_end(images, tmp_path):
     fade = shutil.which("fade", path=str(Path(sys.executable).parent)) or shutil.which("fade")
     assert fade, "the fade console script is not installed"

@@ -136,6 +136,7 @@ def test_importing_the_library_does_not_import_torch():
         == "False"
 
 
+@pytest.mark.slow  # builds several detectors and a bank
 def test_the_examples_of_docs_library_run(tmp_path, monkeypatch):
     """Every python block of docs/library.md runs, with the tiny model in place of the published download."""
     import re

@@ -29,6 +29,8 @@ import pytest
 
 from conftest import QUERIES
 
+pytestmark = pytest.mark.slow  # a fake hub, timeouts and killed downloads in subprocesses
+
 MODEL, TAG = "ViT-B-16-plus-240", "laion400m_e31"
 REPO = "timm/vit_base_patch16_plus_clip_240.laion400m_e31"
 FILENAME = "open_clip_model.safetensors"  # open_clip's first choice for this tag

@@ -19,7 +19,8 @@ from fade_cli.prompting.llm import load_language_model
 from fade_cli.prompting.llm_parse import SentenceFilter, candidate_sentences, parse_model_output
 
 # A random model often falls short of --count; that warning is tested once, with a recorder.
-pytestmark = pytest.mark.filterwarnings("ignore:llm. .* rounds:UserWarning")
+# slow: a language model (transformers) generates the sentences
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:llm. .* rounds:UserWarning")]
 
 WORDS = ("a the of on with near and is bottle scratch dent crack stain chip bubble surface glass edge rim clean "
          "smooth clear small large visible defect photo part shows").split()

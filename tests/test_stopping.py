@@ -26,6 +26,8 @@ EXAMPLES = Path(__file__).parent.parent / "examples" / "cookie"
 # Runs fade with a SIGTERM sent to itself at the moment named by sys.argv[1].
 SIGTERM_SCRIPT = """
 import os, signal, sys
+
+pytestmark = pytest.mark.slow  # signals to fade processes while they load and score
 when, argv = sys.argv[1], sys.argv[2:]
 
 def stop():
