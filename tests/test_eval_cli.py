@@ -68,6 +68,7 @@ def assert_metrics_close(got: dict, expected: dict) -> None:
         assert got[name] == pytest.approx(value, abs=1e-9), name
 
 
+@pytest.mark.slow
 def test_mvtec_eval_report_numbers_and_detect_agree(tmp_path):
     args = ["eval", str(EXAMPLES), "--dataset", "mvtec", "--shots", "1", "--seeds", "0,1", "--eval-size",
             str(EVAL_SIZE), "--save-maps", "--save-worst", "2", "-q", *FAST_ARGS]

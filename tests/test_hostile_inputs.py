@@ -457,6 +457,7 @@ output.finish()
 """
 
 
+@pytest.mark.slow
 def test_forty_megapixel_image_keeps_memory_bounded(tmp_path):
     """Peak memory for a 40 MP photo stays within a few image-sized buffers.
 

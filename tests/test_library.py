@@ -81,6 +81,7 @@ def test_zero_shot_without_threshold_has_no_verdict():
     assert detector.thresholds.image is None and detector.thresholds.image_source is None
 
 
+@pytest.mark.slow
 def test_bank_detector_equals_fade_detect_with_the_bank_and_shares_the_model(tmp_path):
     bank_path = tmp_path / "widget.fadebank"
     bank = fade_cli.build_bank(REFS, out=bank_path, calibrate=True, **SETTINGS)

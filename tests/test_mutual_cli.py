@@ -62,6 +62,7 @@ def test_detect_mutual_writes_the_outputs_of_a_zero_shot_run(images, tmp_path):
     assert result.exit_code == (1 if any(r["verdict"] == "NG" for r in rows.values()) else 0)
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_file_order_or_batch_size(images, tmp_path):
     reference = rows_of(detect_mutual(images))
     # Other names, so the files come in another order; the same pictures under them.
@@ -75,6 +76,7 @@ def test_results_do_not_depend_on_file_order_or_batch_size(images, tmp_path):
     assert_same_scores(reference, rows_of(detect_mutual(images, "--batch-size", "2")))
 
 
+@pytest.mark.slow
 def test_groups_are_scored_apart(images, tmp_path):
     """Four images with --mutual-group 3: two groups of two, each scored as a run of its own."""
     grouped = rows_of(detect_mutual(images, "--mutual-group", "3"))
@@ -86,6 +88,7 @@ def test_groups_are_scored_apart(images, tmp_path):
         assert_same_scores({n: grouped[n] for n in pair}, rows_of(detect_mutual(alone)))
 
 
+@pytest.mark.slow
 def test_broken_image_is_an_error_row_and_left_out_of_the_comparisons(images):
     clean = rows_of(detect_mutual(images))
     (images / "broken.png").write_bytes(b"not a png")
@@ -172,6 +175,7 @@ def test_mutual_with_a_bank_is_refused_before_the_bank_is_read(images, tmp_path)
     assert "cannot be combined with --bank" in result.output
 
 
+@pytest.mark.slow
 def test_rescore_changes_only_the_vision_score(images):
     plain = rows_of(detect_mutual(images))
     smoothed = rows_of(detect_mutual(images, "--mutual-rescore", "1"))

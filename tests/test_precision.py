@@ -186,6 +186,7 @@ def test_a_bank_records_the_precision_its_thresholds_were_calibrated_in(bf16_ban
     assert "computed in bf16 (built with --precision auto" in info.stdout
 
 
+@pytest.mark.slow
 def test_detecting_in_another_precision_than_the_bank_was_calibrated_in_warns(bf16_bank, cpu_is):
     same = run(["detect", QUERIES, "--bank", bf16_bank, "--device", "cpu", "-q", "--format", "jsonl"])
     assert same.exit_code in (0, 1) and "calibrated in" not in same.stderr

@@ -98,6 +98,7 @@ def _scores(args):
     return row["score"], row["language_score"], row["vision_score"]
 
 
+@pytest.mark.slow
 def test_generated_sets_run_through_detect(tmp_path):
     out = tmp_path / "bottle.json"
     assert run(["prompts", "generate", "bottle", "--out", str(out), "-q"]).exit_code == 0
