@@ -181,6 +181,7 @@ def test_engine_fuses_the_mutual_map_with_the_language_branch(engine, queries):
         assert result.score == pytest.approx((result.language_score + result.vision_score) / 2, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_engine_rescoring_replaces_the_vision_score(engine, queries):
     plain = _detect(engine, queries, MutualSettings())
     smoothed = _detect(engine, queries, MutualSettings(rescore=2))

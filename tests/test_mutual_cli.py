@@ -44,6 +44,7 @@ def assert_same_scores(a: dict, b: dict, tol: float = 1e-4):
             assert a[name][field] == pytest.approx(b[name][field], abs=tol), (name, field)
 
 
+@pytest.mark.slow
 def test_detect_mutual_writes_the_outputs_of_a_zero_shot_run(images, tmp_path):
     out = tmp_path / "run"
     result = detect_mutual(images, "--threshold", "0.3", "--pixel-threshold", "0.5", out=out)
@@ -186,6 +187,7 @@ def test_rescore_changes_only_the_vision_score(images):
         assert row["score"] == pytest.approx((row["language_score"] + row["vision_score"]) / 2, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_zero_shot_mutual_end_to_end_agrees_with_detect(tmp_path):
     out = tmp_path / "eval"
     result = run(["eval", str(COOKIE), "--shots", "0", "--mutual", "--eval-size", "64", "--out", str(out), "-q",

@@ -212,6 +212,7 @@ def _rewritten(bank_path, tmp_path, change):
     return path
 
 
+@pytest.mark.slow
 def test_a_bank_without_a_recorded_precision_was_computed_in_its_config_precision(bf16_bank, tmp_path):
     def as_older_fade(metadata):
         del metadata["precision"]
@@ -220,6 +221,7 @@ def test_a_bank_without_a_recorded_precision_was_computed_in_its_config_precisio
     assert load_bank(_rewritten(bf16_bank, tmp_path, as_older_fade)).precision == "fp16"
 
 
+@pytest.mark.slow
 def test_a_bank_with_an_unknown_precision_is_refused(bf16_bank, tmp_path):
     from fade_cli.bank.container import BankFileError
 
