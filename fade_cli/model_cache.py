@@ -175,7 +175,10 @@ def _hub_candidates(hf_hub: str) -> tuple[str, list[str]]:
 
     repo_id, filename = os.path.split(hf_hub)
     filename = filename or HF_WEIGHTS_NAME
-    # open_clip prefers a safetensors twin of the file when the repository has one.
+    # open_clip prefers a safetensors twin of the file when the repository has one. Its own list
+    # (open_clip.pretrained._get_safe_alternatives) is private, and its public download function tries the
+    # candidates over the network and swallows every error; fade needs the list to look in the cache without
+    # the network and to probe sizes with a timeout. tests/test_model_download.py checks the two agree.
     candidates = [filename]
     if filename == HF_WEIGHTS_NAME:
         candidates.insert(0, HF_SAFE_WEIGHTS_NAME)

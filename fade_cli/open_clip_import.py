@@ -19,6 +19,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import logging
+import os
 import sys
 import threading
 from types import ModuleType
@@ -79,3 +81,28 @@ def _hidden(names: tuple[str, ...]) -> Iterator[None]:
         for name in hidden:
             if name in sys.modules and sys.modules[name] is None:
                 del sys.modules[name]
+
+
+
+class _FromOpenClip(logging.Filter):
+    """Drops the records logged from open_clip's files. open_clip logs through the root logger itself
+    (``logging.warning(...)``), so there is no logger of its own whose level could be set instead."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.folder = os.path.join(os.path.dirname(open_clip_module().__file__), "")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.pathname.startswith(self.folder)
+
+
+@contextlib.contextmanager
+def open_clip_logs_dropped() -> Iterator[None]:
+    """Inside, open_clip's log records are dropped and every other logger's kept (``logging.disable`` would
+    drop every thread's records, a library user's included)."""
+    from_open_clip = _FromOpenClip()
+    logging.root.addFilter(from_open_clip)
+    try:
+        yield
+    finally:
+        logging.root.removeFilter(from_open_clip)

@@ -82,13 +82,6 @@ def load_prompt_set(path: Union[str, Path]) -> PromptSet:
     return prompt_set_from_dict(strict_json.loads(text, f"prompts file {path}"), source=str(path))
 
 
-def merge_prompt_sets(sets: list[PromptSet], meta: Optional[dict[str, Any]] = None) -> PromptSet:
-    """Concatenate sets in order, keeping the first occurrence of each sentence."""
-    normal = dict.fromkeys(p for s in sets for p in s.normal)
-    abnormal = dict.fromkeys(p for s in sets for p in s.abnormal)
-    return PromptSet(normal=tuple(normal), abnormal=tuple(abnormal), meta=meta or {})
-
-
 def builtin_prompt_set(name: str) -> PromptSet:
     """A prompt set shipped in the package's ``prompts`` folder, by file stem."""
     from importlib import resources

@@ -24,7 +24,7 @@ import dataclasses
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from fade_cli.config import (
     DEFAULT_CLS_SIZE,
@@ -404,12 +404,6 @@ def _expected(setting: Setting) -> str:
         return f"{text} {_range_text(setting)}" if setting.minimum is not None or setting.maximum is not None else text
     return {"sizes": "a list of image sizes", "flag": "true or false", "optional_flag": "true, false or null",
             "device": "auto, cpu, cuda, cuda:N or mps"}.get(setting.kind, "a string")
-
-
-def split_settings(values: dict[str, Any], names: Sequence[str] = SETTING_NAMES) -> tuple[dict, dict]:
-    """(the values that are settings, the rest)."""
-    chosen = {name: value for name, value in values.items() if name in names}
-    return chosen, {name: value for name, value in values.items() if name not in names}
 
 
 __all__ = ["SETTINGS", "SCORE_NEUTRAL", "Setting", "SettingError", "Settings", "names_with_role", "settings_from_config"]

@@ -30,6 +30,15 @@ def write_sentence_files(folder: Path, normal: str, abnormal: str) -> tuple[Path
     return normal_file, abnormal_file
 
 
+def run_cli(args, **invoke_options):
+    """``fade ARGS`` in-process through click's CliRunner (arguments may be paths); exceptions propagate."""
+    from click.testing import CliRunner
+
+    from fade_cli.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, **invoke_options)
+
+
 @pytest.fixture(autouse=True)
 def isolated_environment(tmp_path_factory, monkeypatch):
     """No test touches the user's caches or the network."""

@@ -7,22 +7,16 @@ import shutil
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import GOLDEN, MODEL_CONFIG, QUERIES, TINY_MODEL_ARGS, WEIGHTS
+from conftest import GOLDEN, MODEL_CONFIG, QUERIES, TINY_MODEL_ARGS, WEIGHTS, run_cli as run
 from fade_cli.bank.bank import load_bank, save_bank
-from fade_cli.cli import cli
 
 REFS = GOLDEN / "images" / "refs2"
 # One small scale and short prompt sets keep these tests fast; the settings matter here, not the numbers.
 ARGS = [*TINY_MODEL_ARGS, "--scales", "240", "--cls-size", "240",
         "--cls-prompts", GOLDEN / "prompts" / "cls.json", "--seg-prompts", GOLDEN / "prompts" / "seg.json"]
 BUILD_ARGS = ["--class", "widget", "-q", *ARGS]
-
-
-def run(args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def jsonl(text):

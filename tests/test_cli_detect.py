@@ -10,15 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import CLS_PROMPTS, FAST_ARGS, GOLDEN, QUERIES, SEG_PROMPTS
-from fade_cli.cli import cli
-
-
-def run(args):
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
+from conftest import CLS_PROMPTS, FAST_ARGS, GOLDEN, QUERIES, SEG_PROMPTS, run_cli as run
 
 
 @pytest.fixture
@@ -145,6 +139,7 @@ def test_help_and_version_do_not_import_torch():
     assert "detect" in proc.stdout and "serve" in proc.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter runs the console script end to end
 def test_installed_console_script_runs_end_to_end(images, tmp_path):
     fade = shutil.which("fade", path=str(Path(sys.executable).parent)) or shutil.which("fade")
     assert fade, "the fade console script is not installed"

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
-from conftest import FAST_ARGS
+from conftest import FAST_ARGS, run_cli as run
 from fade_cli.cli import cli
 from fade_cli.evaluation.masks import load_mask
 from fade_cli.evaluation.metrics import f1_max, image_metrics
@@ -24,10 +24,6 @@ from test_eval_metrics import brute_force_aupro
 EXAMPLES = Path(__file__).parent.parent / "examples" / "cookie"
 COOKIE = EXAMPLES / "cookie"
 EVAL_SIZE = 128  # smaller than the published 448: these tests check behaviour, not published numbers
-
-
-def run(args):
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -72,6 +68,7 @@ def assert_metrics_close(got: dict, expected: dict) -> None:
         assert got[name] == pytest.approx(value, abs=1e-9), name
 
 
+@pytest.mark.slow
 def test_mvtec_eval_report_numbers_and_detect_agree(tmp_path):
     args = ["eval", str(EXAMPLES), "--dataset", "mvtec", "--shots", "1", "--seeds", "0,1", "--eval-size",
             str(EVAL_SIZE), "--save-maps", "--save-worst", "2", "-q", *FAST_ARGS]

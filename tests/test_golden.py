@@ -36,6 +36,7 @@ def _engine(golden_model, refs):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.slow
 def test_engine_reproduces_reference(golden_model, case):
     expected = np.load(GOLDEN / "expected" / f"{case}.npz")
     engine = _engine(golden_model, CASES[case])
@@ -56,6 +57,7 @@ def test_engine_reproduces_reference(golden_model, case):
     close("fused_eval", fused_eval, MAP_TOL)
 
 
+@pytest.mark.slow
 def test_batch_of_one_equals_batch_of_four(golden_model):
     engine = _engine(golden_model, "refs1")
     images = [Image.open(p) for p in sorted(QUERIES.glob("*.png"))]
@@ -75,6 +77,7 @@ REDUCED_PRECISION_TOL = {"tf32": (1e-2, 2e-2), "bf16": (2e-2, 5e-2)}
 
 
 @pytest.mark.parametrize("precision", sorted(REDUCED_PRECISION_TOL))
+@pytest.mark.slow
 def test_reduced_precision_stays_near_fp32(golden_model, precision):
     config, loaded = golden_model
     prompts = load_prompt_set(CLS_PROMPTS), load_prompt_set(SEG_PROMPTS)

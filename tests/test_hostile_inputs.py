@@ -18,21 +18,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import MODEL_CONFIG, QUERIES, TINY_MODEL_ARGS, WEIGHTS
-from fade_cli.cli import cli
+from conftest import MODEL_CONFIG, QUERIES, TINY_MODEL_ARGS, WEIGHTS, run_cli as run
 from fade_cli.errors import ImageError, InputError
 from fade_cli.io.images import discover_images, load_image, require_images
 
 # One small size: these tests are about behaviour, not numbers.
 ARGS = TINY_MODEL_ARGS + ["--scales", "240", "--cls-size", "240"]
 LATIN1_NAME = b"latin1-\xe9.png"  # not valid UTF-8: a name from an old Windows share
-
-
-def run(args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def bright_corner(width: int, height: int) -> Image.Image:
@@ -466,6 +460,7 @@ output.finish()
 """
 
 
+@pytest.mark.slow
 def test_forty_megapixel_image_keeps_memory_bounded(tmp_path):
     """Peak memory for a 40 MP photo stays within a few image-sized buffers.
 

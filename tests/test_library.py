@@ -81,6 +81,7 @@ def test_zero_shot_without_threshold_has_no_verdict():
     assert detector.thresholds.image is None and detector.thresholds.image_source is None
 
 
+@pytest.mark.slow
 def test_bank_detector_equals_fade_detect_with_the_bank_and_shares_the_model(tmp_path):
     bank_path = tmp_path / "widget.fadebank"
     bank = fade_cli.build_bank(REFS, out=bank_path, calibrate=True, **SETTINGS)
@@ -136,6 +137,7 @@ def test_importing_the_library_does_not_import_torch():
         == "False"
 
 
+@pytest.mark.slow  # builds several detectors and a bank
 def test_the_examples_of_docs_library_run(tmp_path, monkeypatch):
     """Every python block of docs/library.md runs, with the tiny model in place of the published download."""
     import re

@@ -29,6 +29,8 @@ import pytest
 
 from conftest import QUERIES
 
+pytestmark = pytest.mark.slow  # a fake hub, timeouts and killed downloads in subprocesses
+
 MODEL, TAG = "ViT-B-16-plus-240", "laion400m_e31"
 REPO = "timm/vit_base_patch16_plus_clip_240.laion400m_e31"
 FILENAME = "open_clip_model.safetensors"  # open_clip's first choice for this tag
@@ -380,3 +382,18 @@ def test_a_killed_download_is_not_taken_for_weights_and_is_redone(hub, monkeypat
         assert "not in the cache" in timed_failure()[0]
     hub.mode = "serve"
     assert Path(fetch()).read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize("hf_hub", ["org/repo/", "org/repo/open_clip_pytorch_model.bin", "org/repo/weights.pth",
+                                    "org/repo/weights.bin", "org/repo/weights.safetensors", "org/repo/weights.pt"])
+def test_weights_are_looked_for_under_the_names_open_clip_tries(hf_hub):
+    """fade's copy of open_clip's private candidate list (model_cache._hub_candidates) must follow open_clip's."""
+    from fade_cli.model_cache import _hub_candidates
+    from fade_cli.open_clip_import import open_clip_module
+
+    open_clip_module()
+    from open_clip.constants import HF_WEIGHTS_NAME
+    from open_clip.pretrained import _get_safe_alternatives
+
+    filename = os.path.basename(hf_hub) or HF_WEIGHTS_NAME
+    assert _hub_candidates(hf_hub) == ("org/repo", [*_get_safe_alternatives(filename), filename])

@@ -7,16 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import MODEL_CONFIG, QUERIES, WEIGHTS
-from fade_cli.cli import cli
+from conftest import MODEL_CONFIG, QUERIES, WEIGHTS, run_cli as run
 
 DEFAULT_REPO = "models--timm--vit_base_patch16_plus_clip_240.laion400m_e31"
-
-
-def run(args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def fake_hub_download(cache, repo_folder=DEFAULT_REPO, filename="open_clip_pytorch_model.bin", size=1234):

@@ -159,6 +159,7 @@ def _detect(engine, images, settings):
     return engine.detect_mutual([engine.encode_for_mutual(engine.prepare(images), settings)], settings)
 
 
+@pytest.mark.slow
 def test_engine_fuses_the_mutual_map_with_the_language_branch(engine, queries):
     settings = MutualSettings(store_fp16=False)
     results = _detect(engine, queries, settings)
@@ -180,6 +181,7 @@ def test_engine_fuses_the_mutual_map_with_the_language_branch(engine, queries):
         assert result.score == pytest.approx((result.language_score + result.vision_score) / 2, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_engine_rescoring_replaces_the_vision_score(engine, queries):
     plain = _detect(engine, queries, MutualSettings())
     smoothed = _detect(engine, queries, MutualSettings(rescore=2))
@@ -198,6 +200,7 @@ def test_fp16_storage_stays_within_the_documented_tolerance(engine, queries):
         assert abs(a.score - b.score) < FP16_SCORE_TOL
 
 
+@pytest.mark.slow
 def test_batches_of_the_first_pass_do_not_change_the_result(engine, queries):
     settings = MutualSettings()
     together = _detect(engine, queries, settings)

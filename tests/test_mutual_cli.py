@@ -9,19 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import CLS_PROMPTS, FAST_ARGS, GOLDEN, QUERIES, SEG_PROMPTS
-from fade_cli.cli import cli
+from conftest import CLS_PROMPTS, FAST_ARGS, GOLDEN, QUERIES, SEG_PROMPTS, run_cli as run
 
 COOKIE = Path(__file__).parent.parent / "examples" / "cookie"
 # The golden model at one small size with the short golden prompt sets: these tests check behaviour.
 ARGS = [*FAST_ARGS, "--scales", "240", "--cls-prompts", str(CLS_PROMPTS), "--seg-prompts", str(SEG_PROMPTS)]
-
-
-def run(args):
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
 def rows_of(result) -> dict[str, dict]:
@@ -50,6 +44,7 @@ def assert_same_scores(a: dict, b: dict, tol: float = 1e-4):
             assert a[name][field] == pytest.approx(b[name][field], abs=tol), (name, field)
 
 
+@pytest.mark.slow
 def test_detect_mutual_writes_the_outputs_of_a_zero_shot_run(images, tmp_path):
     out = tmp_path / "run"
     result = detect_mutual(images, "--threshold", "0.3", "--pixel-threshold", "0.5", out=out)
@@ -68,6 +63,7 @@ def test_detect_mutual_writes_the_outputs_of_a_zero_shot_run(images, tmp_path):
     assert result.exit_code == (1 if any(r["verdict"] == "NG" for r in rows.values()) else 0)
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_file_order_or_batch_size(images, tmp_path):
     reference = rows_of(detect_mutual(images))
     # Other names, so the files come in another order; the same pictures under them.
@@ -81,6 +77,7 @@ def test_results_do_not_depend_on_file_order_or_batch_size(images, tmp_path):
     assert_same_scores(reference, rows_of(detect_mutual(images, "--batch-size", "2")))
 
 
+@pytest.mark.slow
 def test_groups_are_scored_apart(images, tmp_path):
     """Four images with --mutual-group 3: two groups of two, each scored as a run of its own."""
     grouped = rows_of(detect_mutual(images, "--mutual-group", "3"))
@@ -92,6 +89,7 @@ def test_groups_are_scored_apart(images, tmp_path):
         assert_same_scores({n: grouped[n] for n in pair}, rows_of(detect_mutual(alone)))
 
 
+@pytest.mark.slow
 def test_broken_image_is_an_error_row_and_left_out_of_the_comparisons(images):
     clean = rows_of(detect_mutual(images))
     (images / "broken.png").write_bytes(b"not a png")
@@ -178,6 +176,7 @@ def test_mutual_with_a_bank_is_refused_before_the_bank_is_read(images, tmp_path)
     assert "cannot be combined with --bank" in result.output
 
 
+@pytest.mark.slow
 def test_rescore_changes_only_the_vision_score(images):
     plain = rows_of(detect_mutual(images))
     smoothed = rows_of(detect_mutual(images, "--mutual-rescore", "1"))
@@ -188,6 +187,7 @@ def test_rescore_changes_only_the_vision_score(images):
         assert row["score"] == pytest.approx((row["language_score"] + row["vision_score"]) / 2, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_zero_shot_mutual_end_to_end_agrees_with_detect(tmp_path):
     out = tmp_path / "eval"
     result = run(["eval", str(COOKIE), "--shots", "0", "--mutual", "--eval-size", "64", "--out", str(out), "-q",

@@ -7,22 +7,16 @@ import math
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from conftest import FAST_ARGS, QUERIES
+from conftest import FAST_ARGS, QUERIES, run_cli as run
 from fade_cli import strict_json
 from fade_cli.bank.bank import load_bank
 from fade_cli.bank.container import BankFileError
-from fade_cli.cli import cli
 from fade_cli.config import EngineConfig
 from fade_cli.errors import InputError
 from test_bank_format import forged_bank, synthetic_bank
 
 NON_FINITE = ["nan", "inf", "-inf", "1e999"]
-
-
-def run(args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def strict_loads(text: str):

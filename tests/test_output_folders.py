@@ -11,10 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import GOLDEN, QUERIES, TINY_MODEL_ARGS
-from fade_cli.cli import cli
+from conftest import GOLDEN, QUERIES, TINY_MODEL_ARGS, run_cli as run
 
 MARKER = ".fade-output"  # the lock file and marker of an output folder (fade_cli.io.folder_lock.MARKER)
 MANIFEST = ".fade-written"  # what fade wrote into an output folder (fade_cli.io.manifest.MANIFEST)
@@ -31,10 +29,6 @@ with output_folder_lock(Path(sys.argv[1]), "fade detect ./line-2 --out " + sys.a
     print("held", flush=True)
     time.sleep(600)
 """
-
-
-def run(args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def rows_of(path: Path) -> list[dict]:

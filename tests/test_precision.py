@@ -6,12 +6,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
-from conftest import CLS_PROMPTS, GOLDEN, QUERIES, SEG_PROMPTS, TINY_MODEL_ARGS
+from conftest import CLS_PROMPTS, GOLDEN, QUERIES, SEG_PROMPTS, TINY_MODEL_ARGS, run_cli as run
 from fade_cli.bank.bank import load_bank
-from fade_cli.cli import cli
 from fade_cli.engine import precision
 from fade_cli.engine.precision import CpuFeatures, cpu_flags_from_cpuinfo, resolve_precision
 from fade_cli.errors import InputError
@@ -32,10 +30,6 @@ processor\t: 1
 flags\t\t: fpu
 """
 ARM_CPUINFO = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
-
-
-def run(args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture
@@ -192,6 +186,7 @@ def test_a_bank_records_the_precision_its_thresholds_were_calibrated_in(bf16_ban
     assert "computed in bf16 (built with --precision auto" in info.stdout
 
 
+@pytest.mark.slow
 def test_detecting_in_another_precision_than_the_bank_was_calibrated_in_warns(bf16_bank, cpu_is):
     same = run(["detect", QUERIES, "--bank", bf16_bank, "--device", "cpu", "-q", "--format", "jsonl"])
     assert same.exit_code in (0, 1) and "calibrated in" not in same.stderr
@@ -217,6 +212,7 @@ def _rewritten(bank_path, tmp_path, change):
     return path
 
 
+@pytest.mark.slow
 def test_a_bank_without_a_recorded_precision_was_computed_in_its_config_precision(bf16_bank, tmp_path):
     def as_older_fade(metadata):
         del metadata["precision"]
@@ -225,6 +221,7 @@ def test_a_bank_without_a_recorded_precision_was_computed_in_its_config_precisio
     assert load_bank(_rewritten(bf16_bank, tmp_path, as_older_fade)).precision == "fp16"
 
 
+@pytest.mark.slow
 def test_a_bank_with_an_unknown_precision_is_refused(bf16_bank, tmp_path):
     from fade_cli.bank.container import BankFileError
 

@@ -7,15 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import FAST_ARGS, QUERIES
-from fade_cli.cli import cli
+from conftest import FAST_ARGS, QUERIES, run_cli as run
 from fade_cli.cli.options import prompt_sets_from_options
-
-
-def run(args):
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
 def test_generate_to_stdout_and_to_a_file(tmp_path):
@@ -104,6 +98,7 @@ def _scores(args):
     return row["score"], row["language_score"], row["vision_score"]
 
 
+@pytest.mark.slow
 def test_generated_sets_run_through_detect(tmp_path):
     out = tmp_path / "bottle.json"
     assert run(["prompts", "generate", "bottle", "--out", str(out), "-q"]).exit_code == 0

@@ -11,23 +11,19 @@ import json
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from fade_cli.cli import cli
+from conftest import run_cli as run
 from fade_cli.errors import InputError, ModelError
 from fade_cli.prompting import generate_prompt_set
 from fade_cli.prompting.llm import load_language_model
 from fade_cli.prompting.llm_parse import SentenceFilter, candidate_sentences, parse_model_output
 
 # A random model often falls short of --count; that warning is tested once, with a recorder.
-pytestmark = pytest.mark.filterwarnings("ignore:llm. .* rounds:UserWarning")
+# slow: a language model (transformers) generates the sentences
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:llm. .* rounds:UserWarning")]
 
 WORDS = ("a the of on with near and is bottle scratch dent crack stain chip bubble surface glass edge rim clean "
          "smooth clear small large visible defect photo part shows").split()
-
-
-def run(args):
-    return CliRunner().invoke(cli, args, catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

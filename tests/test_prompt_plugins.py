@@ -7,11 +7,9 @@ import sys
 import textwrap
 
 import pytest
-from click.testing import CliRunner
 
-from conftest import write_sentence_files
+from conftest import write_sentence_files, run_cli as run
 import fade_cli.plugins.example_textfile as example
-from fade_cli.cli import cli
 from fade_cli.errors import FadeError, InputError
 from fade_cli.prompting import PLUGINS_DIR_ENV, discover_generators, generate_prompt_set
 
@@ -63,10 +61,6 @@ sloppy = fake_fade_plugin:Sloppy
 misnamed = fake_fade_plugin:Misnamed
 missing = fake_fade_plugin_that_does_not_exist:Generator
 """
-
-
-def run(args, env=None):
-    return CliRunner().invoke(cli, args, catch_exceptions=False, env=env)
 
 
 @pytest.fixture

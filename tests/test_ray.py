@@ -22,6 +22,8 @@ from click.testing import CliRunner
 from conftest import FAST_ARGS, QUERIES, WEIGHTS
 from fade_cli.cli import cli
 
+pytestmark = pytest.mark.slow  # a local Ray cluster per module, workers killed and replaced
+
 REPO = Path(__file__).resolve().parent.parent
 COOKIE = REPO / "examples" / "cookie"
 REFS = COOKIE / "cookie" / "train" / "good"

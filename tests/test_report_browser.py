@@ -33,6 +33,8 @@ from fade_cli.evaluation.report import _percent
 from fade_cli.io.outputs import ResultRow, json_line
 from fade_cli.report.build import build_report
 
+pytestmark = pytest.mark.slow  # drives Chromium
+
 COOKIE = Path(__file__).parent.parent / "examples" / "cookie"
 HOSTILE_NAMES = [
     "cracked/<img src=x onerror=alert(1)>.jpg",

@@ -140,6 +140,7 @@ def sixteen_images() -> list[Image.Image]:
     return [change(base) for base in bases for change in variants]
 
 
+@pytest.mark.slow
 def test_sixteen_concurrent_clients_share_one_forward_pass_and_get_their_own_result(served, client_for):
     images = sixteen_images()
     alone = [served.engine.detect([image])[0].score for image in images]

@@ -17,6 +17,8 @@ httpx = pytest.importorskip("httpx")
 from conftest import GOLDEN, QUERIES, TINY_MODEL_ARGS  # noqa: E402
 from test_serve_api import bank_file, run  # noqa: E402,F401  (bank_file: the fixture)
 
+pytestmark = pytest.mark.slow  # real fade serve processes
+
 
 def start_serve(*args: str, **popen: Any) -> tuple[subprocess.Popen, str]:
     """Start `fade serve --port 0`, and return it with its URL (from its first line on stderr)."""

@@ -313,6 +313,7 @@ def test_help_imports_neither_torch_nor_open_clip(args):
     assert "torch" not in modules and "open_clip" not in modules and "transformers" not in modules
 
 
+@pytest.mark.slow
 def test_open_clip_is_imported_without_transformers_and_timm_which_stay_importable():
     modules = imported_after(
         "from fade_cli.open_clip_import import open_clip_module\nopen_clip = open_clip_module()\n"
@@ -341,6 +342,7 @@ def test_a_tower_of_an_optional_library_gets_it_back_in_open_clip(architecture, 
         f"assert open_clip.model.{name}.__init__.__globals__[{library!r}] is {library}\n")
 
 
+@pytest.mark.slow
 def test_a_bank_run_imports_neither_transformers_nor_timm(tmp_path):
     """`fade detect --bank` end to end, in its own process."""
     from conftest import FAST_ARGS, GOLDEN, QUERIES

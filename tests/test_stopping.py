@@ -18,6 +18,8 @@ from conftest import QUERIES, TINY_MODEL_ARGS
 from fade_cli.cli import cli
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP
 
+pytestmark = pytest.mark.slow  # signals to fade processes while they load and score
+
 NOT_INSPECTED, PIPE_CLOSED, TERMINATED = 4, 141, 143  # scripts rely on the numbers themselves
 
 ARGS = TINY_MODEL_ARGS + ["--scales", "240", "--cls-size", "240", "--batch-size", "1"]

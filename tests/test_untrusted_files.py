@@ -290,6 +290,7 @@ def _catch(errors, action):
 
 
 @pytest.mark.parametrize("damage", ["nan", "shape", "bytes"])
+@pytest.mark.slow
 def test_a_damaged_text_cache_entry_is_discarded_rebuilt_and_named(damage):
     args = ["detect", QUERIES, "--format", "jsonl", "-q", *FAST_ARGS, "--cls-prompts", CLS_PROMPTS,
             "--seg-prompts", SEG_PROMPTS]

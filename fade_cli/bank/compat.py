@@ -118,7 +118,7 @@ def setting_differences(saved: Any, requested: Any, fields: Iterable[str]) -> di
 def precision_warning(bank: ReferenceBank, thresholds: Thresholds, run_precision: str, source: str) -> Optional[str]:
     """A warning when the bank's calibrated thresholds are used in another precision than they were computed in.
 
-    Scores move by about 1e-3 between fp32 and bf16 (README, Performance): enough to turn
+    Scores move by about 1e-3 between fp32 and bf16 (docs/performance.md): enough to turn
     a verdict near the threshold. A threshold given on the command line is the user's own.
     """
     calibrated = [name for name, origin in (("image", thresholds.image_source), ("pixel", thresholds.pixel_source))

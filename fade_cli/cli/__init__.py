@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import logging
 import importlib.util
+import os
 import warnings
 from typing import Any, Optional
 
@@ -110,8 +111,7 @@ def cli() -> None:
 
 def main() -> None:
     """Console entry point."""
-    # open_clip and huggingface_hub log download retries and failures; fade reports them itself.
-    logging.disable(logging.ERROR)
+    _keep_library_logs_off_the_terminal()
     warnings.showwarning = _show_warning
     guard_standard_streams()
     try:
@@ -123,6 +123,24 @@ def main() -> None:
         code = exc.code
     # Flushed here, not by Python after the exit, whose failure would be a traceback and exit 120.
     raise SystemExit(code if flush_standard_streams() else PIPE_CLOSED)
+
+
+# Libraries that give their loggers a stderr handler of their own when imported, at the level these say.
+_LIBRARY_VERBOSITY_ENV = ("HF_HUB_VERBOSITY", "TRANSFORMERS_VERBOSITY")
+
+
+def _keep_library_logs_off_the_terminal() -> None:
+    """open_clip, huggingface_hub and urllib3 log download retries and failures, which fade reports itself.
+
+    Scoped, not ``logging.disable``: records that reach the root logger go to a null handler only while
+    nobody has configured logging (it keeps Python's last-resort handler and open_clip's ``basicConfig``
+    off stderr); huggingface_hub and transformers start at CRITICAL unless their variables say otherwise.
+    A program that runs the CLI in-process keeps its own handlers and levels.
+    """
+    if not logging.root.handlers:
+        logging.root.addHandler(logging.NullHandler())
+    for variable in _LIBRARY_VERBOSITY_ENV:
+        os.environ.setdefault(variable, "critical")
 
 
 _python_showwarning = warnings.showwarning

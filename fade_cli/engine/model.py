@@ -7,13 +7,11 @@ raises :class:`ModelError` with a message that says how to fix it.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -22,7 +20,7 @@ from fade_cli.engine.file_hash import weights_sha256
 from fade_cli.engine.model_files import ZIP_MAGIC, check_checkpoint_file, read_model_config
 from fade_cli.errors import InputError, ModelError
 from fade_cli.model_cache import check_architecture, check_pretrained_tag, default_cache_dir, fetch_weights
-from fade_cli.open_clip_import import enable_backends_for, open_clip_module
+from fade_cli.open_clip_import import enable_backends_for, open_clip_logs_dropped, open_clip_module
 from fade_cli.settings import named
 
 VISUAL_PREFIX = "visual."
@@ -154,7 +152,7 @@ def _model_from_checkpoint(name: str, checkpoint: str, quick_gelu: bool, device:
     """
     open_clip = open_clip_module()
     enable_backends_for(open_clip.get_model_config(name) or {})
-    with torch.device("meta"), _no_warnings():  # open_clip warns "no pretrained weights": they follow here
+    with torch.device("meta"), open_clip_logs_dropped():  # open_clip warns "no pretrained weights": they follow here
         model = open_clip.create_model(name, pretrained=None, device="meta", force_quick_gelu=quick_gelu)
     target, prefix = (model, "") if text_tower else (model.visual, VISUAL_PREFIX)
     try:
@@ -194,7 +192,14 @@ def _read_state_dict(checkpoint: str, prefix: str) -> dict[str, torch.Tensor]:
 
 def _as_open_clip_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What open_clip's own ``load_checkpoint`` does to a state dict before loading it (other formats, older
-    key names, a position embedding of another size), applied here to the model built on the meta device."""
+    key names, a position embedding of another size), applied here to the model built on the meta device.
+
+    A copy of that function's middle, because the function itself cannot be called: it reads the whole
+    file (fade reads only the vision tower's tensors, memory-mapped) and copies them with
+    ``load_state_dict`` into existing tensors (a model on the meta device needs ``assign=True``). The
+    conversions it calls are open_clip's own; tests/test_startup.py checks the result against the model
+    open_clip loads itself, in every format and key spelling load_checkpoint accepts.
+    """
     from open_clip.convert import convert_state_dict
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
 
@@ -239,13 +244,3 @@ def _unloaded_buffer(owner: torch.nn.Module, name: str, buffer: torch.Tensor) ->
     if name != "attn_mask" or buffer.ndim != 2 or buffer.shape[0] != buffer.shape[1]:
         raise ValueError(f"{type(owner).__name__}.{name} is neither in the checkpoint nor a known causal mask")
     return torch.full(tuple(buffer.shape), float("-inf"), dtype=buffer.dtype).triu_(1)
-
-
-@contextlib.contextmanager
-def _no_warnings() -> Iterator[None]:
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(previous)

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+# open_clip.OPENAI_DATASET_MEAN / _STD, not imported from there: importing open_clip takes over a second,
+# and decoding needs only these numbers.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 

@@ -34,7 +34,9 @@ def _encode_trimmed(model: torch.nn.Module, tokens_bl: torch.Tensor) -> torch.Te
 
     CLIP's text tower is causal and pools at the end token, so the padding after
     it cannot change the result; skipping it makes prompt encoding several times
-    faster (prompts are ~15 of 77 tokens).
+    faster (prompts are ~15 of 77 tokens). A copy of open_clip's ``CLIP.encode_text`` because that
+    method always adds the full 77-position embedding and causal mask; other text towers (CustomTextCLIP,
+    other pooling) go through ``encode_text`` itself (:func:`_can_trim_padding`).
     """
     length = int(tokens_bl.argmax(dim=-1).max()) + 1
     tokens_bl = tokens_bl[:, :length]
