@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +76,21 @@ def chromium():
         browser = launch_chromium(playwright)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def lock_holders():
+    """start(script, path): a process running ``script`` (which takes ``path`` and prints "held" once it holds a
+    lock); every process started is killed at the end of the test."""
+    started = []
+
+    def start(script: str, path: Path) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == "held"
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()

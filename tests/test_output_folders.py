@@ -3,6 +3,7 @@ fade's own outputs never read as input, temporaries of killed runs, and names at
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -36,20 +37,9 @@ def rows_of(path: Path) -> list[dict]:
 
 
 @pytest.fixture
-def holder(tmp_path):
-    """Start a process holding the lock of a folder; yields (start(folder) -> process)."""
-    started = []
-
-    def start(folder: Path) -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, str(folder)], stdout=subprocess.PIPE, text=True)
-        assert process.stdout.readline().strip() == "held"
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
-        process.wait()
+def holder(lock_holders):
+    """start(path) -> a process holding the lock of ``path`` (see HOLD_SCRIPT)."""
+    return functools.partial(lock_holders, HOLD_SCRIPT)
 
 
 @pytest.mark.parametrize("command", [

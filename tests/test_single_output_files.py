@@ -3,6 +3,7 @@ file is replaced only with --overwrite, and two runs writing the same file at on
 "Wrote" with one file silently replacing the other."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -36,19 +37,9 @@ def run(args):
 
 
 @pytest.fixture
-def holder():
-    started = []
-
-    def start(path: Path) -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, str(path)], stdout=subprocess.PIPE, text=True)
-        assert process.stdout.readline().strip() == "held"
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.kill()
-        process.wait()
+def holder(lock_holders):
+    """start(path) -> a process holding the lock of ``path`` (see HOLD_SCRIPT)."""
+    return functools.partial(lock_holders, HOLD_SCRIPT)
 
 
 @pytest.fixture(scope="module")

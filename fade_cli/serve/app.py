@@ -84,10 +84,6 @@ class Detection(BaseModel):
     map_npy: Optional[str] = None
 
 
-class Detections(BaseModel):
-    results: list[Detection]
-
-
 def create_app(service: InspectionService, settings: ApiSettings = ApiSettings()) -> FastAPI:
     """The ASGI app; its lifespan starts the service (loading runs in the background) and stops it."""
 
