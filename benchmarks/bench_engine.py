@@ -37,7 +37,7 @@ EXAMPLES = REPO / "examples" / "cookie" / "cookie"
 def build_loaded_model(arch: str, device: torch.device):
     import open_clip
 
-    from fade_cli.engine.model import LoadedModel, register_model_config
+    from fade_cli.backbone.model import LoadedModel, register_model_config
 
     if arch == "tiny":
         name = register_model_config(str(GOLDEN / "fade-golden.json"))
@@ -95,7 +95,7 @@ def time_run(engine, files, device, write: bool = False, keep: KeepDetections = 
     import tempfile
 
     from fade_cli.io.outputs import RunOutput
-    from fade_cli.runner import run_detection
+    from fade_cli.runs.runner import run_detection
 
     with tempfile.TemporaryDirectory() as out:
         if device.type == "cuda":
@@ -112,7 +112,7 @@ def time_run(engine, files, device, write: bool = False, keep: KeepDetections = 
 
 def decoding_rate(engine, files) -> float:
     """Images/s that the runner's background decoding (decode + resize to every size) delivers alone."""
-    from fade_cli.runner import decoded_batches
+    from fade_cli.runs.runner import decoded_batches
 
     start = time.perf_counter()
     for _ in decoded_batches(engine, files):
@@ -146,7 +146,7 @@ def main() -> None:
 
     from fade_cli.config import EngineConfig, parse_sizes
     from fade_cli.engine.detector import FadeEngine
-    from fade_cli.runner import DECODE_THREADS, load_references
+    from fade_cli.runs.runner import DECODE_THREADS, load_references
 
     from fade_cli.engine.precision import cpu_features
 

@@ -74,11 +74,11 @@ def main() -> None:
     import torch
 
     from fade_cli.config import EngineConfig, parse_sizes
-    from fade_cli.distributed.cluster import RaySettings, ray_session
-    from fade_cli.distributed.ray_detect import run_detection_on_ray
+    from fade_cli.runs.ray.cluster import RaySettings, ray_session
+    from fade_cli.runs.ray.ray_detect import run_detection_on_ray
     from fade_cli.engine import FadeEngine
     from fade_cli.io.outputs import ImageWriter
-    from fade_cli.runner import load_references, run_detection
+    from fade_cli.runs.runner import load_references, run_detection
 
     torch.set_num_threads(1)
     config = EngineConfig(model_config=str(GOLDEN / "model" / "fade-golden.json"),

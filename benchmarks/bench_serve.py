@@ -117,7 +117,7 @@ def offline_rate(bank_path: Path, engine_args: list[str], device: str, precision
     from fade_cli.bank.bank import load_bank
     from fade_cli.cli.engine_setup import engines_for_banks
     from fade_cli.io.images import ImageFile
-    from fade_cli.runner import run_detection
+    from fade_cli.runs.runner import run_detection
 
     flags = dict(zip(engine_args[::2], engine_args[1::2]))
     bank = load_bank(bank_path)

@@ -56,19 +56,19 @@ PHASES_ENV, START_ENV = "FADE_BENCH_PHASES", "FADE_BENCH_T0"
 
 # (module, attribute, phase): functions timed in the child, old and new names alike (missing ones are skipped).
 WATCHED = [
-    ("fade_cli.engine.model", "file_sha256", "hash"),  # before the hash memo
-    ("fade_cli.engine.file_hash", "weights_sha256", "hash"),
+    ("fade_cli.backbone.model", "file_sha256", "hash"),  # before the hash memo
+    ("fade_cli.backbone.file_hash", "weights_sha256", "hash"),
     ("fade_cli.bank.bank", "load_bank", "bank"),
     ("open_clip.factory", "create_model", "build"),
     ("open_clip.factory", "load_checkpoint", "weights"),
-    ("fade_cli.engine.model", "_visual_state_dict", "weights"),
-    ("fade_cli.engine.model", "_read_state_dict", "weights"),
-    ("fade_cli.engine.model", "_assign_weights", "weights"),
+    ("fade_cli.backbone.model", "_visual_state_dict", "weights"),
+    ("fade_cli.backbone.model", "_read_state_dict", "weights"),
+    ("fade_cli.backbone.model", "_assign_weights", "weights"),
     ("fade_cli.engine.detector", "FadeEngine.detect_prepared", "forward"),
 ]
 TIMED_IMPORTS = ["torch", "open_clip", "transformers", "torchvision", "fastapi", "uvicorn"]
 IMPORT_ROWS = ["fade_cli.cli", "torch", "open_clip", "transformers", "torchvision", "torch._dynamo", "timm",
-               "fastapi", "uvicorn", "fade_cli.engine.model"]
+               "fastapi", "uvicorn", "fade_cli.backbone.model"]
 
 
 # --- the child: fade's CLI with timers around the phases ---------------------------------------------

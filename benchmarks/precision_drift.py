@@ -17,7 +17,7 @@ CASES = {"zero_shot": None, "one_shot": "refs1", "two_shot": "refs2"}
 
 def run_case(config, loaded, refs):
     from fade_cli.engine.detector import FadeEngine
-    from fade_cli.prompt_set import load_prompt_set
+    from fade_cli.prompting.prompt_set import load_prompt_set
 
     engine = FadeEngine.from_config(config, load_prompt_set(GOLDEN / "prompts" / "cls.json"),
                                     load_prompt_set(GOLDEN / "prompts" / "seg.json"), loaded=loaded)
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from fade_cli.config import EngineConfig
-    from fade_cli.engine.model import load_model
+    from fade_cli.backbone.model import load_model
 
     config = EngineConfig(model_config=str(GOLDEN / "model" / "fade-golden.json"),
                           weights=str(GOLDEN / "model" / "fade-golden-seed0.pt"), device=args.device,

@@ -45,7 +45,7 @@ def main() -> None:
 
     from fade_cli.config import EngineConfig, parse_sizes
     from fade_cli.engine.detector import FadeEngine
-    from fade_cli.runner import load_references
+    from fade_cli.runs.runner import load_references
 
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")

@@ -28,7 +28,7 @@ def score_class(config, loaded, references, queries, margin):
     """(image threshold calibrated by leave-one-out, {query: score}) in the config's precision."""
     from fade_cli.bank.leave_one_out import leave_one_out
     from fade_cli.engine.detector import FadeEngine
-    from fade_cli.runner import load_references, run_detection
+    from fade_cli.runs.runner import load_references, run_detection
 
     engine = FadeEngine.from_config(config, loaded=loaded)
     load_references(engine, references)
@@ -57,7 +57,7 @@ def main() -> None:
     import torch
 
     from fade_cli.config import EngineConfig, parse_sizes
-    from fade_cli.engine.model import load_model
+    from fade_cli.backbone.model import load_model
     from fade_cli.io.images import discover_images
 
     if args.threads:

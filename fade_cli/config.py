@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from fade_cli.errors import InputError
-from fade_cli.validation import check_finite
+from fade_cli.core.errors import InputError
+from fade_cli.core.naming import named
+from fade_cli.core.validation import check_finite
 
 DEFAULT_MODEL = "ViT-B-16-plus-240"
 DEFAULT_PRETRAINED = "laion400m_e31"
@@ -149,13 +150,6 @@ class EngineConfig:
         data["seg_sizes"] = list(self.seg_sizes)
         return data
 
-    @classmethod
-    def from_dict(cls, data: Any, source: str = "engine config") -> "EngineConfig":
-        """A config read from a file (a bank): every field's type and range checked, the file named in errors."""
-        from fade_cli.settings import config_from_dict
-
-        return config_from_dict(data, source)
-
     def replace(self, **changes: Any) -> "EngineConfig":
         return dataclasses.replace(self, **changes)
 
@@ -163,8 +157,6 @@ class EngineConfig:
 def check_device_name(name: str) -> None:
     """Refuse devices the engine cannot run on (``meta``, ``xla``, typos) before torch meets them."""
     if not isinstance(name, str) or not DEVICE_PATTERN.fullmatch(name):
-        from fade_cli.settings import named
-
         raise InputError(f"{named('device')} {name!r} is not a device fade runs on: use auto, cpu, cuda, cuda:N or mps")
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
 from fade_cli.bank.calibration import DEFAULT_MARGIN, MIN_REFERENCES, Calibration, Thresholds, choose_thresholds
-from fade_cli.errors import ImageError, InputError
-from fade_cli.prompt_set import PromptSet, load_prompt_set
+from fade_cli.core.errors import ImageError, InputError
+from fade_cli.prompting.prompt_set import PromptSet, load_prompt_set
 from fade_cli.settings import SETTINGS_BY_NAME, SettingError, Settings, names_with_role, unknown_setting_error
 
 if TYPE_CHECKING:  # importing these pulls in torch; `import fade_cli` stays light
@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # importing these pulls in torch; `import fade_cli` stays lig
 
     from fade_cli.bank.bank import ReferenceBank
     from fade_cli.engine.detector import FadeEngine
-    from fade_cli.engine.model import LoadedModel
+    from fade_cli.backbone.model import LoadedModel
     from fade_cli.io.images import ImageFile
 
 ImageInput = Union[str, os.PathLike, "Image.Image", "np.ndarray"]
@@ -89,7 +89,7 @@ class Detector:
         With ``calibrate`` the thresholds come from the references alone (leave-one-out, ``margin`` x the
         highest score); ``threshold`` / ``pixel_threshold`` win over the calibrated ones.
         """
-        from fade_cli.runner import load_references
+        from fade_cli.runs.runner import load_references
 
         chosen = Settings.of(**settings)
         ref_files = reference_files(refs)
@@ -128,7 +128,7 @@ class Detector:
     def _result(self, name: str, image: "Image.Image", detection: Any) -> Result:
         from fade_cli.io.heatmap import upsample_map
         from fade_cli.io.images import ImageFile
-        from fade_cli.runner import finish_row
+        from fade_cli.runs.runner import finish_row
 
         row = finish_row(ImageFile(Path(name), name), image, detection, None, self.thresholds.image,
                          self.thresholds.pixel)
@@ -245,7 +245,7 @@ class _SharedModels:
     def vision_model(self, config: Any, source: Any = None) -> "LoadedModel":
         """The vision tower of ``config``'s model on its device, loaded once."""
         from fade_cli.engine.detector import checked_model_source
-        from fade_cli.engine.model import load_model
+        from fade_cli.backbone.model import load_model
 
         key = json.dumps([config.model, config.pretrained, config.weights, config.model_config, config.device])
         with self._lock:
@@ -280,8 +280,8 @@ def build_bank(refs: Union[str, os.PathLike], out: Union[str, os.PathLike], *, c
     from fade_cli.bank.bank import save_bank
     from fade_cli.bank.engine_bridge import bank_from_engine
     from fade_cli.engine import FadeEngine
-    from fade_cli.prompt_set import with_default_prompts
-    from fade_cli.runner import load_references
+    from fade_cli.prompting.prompt_set import with_default_prompts
+    from fade_cli.runs.runner import load_references
 
     out = Path(out)
     check_bank_out(out, overwrite)

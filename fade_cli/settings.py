@@ -18,13 +18,11 @@ no click): ``fade --help`` imports it.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from fade_cli.config import (
     DEFAULT_CLS_SIZE,
@@ -40,8 +38,9 @@ from fade_cli.config import (
     EngineConfig,
     parse_sizes,
 )
-from fade_cli.errors import InputError
-from fade_cli.validation import shown
+from fade_cli.core.errors import InputError
+from fade_cli.core.naming import flag_of, named
+from fade_cli.core.validation import shown
 
 ROLES = ("model", "stored", "preset", "prompts", "runtime")
 # How a value is written and checked: the CLI maps each kind to a click type.
@@ -71,7 +70,6 @@ class Setting:
     choices: tuple[str, ...] = ()
     negatable: bool = False  # a flag with a --no- form
     short: Optional[str] = None  # a one-letter command-line alias, e.g. -v
-    option: Optional[str] = None  # the command-line flag when it is not --NAME-WITH-DASHES
     results_depend: bool = True  # False: scores are the same whatever its value (a bank never stores it)
     optional: bool = False  # None is allowed besides the default (no pretrained tag with a weights file)
     section: str = "Published method"  # where --help lists it (fade_cli.cli.help_sections)
@@ -79,7 +77,7 @@ class Setting:
     @property
     def flag(self) -> str:
         """The command-line option, e.g. ``--vision-weight`` (``--class`` for ``class_name``)."""
-        return self.option or "--" + self.name.replace("_", "-")
+        return flag_of(self.name)
 
     def check(self, value: Any) -> Any:
         """``value`` as this setting holds it; a :class:`SettingError` naming the setting when it does not fit."""
@@ -203,7 +201,7 @@ SETTINGS: tuple[Setting, ...] = (
             "CPU without bf16 instructions).", "runtime", field="precision", choices=("fp32", "auto", "tf32", "bf16", "fp16"),
             section="Speed and machine"),
     Setting("class_name", "text", "object", "Object name put into the prompts, e.g. screw (underscores become "
-            "spaces).", "stored", field="class_name", option="--class", section="Everyday"),
+            "spaces).", "stored", field="class_name", section="Everyday"),
     Setting("scales", "sizes", DEFAULT_SEG_SIZES,
             "Segmentation input sizes, comma-separated. The published 240,448,896 gives the finest maps; 240,448 "
             "scores about 8x faster on a CPU (896 costs most) with coarser maps; 240 alone is faster still.", "stored",
@@ -268,25 +266,6 @@ SETTING_NAMES: tuple[str, ...] = tuple(SETTINGS_BY_NAME)
 RUNTIME_FIELDS: tuple[str, ...] = tuple(s.field for s in SETTINGS if not s.results_depend and s.field)
 # Settings whose value never changes a result (a --resume may change them).
 SCORE_NEUTRAL: tuple[str, ...] = tuple(s.name for s in SETTINGS if not s.results_depend)
-
-
-# Messages name a setting as the library calls it (vision_weight) or, under the command line, by its option.
-_NAMING: contextvars.ContextVar[str] = contextvars.ContextVar("fade_setting_naming", default="setting")
-
-
-def named(name: str) -> str:
-    """How a message names the setting ``name``: ``vision_weight`` in the library, ``--vision-weight`` in the CLI."""
-    return SETTINGS_BY_NAME[name].flag if _NAMING.get() == "flag" else name
-
-
-@contextlib.contextmanager
-def settings_named_as_flags() -> Iterator[None]:
-    """Within it, messages name settings by their command-line options (the CLI runs its commands so)."""
-    token = _NAMING.set("flag")
-    try:
-        yield
-    finally:
-        _NAMING.reset(token)
 
 
 def names_with_role(*roles: str) -> tuple[str, ...]:
@@ -367,7 +346,7 @@ def settings_from_config(config: EngineConfig, **others: Any) -> Any:
 
 def config_from_dict(data: Any, source: str) -> EngineConfig:
     """An engine config read from a file (a bank): every field checked as its setting is, the file named."""
-    from fade_cli.validation import Fields
+    from fade_cli.core.validation import Fields
 
     fields = Fields(data, source, "config")
     fields.unknown(f.name for f in dataclasses.fields(EngineConfig))

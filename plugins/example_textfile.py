@@ -3,7 +3,7 @@
 Its test, also a guide, is ``tests/test_example_plugin.py``; ``plugins/README.md``
 walks through both. A generator is a class with a ``name``, a ``help`` text, a
 tuple of ``options`` and a ``generate(class_name, **options)`` method that
-returns a :class:`~fade_cli.prompt_set.PromptSet`. fade does the rest: it turns
+returns a :class:`~fade_cli.prompting.prompt_set.PromptSet`. fade does the rest: it turns
 the options into command-line flags, fills in defaults, checks types, cleans
 the sentences (whitespace, blank lines, duplicates), refuses an empty list and
 records a ``meta`` block so the file can be regenerated.
@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fade_cli.errors import InputError
-from fade_cli.prompt_set import PromptSet
+from fade_cli.core.errors import InputError
+from fade_cli.prompting.prompt_set import PromptSet
 from fade_cli.prompting import GeneratorOption, PromptGenerator
 
 

@@ -6,8 +6,8 @@ Registered like any third-party generator, through the entry point group
 """
 from __future__ import annotations
 
-from fade_cli.errors import InputError
-from fade_cli.prompt_set import PromptSet
+from fade_cli.core.errors import InputError
+from fade_cli.prompting.prompt_set import PromptSet
 from fade_cli.prompting import GeneratorOption, PromptGenerator
 from fade_cli.prompting.llm import LlmSettings, write_sentences
 from fade_cli.prompting.llm_parse import SentenceFilter

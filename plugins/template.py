@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fade_cli.prompt_set import PromptSet
+from fade_cli.prompting.prompt_set import PromptSet
 from fade_cli.prompting import GeneratorOption, PromptGenerator
 from fade_cli.prompting.composition import composed_prompt_set
 from fade_cli.prompting.templates import template_file

@@ -5,7 +5,7 @@ Registered like any third-party generator, through the entry point group
 """
 from __future__ import annotations
 
-from fade_cli.prompt_set import PromptSet
+from fade_cli.prompting.prompt_set import PromptSet
 from fade_cli.prompting import GeneratorOption, PromptGenerator
 from fade_cli.prompting.composition import LOCAL_TEMPLATE, composed_prompt_set
 from fade_cli.prompting.templates import builtin_template

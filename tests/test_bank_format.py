@@ -12,7 +12,7 @@ from fade_cli.bank.bank import FORMAT_VERSION, ReferenceBank, load_bank, save_ba
 from fade_cli.bank.calibration import Calibration, choose_thresholds
 from fade_cli.bank.container import BankFileError, decode_container, encode_container
 from fade_cli.config import EngineConfig
-from fade_cli.prompt_set import PromptSet
+from fade_cli.prompting.prompt_set import PromptSet
 
 DIM = 8
 

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import MODEL_CONFIG, WEIGHTS
 from fade_cli.bank.calibration import Calibration, check_margin, choose_thresholds, describe_thresholds
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 
 COOKIE_GOOD = Path(__file__).parent.parent / "examples" / "cookie" / "cookie" / "train" / "good"
 

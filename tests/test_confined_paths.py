@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import CLS_PROMPTS, FAST_ARGS, QUERIES, SEG_PROMPTS
 from fade_cli.cli import cli
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.evaluation.datasets import load_dataset
 from fade_cli.io.files import confined_path, read_file_bytes
 from fade_cli.io.thumbnails import write_thumbnails

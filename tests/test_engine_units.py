@@ -138,7 +138,7 @@ def test_memory_bank_uses_second_neighbour_with_query_patches():
 
 
 def test_trimmed_text_encoding_equals_open_clip(tiny_config):
-    from fade_cli.engine.model import load_model
+    from fade_cli.backbone.model import load_model
 
     loaded = load_model(tiny_config)
     tokens = loaded.tokenizer(["a photo of a cracked widget.", "x", "a long sentence " * 10])
@@ -150,8 +150,8 @@ def test_trimmed_text_encoding_equals_open_clip(tiny_config):
 
 def test_text_embeddings_are_cached_on_disk(tiny_config, tmp_path, monkeypatch):
     from fade_cli.engine.detector import encode_prompt_sets
-    from fade_cli.engine.model import load_model
-    from fade_cli.prompt_set import PromptSet
+    from fade_cli.backbone.model import load_model
+    from fade_cli.prompting.prompt_set import PromptSet
 
     config = tiny_config.replace(cache_dir=str(tmp_path))
     loaded = load_model(config)
@@ -282,7 +282,7 @@ def test_file_hash_is_read_once_per_version_of_the_file(tmp_path, monkeypatch):
     import hashlib
     import os
 
-    from fade_cli.engine import file_hash
+    from fade_cli.backbone import file_hash
 
     weights = tmp_path / "weights.pt"
     weights.write_bytes(b"a" * 1000)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.evaluation.datasets import detect_layout, load_dataset
 from fade_cli.evaluation.plan import EvalSettings, plan_runs
 from fade_cli.evaluation.shots import choose_references

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.evaluation.masks import load_mask
 
 COOKIE = Path(__file__).parent.parent / "examples" / "cookie"

@@ -10,7 +10,7 @@ from fade_cli.cli import cli
 from fade_cli.cli.eval_cmd import _prompt_source, eval_command
 from fade_cli.cli.options import pop_engine_options
 from fade_cli.evaluation.prompts import ClassPrompts
-from fade_cli.prompt_set import default_prompt_sets, load_prompt_set
+from fade_cli.prompting.prompt_set import default_prompt_sets, load_prompt_set
 
 
 def options_for(*args):

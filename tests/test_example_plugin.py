@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conftest import write_sentence_files
 import fade_cli.plugins.example_textfile as example
 from fade_cli.cli import cli
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.prompting import run_generator
 from fade_cli.prompting.interface import interface_problems
 

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import FAST_ARGS
 from fade_cli.bank.calibration import Calibration, check_calibrated_thresholds, choose_thresholds
 from fade_cli.cli import cli
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.io.images import ImageFile, discover_images, load_image
 from fade_cli.io.input_checks import defect_like_folder, find_dataset, upscale_warning
 

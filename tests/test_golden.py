@@ -9,7 +9,7 @@ from PIL import Image
 
 from conftest import CLS_PROMPTS, GOLDEN, QUERIES, SEG_PROMPTS
 from fade_cli.engine import FadeEngine
-from fade_cli.prompt_set import load_prompt_set
+from fade_cli.prompting.prompt_set import load_prompt_set
 
 SCORE_TOL = 1e-4
 MAP_TOL = 1e-3
@@ -19,7 +19,7 @@ CASES = {"zero_shot": None, "one_shot": "refs1", "two_shot": "refs2"}
 @pytest.fixture(scope="module")
 def golden_model():
     from fade_cli.config import EngineConfig
-    from fade_cli.engine.model import load_model
+    from fade_cli.backbone.model import load_model
     from conftest import GOLDEN_DEVICE, MODEL_CONFIG, WEIGHTS
 
     config = EngineConfig(model_config=str(MODEL_CONFIG), weights=str(WEIGHTS), device=GOLDEN_DEVICE,

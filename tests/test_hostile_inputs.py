@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from conftest import MODEL_CONFIG, QUERIES, TINY_MODEL_ARGS, WEIGHTS, run_cli as run
-from fade_cli.errors import ImageError, InputError
+from fade_cli.core.errors import ImageError, InputError
 from fade_cli.io.images import discover_images, load_image, require_images
 
 # One small size: these tests are about behaviour, not numbers.
@@ -443,7 +443,7 @@ from fade_cli.config import EngineConfig
 from fade_cli.engine import FadeEngine
 from fade_cli.io.images import ImageFile
 from fade_cli.io.outputs import RunOutput
-from fade_cli.runner import run_detection
+from fade_cli.runs.runner import run_detection
 
 model_config, weights, folder = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 Image.new("RGB", (1, 1), (90, 90, 90)).save(folder / "small.png")

@@ -13,7 +13,7 @@ from PIL import Image
 import fade_cli
 from conftest import CLS_PROMPTS, GOLDEN, MODEL_CONFIG, QUERIES, SEG_PROMPTS, TINY_MODEL_ARGS, WEIGHTS
 from fade_cli.cli import cli
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 
 REFS = GOLDEN / "images" / "refs2"
 # The tiny model at one small scale: the library must equal the command line, whatever the numbers.

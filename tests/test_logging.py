@@ -48,8 +48,8 @@ def test_the_cli_entry_leaves_the_root_logger_on(root_handler, monkeypatch):
 
 def test_loading_a_model_drops_open_clip_records_only(root_handler, monkeypatch):
     from fade_cli.config import EngineConfig
-    from fade_cli.engine.model import load_model
-    from fade_cli.open_clip_import import open_clip_module
+    from fade_cli.backbone.model import load_model
+    from fade_cli.backbone.open_clip_import import open_clip_module
 
     open_clip = open_clip_module()
     create_model = open_clip.create_model

@@ -186,7 +186,7 @@ def repo_folder() -> Path:
 
 
 def cached_file():
-    from fade_cli.model_cache import cached_weights
+    from fade_cli.backbone.cache import cached_weights
 
     return cached_weights(MODEL, TAG, str(cache()))
 
@@ -197,7 +197,7 @@ def leftovers() -> list[Path]:
 
 
 def fetch(**kwargs):
-    from fade_cli.model_cache import fetch_weights
+    from fade_cli.backbone.cache import fetch_weights
 
     return fetch_weights(MODEL, TAG, announce=lambda line: None, progress=False, **kwargs)
 
@@ -207,12 +207,12 @@ def import_before_timing() -> None:
     import open_clip  # noqa: F401
     from huggingface_hub import file_download  # noqa: F401
 
-    from fade_cli.engine import model  # noqa: F401
+    from fade_cli.backbone import model  # noqa: F401
 
 
 def timed_failure():
     """The ModelError of a fetch, and the seconds it took."""
-    from fade_cli.errors import ModelError
+    from fade_cli.core.errors import ModelError
 
     import_before_timing()
     start = time.monotonic()
@@ -388,8 +388,8 @@ def test_a_killed_download_is_not_taken_for_weights_and_is_redone(hub, monkeypat
                                     "org/repo/weights.bin", "org/repo/weights.safetensors", "org/repo/weights.pt"])
 def test_weights_are_looked_for_under_the_names_open_clip_tries(hf_hub):
     """fade's copy of open_clip's private candidate list (model_cache._hub_candidates) must follow open_clip's."""
-    from fade_cli.model_cache import _hub_candidates
-    from fade_cli.open_clip_import import open_clip_module
+    from fade_cli.backbone.cache import _hub_candidates
+    from fade_cli.backbone.open_clip_import import open_clip_module
 
     open_clip_module()
     from open_clip.constants import HF_WEIGHTS_NAME

@@ -212,7 +212,7 @@ def test_batches_of_the_first_pass_do_not_change_the_result(engine, queries):
 
 
 def test_engine_with_references_refuses_mutual_scoring(engine, queries):
-    from fade_cli.errors import InputError
+    from fade_cli.core.errors import InputError
 
     with_refs = FadeEngine(engine.loaded, engine.config, engine.cls_classifier_2d, engine.seg_classifier_2d)
     with_refs.add_references(queries[:1])

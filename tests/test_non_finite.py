@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import FAST_ARGS, QUERIES, run_cli as run
-from fade_cli import strict_json
+from fade_cli.core import strict_json
 from fade_cli.bank.bank import load_bank
 from fade_cli.bank.container import BankFileError
 from fade_cli.config import EngineConfig
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from test_bank_format import forged_bank, synthetic_bank
 
 NON_FINITE = ["nan", "inf", "-inf", "1e999"]
@@ -99,7 +99,7 @@ def test_a_bank_with_nan_embeddings_is_refused(tmp_path):
 def test_a_score_that_comes_out_nan_is_an_error_row_never_ok(tmp_config_engine, tmp_path):
     from fade_cli.io.images import discover_images
     from fade_cli.io.outputs import RunOutput
-    from fade_cli.runner import run_detection
+    from fade_cli.runs.runner import run_detection
 
     engine = tmp_config_engine
     engine.config.vision_multiplier = math.nan  # past every door: as a bug in the engine would produce

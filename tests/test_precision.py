@@ -12,7 +12,7 @@ from conftest import CLS_PROMPTS, GOLDEN, QUERIES, SEG_PROMPTS, TINY_MODEL_ARGS,
 from fade_cli.bank.bank import load_bank
 from fade_cli.engine import precision
 from fade_cli.engine.precision import CpuFeatures, cpu_flags_from_cpuinfo, resolve_precision
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 
 CPU = torch.device("cpu")
 AMX = CpuFeatures(frozenset({"avx512f", "amx_bf16", "amx_tile", "amx_int8"}), "/proc/cpuinfo", True)
@@ -105,7 +105,7 @@ def test_this_machines_features_are_read_once(monkeypatch):
 
 
 def test_low_precision_tower_is_cast_once_and_shares_what_stays_float32(tiny_config):
-    from fade_cli.engine.model import load_model
+    from fade_cli.backbone.model import load_model
 
     loaded = load_model(tiny_config)
     visual = loaded.model.visual
@@ -122,7 +122,7 @@ def test_low_precision_tower_is_cast_once_and_shares_what_stays_float32(tiny_con
 def _fp32_and_auto(tiny_config, cpu_is, features):
     """One query scored in fp32 and with --precision auto on a CPU with ``features``: (auto engine, fp32, auto)."""
     from fade_cli.engine.detector import FadeEngine
-    from fade_cli.engine.model import load_model
+    from fade_cli.backbone.model import load_model
 
     cpu_is(features)
     loaded = load_model(tiny_config)

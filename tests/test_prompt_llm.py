@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from conftest import run_cli as run
-from fade_cli.errors import InputError, ModelError
+from fade_cli.core.errors import InputError, ModelError
 from fade_cli.prompting import generate_prompt_set
 from fade_cli.prompting.llm import load_language_model
 from fade_cli.prompting.llm_parse import SentenceFilter, candidate_sentences, parse_model_output
@@ -190,13 +190,13 @@ def test_model_is_required():
 
 
 def test_the_llm_generator_runs_after_open_clip_was_imported_without_transformers(tiny_lm):
-    """fade imports open_clip with transformers hidden (fade_cli.open_clip_import); the hiding ends with that
+    """fade imports open_clip with transformers hidden (fade_cli.backbone.open_clip_import); the hiding ends with that
     import, so the generator imports transformers as usual in the same process."""
     import subprocess
 
     code = (
         "import sys\n"
-        "from fade_cli.open_clip_import import open_clip_module\n"
+        "from fade_cli.backbone.open_clip_import import open_clip_module\n"
         "assert open_clip_module().hf_model.transformers is None and 'transformers' not in sys.modules\n"
         "from fade_cli.prompting import generate_prompt_set\n"
         f"prompt_set = generate_prompt_set('llm', 'bottle', {llm_options(tiny_lm, seed=7)!r})\n"

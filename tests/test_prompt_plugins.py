@@ -10,11 +10,11 @@ import pytest
 
 from conftest import write_sentence_files, run_cli as run
 import fade_cli.plugins.example_textfile as example
-from fade_cli.errors import FadeError, InputError
+from fade_cli.core.errors import FadeError, InputError
 from fade_cli.prompting import PLUGINS_DIR_ENV, discover_generators, generate_prompt_set
 
 FAKE_MODULE = '''
-from fade_cli.prompt_set import PromptSet
+from fade_cli.prompting.prompt_set import PromptSet
 from fade_cli.prompting import GeneratorOption, PromptGenerator
 
 

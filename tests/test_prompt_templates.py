@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.prompting import generate_prompt_set
 
 WELD_TEMPLATE = """\

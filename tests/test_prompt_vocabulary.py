@@ -6,8 +6,8 @@ from importlib import resources
 
 import pytest
 
-from fade_cli.errors import InputError
-from fade_cli.prompt_set import default_prompt_sets
+from fade_cli.core.errors import InputError
+from fade_cli.prompting.prompt_set import default_prompt_sets
 from fade_cli.prompting import generate_prompt_set
 from fade_cli.prompting.defaults import default_prompt_set_builds
 from fade_cli.prompting.templates import fix_articles, sized

@@ -244,8 +244,8 @@ def test_an_address_where_no_cluster_listens_fails_in_seconds(tmp_path):
 
 
 def test_a_worker_node_without_the_weights_names_itself_and_the_fix(tiny_config, tmp_path):
-    from fade_cli.distributed.cluster import WorkerNodeError
-    from fade_cli.distributed.ray_detect import PreparedEngine
+    from fade_cli.runs.ray.cluster import WorkerNodeError
+    from fade_cli.runs.ray.ray_detect import PreparedEngine
     from fade_cli.engine import FadeEngine
 
     engine = FadeEngine.from_config(tiny_config.replace(seg_sizes=(240,), cls_size=240))

@@ -29,7 +29,7 @@ from conftest import FAST_ARGS, WEIGHTS
 from report_support import OpenReport, synthetic_run
 
 from fade_cli.cli import cli
-from fade_cli.evaluation.report import _percent
+from fade_cli.evaluation.outputs import _percent
 from fade_cli.io.outputs import ResultRow, json_line
 from fade_cli.report.build import build_report
 

@@ -13,7 +13,7 @@ from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from conftest import FAST_ARGS
 from fade_cli.cli import cli
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.evaluation.metrics import image_curves
 from fade_cli.evaluation.pixels import LEVELS, PixelAccumulator
 from fade_cli.io.heatmap import overlay, overlay_image_width

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fade_cli import runner
+from fade_cli.runs import runner
 from fade_cli.engine.result import Detection
 from fade_cli.io.atomic import OutputError
 from fade_cli.io.images import ImageFile

@@ -18,10 +18,10 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import GOLDEN, MODEL_CONFIG, QUERIES, TINY_MODEL_ARGS, WEIGHTS  # noqa: E402
 from fade_cli.cli import cli  # noqa: E402
-from fade_cli.errors import ModelError  # noqa: E402
-from fade_cli.serve.app import ApiSettings, create_app  # noqa: E402
-from fade_cli.serve.archive import Archive  # noqa: E402
-from fade_cli.serve.service import InspectionService, ServedBank, ServiceSettings  # noqa: E402
+from fade_cli.core.errors import ModelError  # noqa: E402
+from fade_cli.runs.serve.app import ApiSettings, create_app  # noqa: E402
+from fade_cli.runs.serve.archive import Archive  # noqa: E402
+from fade_cli.runs.serve.service import InspectionService, ServedBank, ServiceSettings  # noqa: E402
 
 ARGS = [*TINY_MODEL_ARGS, "--scales", "240", "--cls-size", "240",
         "--cls-prompts", GOLDEN / "prompts" / "cls.json", "--seg-prompts", GOLDEN / "prompts" / "seg.json"]
@@ -55,7 +55,7 @@ def served(bank_file):
     """The bank's engine, loaded once for the module, as `fade serve --bank` loads it."""
     from fade_cli.bank.bank import load_bank
     from fade_cli.cli.engine_setup import bank_thresholds, engines_for_banks
-    from fade_cli.cli.reporting import stderr_console
+    from fade_cli.cli.console import stderr_console
 
     bank = load_bank(bank_file)
     config = bank.config.replace(weights=str(WEIGHTS), model_config=str(MODEL_CONFIG), device="cpu")
@@ -396,7 +396,7 @@ def test_a_bounded_schemathesis_run_finds_no_server_error(served):
 def test_a_client_that_goes_away_is_dropped_from_the_queue_and_holds_up_no_one(served):
     import asyncio
 
-    from fade_cli.serve.service import ClientGone, Upload
+    from fade_cli.runs.serve.service import ClientGone, Upload
 
     service = service_for([served], max_batch=1, max_wait_s=0)
     service.start()
@@ -434,7 +434,7 @@ def test_a_client_that_goes_away_is_dropped_from_the_queue_and_holds_up_no_one(s
 def test_banks_of_one_model_share_one_loaded_model(bank_file):
     from fade_cli.bank.bank import load_bank
     from fade_cli.cli.engine_setup import engines_for_banks
-    from fade_cli.cli.reporting import stderr_console
+    from fade_cli.cli.console import stderr_console
 
     bank = load_bank(bank_file)
     config = bank.config.replace(weights=str(WEIGHTS), model_config=str(MODEL_CONFIG), device="cpu")
@@ -498,7 +498,7 @@ def test_too_many_parts_is_413_naming_the_limit(served, client_for):
 @pytest.fixture
 def decodes(monkeypatch):
     """Counts the images decoded by the service."""
-    import fade_cli.serve.service as service_module
+    import fade_cli.runs.serve.service as service_module
 
     counted = []
     prepare = service_module._prepare

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from fade_cli.serve.batcher import Batcher, NotRunning, QueueFull
+from fade_cli.runs.serve.batcher import Batcher, NotRunning, QueueFull
 
 
 class Recorder:

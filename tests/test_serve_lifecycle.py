@@ -196,9 +196,9 @@ def test_an_archive_is_never_another_commands_run_folder(bank_file, tmp_path):
 
 
 def test_an_archive_is_marked_and_a_watch_refuses_it(tmp_path):
-    from fade_cli.errors import InputError
-    from fade_cli.serve.archive import Archive
-    from fade_cli.watch import FolderWatcher
+    from fade_cli.core.errors import InputError
+    from fade_cli.runs.serve.archive import Archive
+    from fade_cli.runs.watch import FolderWatcher
 
     Archive(tmp_path / "archive")
     assert (tmp_path / "archive" / "serve-archive.txt").is_file()
@@ -209,7 +209,7 @@ def test_an_archive_is_marked_and_a_watch_refuses_it(tmp_path):
 
 
 def test_an_archive_written_before_archives_were_marked_is_still_one(tmp_path):
-    from fade_cli.serve.archive import Archive
+    from fade_cli.runs.serve.archive import Archive
 
     older = tmp_path / "archive"
     (older / "images" / "2024-01-01").mkdir(parents=True)
@@ -222,7 +222,7 @@ def test_a_cut_still_answers_a_request_whose_row_is_being_archived_and_cuts_the_
     import asyncio
     import threading
 
-    from fade_cli.serve.service import Cut, InspectionService, ServiceSettings, _finish_even_if_cancelled
+    from fade_cli.runs.serve.service import Cut, InspectionService, ServiceSettings, _finish_even_if_cancelled
 
     service = InspectionService(lambda: [], ServiceSettings(drain_timeout_s=1))
     archived = threading.Event()

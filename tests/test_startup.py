@@ -13,7 +13,7 @@ import torch
 
 from conftest import MODEL_CONFIG, WEIGHTS
 from fade_cli.config import EngineConfig
-from fade_cli.errors import ModelError
+from fade_cli.core.errors import ModelError
 
 
 def tiny_config(tmp_path, weights=WEIGHTS) -> EngineConfig:
@@ -25,7 +25,7 @@ def reference_model():
     """The golden model as open_clip itself builds and loads it (random initialisation, then the weights)."""
     import open_clip
 
-    from fade_cli.engine.model import register_model_config
+    from fade_cli.backbone.model import register_model_config
 
     name = register_model_config(str(MODEL_CONFIG))
     return open_clip.create_model(name, pretrained=str(WEIGHTS)).eval()
@@ -39,7 +39,7 @@ def golden_state() -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("text_tower", [True, False])
 def test_the_model_is_built_without_drawing_random_numbers(tmp_path, monkeypatch, text_tower):
     """Random initialisation of a ViT-B costs seconds and is thrown away: no init function runs on a real tensor."""
-    from fade_cli.engine.model import load_model
+    from fade_cli.backbone.model import load_model
 
     initialised = []
     for name in ("uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "xavier_uniform_", "constant_"):
@@ -61,7 +61,7 @@ def test_the_model_is_built_without_drawing_random_numbers(tmp_path, monkeypatch
 
 def test_the_full_model_equals_open_clips_own_loading_bit_for_bit(tmp_path):
     """Every parameter and buffer, the text tower's causal mask (not in checkpoints) included."""
-    from fade_cli.engine.model import load_model
+    from fade_cli.backbone.model import load_model
 
     ours = load_model(tiny_config(tmp_path)).model
     theirs = reference_model()
@@ -76,7 +76,7 @@ def test_the_full_model_equals_open_clips_own_loading_bit_for_bit(tmp_path):
 
 
 def test_the_vision_only_model_leaves_the_text_tower_unread(tmp_path):
-    from fade_cli.engine.model import load_model
+    from fade_cli.backbone.model import load_model
 
     model = load_model(tiny_config(tmp_path), text_tower=False).model
     assert all(not p.is_meta for p in model.visual.parameters())
@@ -87,7 +87,7 @@ def test_the_vision_only_model_leaves_the_text_tower_unread(tmp_path):
 @pytest.mark.parametrize("text_tower", [True, False])
 def test_checkpoints_in_every_form_open_clip_reads_load_the_same_weights(tmp_path, form, text_tower):
     """Formats and key spellings open_clip's load_checkpoint accepts; fp16 weights become the model's float32."""
-    from fade_cli.engine.model import load_model
+    from fade_cli.backbone.model import load_model
 
     state = golden_state()
     path = tmp_path / f"weights-{form}.pt"
@@ -116,7 +116,7 @@ def test_checkpoints_in_every_form_open_clip_reads_load_the_same_weights(tmp_pat
 
 @pytest.mark.parametrize("text_tower", [True, False])
 def test_weights_of_another_model_are_refused_with_the_model_error(tmp_path, text_tower):
-    from fade_cli.engine.model import load_model
+    from fade_cli.backbone.model import load_model
 
     state = golden_state()
     state["visual.proj"] = torch.zeros(3, 3)
@@ -140,7 +140,7 @@ def test_a_weights_file_rewritten_in_place_changes_nothing_in_a_loaded_model(tmp
     code = (
         "import torch\n"
         "from fade_cli.config import EngineConfig\n"
-        "from fade_cli.engine.model import load_model\n"
+        "from fade_cli.backbone.model import load_model\n"
         f"config = EngineConfig(model_config={str(MODEL_CONFIG)!r}, weights={str(path)!r}, device='cpu',"
         f" cache_dir={str(tmp_path / 'cache')!r})\n"
         "for text_tower in (True, False):\n"
@@ -157,7 +157,7 @@ def test_a_weights_file_rewritten_in_place_changes_nothing_in_a_loaded_model(tmp
 
 @pytest.mark.parametrize("extra", [{"epoch": 3}, {"visual.proj": 5}])
 def test_a_checkpoint_with_values_that_are_not_weights_is_refused_with_the_model_error(tmp_path, extra):
-    from fade_cli.engine.model import load_model
+    from fade_cli.backbone.model import load_model
 
     path = tmp_path / "odd.pt"
     torch.save({**golden_state(), **extra}, path)
@@ -166,7 +166,7 @@ def test_a_checkpoint_with_values_that_are_not_weights_is_refused_with_the_model
 
 
 def test_a_checkpoint_without_vision_weights_is_refused_with_the_model_error(tmp_path):
-    from fade_cli.engine.model import load_model
+    from fade_cli.backbone.model import load_model
 
     path = tmp_path / "text-only.pt"
     torch.save({k: v for k, v in golden_state().items() if not k.startswith("visual.")}, path)
@@ -183,8 +183,8 @@ def test_bank_runs_read_only_the_vision_tower(tmp_path):
     from fade_cli.cli.engine_setup import engines_for_banks
     from fade_cli.engine.detector import FadeEngine
     from fade_cli.io.images import ImageFile
-    from fade_cli.prompt_set import default_prompt_sets
-    from fade_cli.runner import load_references
+    from fade_cli.prompting.prompt_set import default_prompt_sets
+    from fade_cli.runs.runner import load_references
 
     config = tiny_config(tmp_path).replace(seg_sizes=(240,), cls_size=240)
     engine = FadeEngine.from_config(config)
@@ -199,7 +199,7 @@ def test_bank_runs_read_only_the_vision_tower(tmp_path):
 @pytest.fixture
 def counted_hashing(monkeypatch):
     """The weights files actually read to hash them."""
-    from fade_cli.engine import file_hash
+    from fade_cli.backbone import file_hash
 
     read = []
     real = file_hash._sha256_of_version.__wrapped__
@@ -213,7 +213,7 @@ def counted_hashing(monkeypatch):
 
 
 def test_resolving_the_model_does_not_hash_the_weights(tmp_path, counted_hashing):
-    from fade_cli.engine.model import resolve_model_source
+    from fade_cli.backbone.model import resolve_model_source
 
     source = resolve_model_source(tiny_config(tmp_path))
     assert counted_hashing == []
@@ -224,7 +224,7 @@ def test_resolving_the_model_does_not_hash_the_weights(tmp_path, counted_hashing
 def test_the_hash_memo_answers_later_runs_and_forgets_a_changed_file(tmp_path, counted_hashing):
     import hashlib
 
-    from fade_cli.engine.file_hash import weights_sha256
+    from fade_cli.backbone.file_hash import weights_sha256
 
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"a" * 4096)
@@ -249,7 +249,7 @@ def test_the_hash_memo_answers_later_runs_and_forgets_a_changed_file(tmp_path, c
 def test_a_damaged_or_lying_memo_is_ignored_and_replaced(tmp_path, counted_hashing, damage):
     import hashlib
 
-    from fade_cli.engine.file_hash import weights_sha256
+    from fade_cli.backbone.file_hash import weights_sha256
 
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"a" * 100)
@@ -277,7 +277,7 @@ def test_a_damaged_or_lying_memo_is_ignored_and_replaced(tmp_path, counted_hashi
 def test_an_unwritable_cache_folder_only_costs_the_memo(tmp_path, counted_hashing):
     import hashlib
 
-    from fade_cli.engine.file_hash import weights_sha256
+    from fade_cli.backbone.file_hash import weights_sha256
 
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"a" * 100)
@@ -288,7 +288,7 @@ def test_an_unwritable_cache_folder_only_costs_the_memo(tmp_path, counted_hashin
 
 def test_a_bank_run_hashes_the_weights_once_and_the_next_run_not_at_all(tmp_path, counted_hashing):
     """The bank's identity check needs the hash: the first run reads the file, the memo answers the next."""
-    from fade_cli.engine.model import resolve_model_source
+    from fade_cli.backbone.model import resolve_model_source
 
     config = tiny_config(tmp_path)
     first = resolve_model_source(config).identity
@@ -316,11 +316,11 @@ def test_help_imports_neither_torch_nor_open_clip(args):
 @pytest.mark.slow
 def test_open_clip_is_imported_without_transformers_and_timm_which_stay_importable():
     modules = imported_after(
-        "from fade_cli.open_clip_import import open_clip_module\nopen_clip = open_clip_module()\n"
+        "from fade_cli.backbone.open_clip_import import open_clip_module\nopen_clip = open_clip_module()\n"
         "assert open_clip.hf_model.transformers is None and open_clip.timm_model.timm is None\n"
         "import sys; assert 'transformers' not in sys.modules and 'timm' not in sys.modules\n")
     assert "open_clip" in modules and "transformers" not in modules and "timm" not in modules
-    imported_after("from fade_cli.open_clip_import import open_clip_module\nopen_clip_module()\n"
+    imported_after("from fade_cli.backbone.open_clip_import import open_clip_module\nopen_clip_module()\n"
                    "import transformers, timm\nassert transformers.AutoConfig and timm.create_model")
 
 
@@ -331,7 +331,7 @@ def test_open_clip_is_imported_without_transformers_and_timm_which_stay_importab
 def test_a_tower_of_an_optional_library_gets_it_back_in_open_clip(architecture, library, adapter, name):
     """open_clip's adapter module runs again, and the class open_clip's model module holds sees the library."""
     imported_after(
-        "from fade_cli.open_clip_import import backends_needed, enable_backends_for, open_clip_module\n"
+        "from fade_cli.backbone.open_clip_import import backends_needed, enable_backends_for, open_clip_module\n"
         "open_clip = open_clip_module()\n"
         f"config = open_clip.get_model_config({architecture!r})\n"
         f"assert backends_needed(config) == [{library!r}]\n"

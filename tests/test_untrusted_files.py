@@ -17,7 +17,7 @@ from PIL import Image
 
 from conftest import CLS_PROMPTS, FAST_ARGS, MODEL_CONFIG, QUERIES, SEG_PROMPTS, TINY_MODEL_ARGS, WEIGHTS
 from fade_cli.cli import cli
-from fade_cli.errors import FadeError, FadeWarning, ImageError, InputError
+from fade_cli.core.errors import FadeError, FadeWarning, ImageError, InputError
 from fade_cli.io.images import load_image
 from test_bank_format import forged_bank
 
@@ -202,7 +202,7 @@ def _never_called(*args, **kwargs):
 
 
 def forbid_model_loading(monkeypatch):
-    for module in ("fade_cli.engine.model", "fade_cli.engine.detector"):
+    for module in ("fade_cli.backbone.model", "fade_cli.engine.detector"):
         monkeypatch.setattr(f"{module}.load_model", _never_called)
 
 
@@ -224,7 +224,7 @@ def test_sizes_too_large_for_the_memory_are_refused_with_the_largest_that_fits(m
     (["eval", QUERIES, "--dataset", "folder"], "--eval-size"),
 ])
 def test_a_map_size_too_large_for_the_memory_is_refused(monkeypatch, tmp_path, command, option):
-    monkeypatch.setattr("fade_cli.memory.physical_memory_bytes", lambda: 8 << 30)
+    monkeypatch.setattr("fade_cli.core.memory.physical_memory_bytes", lambda: 8 << 30)
     command = [tmp_path / "out" if part == "OUT" else part for part in command]
     result = run([*command, *FAST_ARGS, option, "100000", "-q"])
     assert_refused(result, f"{option} 100000", "more than half of this machine's 8.6 GB", "or less")
@@ -237,7 +237,7 @@ def test_a_map_size_too_large_for_the_memory_is_refused(monkeypatch, tmp_path, c
     "CUDA out of memory. Tried to allocate 2.00 GiB",
 ])
 def test_allocation_failures_of_cpu_torch_are_reported_as_out_of_memory(message):
-    from fade_cli.memory import guard_engine_failures
+    from fade_cli.core.memory import guard_engine_failures
 
     def allocate():
         raise RuntimeError(message)

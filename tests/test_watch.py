@@ -22,10 +22,10 @@ from PIL import Image
 
 from conftest import GOLDEN, MODEL_CONFIG, QUERIES, TINY_MODEL_ARGS, WEIGHTS
 from fade_cli.cli import cli
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.io.outputs import ResultRow
-from fade_cli.watch import FolderWatcher, ResultsLog, StabilityTracker, watch_folder
-from fade_cli.watch_log import STATE_FILE, Signature, drop_torn_tail
+from fade_cli.runs.watch import FolderWatcher, ResultsLog, StabilityTracker, watch_folder
+from fade_cli.runs.watch_log import STATE_FILE, Signature, drop_torn_tail
 
 ARGS = TINY_MODEL_ARGS + ["--scales", "240", "--cls-size", "240"]
 
@@ -262,14 +262,14 @@ def test_watch_command_with_a_bank_moves_files_and_resumes(tmp_path):
 
 @pytest.mark.parametrize("stop, exit_code", [("ctrl-c", 130), ("sigterm", 0)])
 def test_watch_command_stops_cleanly(tmp_path, monkeypatch, stop, exit_code):
-    import fade_cli.watch
+    import fade_cli.runs.watch
 
     def stopped(*args, **kwargs):
         if stop == "sigterm":
             os.kill(os.getpid(), signal.SIGTERM)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(fade_cli.watch, "watch_folder", stopped)
+    monkeypatch.setattr(fade_cli.runs.watch, "watch_folder", stopped)
     (tmp_path / "in").mkdir()
     previous = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
     result = CliRunner().invoke(cli, ["watch", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *ARGS])
@@ -280,7 +280,7 @@ def test_watch_command_stops_cleanly(tmp_path, monkeypatch, stop, exit_code):
 def test_full_disk_while_appending_a_row_leaves_no_half_line(tmp_path, monkeypatch):
     import errno
 
-    import fade_cli.watch_log
+    import fade_cli.runs.watch_log
     from fade_cli.io.atomic import OutputError
 
     log = ResultsLog(tmp_path / "out")
@@ -290,7 +290,7 @@ def test_full_disk_while_appending_a_row_leaves_no_half_line(tmp_path, monkeypat
     def no_space(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(fade_cli.watch_log.os, "fsync", no_space)
+    monkeypatch.setattr(fade_cli.runs.watch_log.os, "fsync", no_space)
     with pytest.raises(OutputError, match="the disk is full"):
         log.add(ResultRow(path="b.png", score=0.7))
     assert (tmp_path / "out" / "results.jsonl").read_bytes() == before
@@ -482,7 +482,7 @@ KILLED_MOVE = """
 import errno, os, shutil, signal, sys
 from pathlib import Path
 from fade_cli.io.outputs import ResultRow
-from fade_cli.watch import FolderWatcher, ResultsLog
+from fade_cli.runs.watch import FolderWatcher, ResultsLog
 
 folder, out, done, when = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 real_rename, real_unlink = os.rename, os.unlink

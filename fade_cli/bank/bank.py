@@ -31,11 +31,11 @@ from fade_cli import __version__
 from fade_cli.bank.calibration import Calibration, Thresholds
 from fade_cli.bank.container import BankFileError, decode_container, encode_container
 from fade_cli.config import PRECISIONS, EngineConfig
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.io.files import read_file_bytes
-from fade_cli.prompt_set import PromptSet, prompt_set_from_dict
-from fade_cli.settings import RUNTIME_FIELDS, SETTINGS
-from fade_cli.validation import Fields
+from fade_cli.prompting.prompt_set import PromptSet, prompt_set_from_dict
+from fade_cli.settings import RUNTIME_FIELDS, SETTINGS, config_from_dict
+from fade_cli.core.validation import Fields
 
 FORMAT_NAME = "fade-bank"
 FORMAT_VERSION = 1
@@ -105,7 +105,7 @@ def storable_config(config: EngineConfig) -> EngineConfig:
 
 def model_identity(config: EngineConfig, loaded_identity: dict[str, Any]) -> dict[str, Any]:
     """The loaded model's identity, plus the hash of a custom architecture file when one was used."""
-    from fade_cli.engine.file_hash import file_sha256
+    from fade_cli.backbone.file_hash import file_sha256
 
     identity = dict(loaded_identity)
     if config.model_config:
@@ -154,7 +154,7 @@ def _check_format(metadata: dict[str, Any], source: str) -> None:
 
 def _bank_from_parts(metadata: dict[str, Any], tensors: dict[str, np.ndarray], source: str) -> ReferenceBank:
     fields = Fields(metadata, source)
-    config = EngineConfig.from_dict(metadata.get("config"), source)
+    config = config_from_dict(metadata.get("config"), source)
     patches = {_patch_size(name, source): array for name, array in tensors.items() if name.startswith("patches.")}
     if sorted(patches) != sorted(set(config.seg_sizes)):
         raise ValueError(f"patch sizes {sorted(patches)} do not match the config's sizes {list(config.seg_sizes)}")

@@ -17,8 +17,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
-from fade_cli.errors import InputError
-from fade_cli.validation import Fields, check_finite, is_finite_number
+from fade_cli.core.errors import InputError
+from fade_cli.core.validation import Fields, check_finite, is_finite_number
 
 STATISTIC = "max_times_margin"
 DEFAULT_MARGIN = 1.1

@@ -13,8 +13,8 @@ from typing import Any, Iterable, Optional
 
 from fade_cli.bank.bank import ReferenceBank
 from fade_cli.bank.calibration import Thresholds
-from fade_cli.errors import InputError
-from fade_cli.settings import named
+from fade_cli.core.errors import InputError
+from fade_cli.core.naming import named
 
 SHORT_HASH = 12
 
@@ -45,9 +45,9 @@ def model_file_contradictions(
 ) -> list[str]:
     """What the model options the user gave (None = not given) contradict in the bank's model identity.
 
-    ``cache_dir`` holds the memo of weights files' hashes (see :mod:`fade_cli.engine.file_hash`).
+    ``cache_dir`` holds the memo of weights files' hashes (see :mod:`fade_cli.backbone.file_hash`).
     """
-    from fade_cli.engine.file_hash import file_sha256, weights_sha256
+    from fade_cli.backbone.file_hash import file_sha256, weights_sha256
 
     identity, problems = bank.identity, []
     if model_config is not None:

@@ -23,8 +23,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from fade_cli import strict_json
-from fade_cli.errors import InputError
+from fade_cli.core import strict_json
+from fade_cli.core.errors import InputError
 
 HEADER_LENGTH_BYTES = 8
 HEADER_ALIGNMENT = 8

@@ -12,11 +12,11 @@ from fade_cli.bank.compat import check_embedding_dim, check_loaded_model
 from fade_cli.config import EngineConfig
 from fade_cli.engine.detector import FadeEngine
 from fade_cli.engine.memory_bank import MemoryBank
-from fade_cli.engine.file_hash import file_sha256
-from fade_cli.engine.model import LoadedModel
-from fade_cli.errors import InputError
+from fade_cli.backbone.file_hash import file_sha256
+from fade_cli.backbone.model import LoadedModel
+from fade_cli.core.errors import InputError
 from fade_cli.io.images import ImageFile
-from fade_cli.prompt_set import PromptSet
+from fade_cli.prompting.prompt_set import PromptSet
 
 
 def _to_numpy(tensor: torch.Tensor) -> np.ndarray:

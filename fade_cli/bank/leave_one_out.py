@@ -10,7 +10,7 @@ from fade_cli.bank.calibration import DEFAULT_MARGIN, MIN_REFERENCES, Calibratio
 from fade_cli.engine.detector import FadeEngine
 from fade_cli.engine.memory_bank import MemoryBank
 from fade_cli.engine.result import Detection
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.io.images import ImageFile, load_image
 
 

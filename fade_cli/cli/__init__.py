@@ -23,9 +23,9 @@ from fade_cli.cli.stopping import (
     sigterm_as_interrupt,
     silence_stdout,
 )
-from fade_cli.errors import FadeError, FadeWarning
-from fade_cli.settings import settings_named_as_flags
-from fade_cli.memory import MEMORY_HINT
+from fade_cli.core.errors import FadeError, FadeWarning
+from fade_cli.core.naming import settings_named_as_flags
+from fade_cli.core.memory import MEMORY_HINT
 
 # ctx.meta key of the command line as typed (a list: "fade", then the arguments).
 COMMAND_LINE_KEY = "fade.command_line"

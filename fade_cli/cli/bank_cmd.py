@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import click
 
-from fade_cli import strict_json
+from fade_cli.core import strict_json
 from fade_cli.bank.bank import FORMAT_VERSION, ReferenceBank, load_bank, save_bank
 from fade_cli.bank.calibration import DEFAULT_MARGIN, MIN_REFERENCES, check_calibrated_thresholds, choose_thresholds
 from fade_cli.bank.calibration import describe_thresholds
@@ -16,7 +16,7 @@ from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP
 from fade_cli.cli.options import FiniteFloat, engine_config_from_options, engine_options, pop_engine_options
 from fade_cli.cli.options import prompt_sets_from_options
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 
 BANK_SUFFIX = ".fadebank"
 
@@ -67,12 +67,12 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
     """
     from fade_cli.bank.engine_bridge import bank_from_engine
     from fade_cli.cli.engine_setup import build_engine, calibrate_references, report_engine_setup
-    from fade_cli.cli.reporting import print_warning, stderr_console
+    from fade_cli.cli.console import print_warning, stderr_console
     from fade_cli.io.folder_lock import single_output_file
     from fade_cli.io.images import require_images
     from fade_cli.io.input_checks import check_reference_folder
-    from fade_cli.memory import guard_engine_failures
-    from fade_cli.prompt_set import with_default_prompts
+    from fade_cli.core.memory import guard_engine_failures
+    from fade_cli.prompting.prompt_set import with_default_prompts
 
     options = pop_engine_options(kwargs)
     config = engine_config_from_options(options)

@@ -16,11 +16,11 @@ from fade_cli.cli.engine_setup import RunSetup, given_engine_options, read_run_s
 from fade_cli.cli.mutual_options import MUTUAL_OPTION_NAMES, mutual_options, pop_mutual_settings, refuse_with_mutual
 from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options, report_option
 from fade_cli.cli.ray_options import RAY_OPTION_NAMES, pop_ray_settings, ray_options, start_ray
-from fade_cli.cli.reporting import RowPrinter, print_warning, progress_bars, stderr_console
+from fade_cli.cli.console import RowPrinter, print_warning, progress_bars, stderr_console
 from fade_cli.cli.stopping import STOPS, OutputStreamFailed, silence_stdout
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.settings import SCORE_NEUTRAL
-from fade_cli.memory import guard_engine_failures
+from fade_cli.core.memory import guard_engine_failures
 
 
 @click.command(epilog=EXIT_CODES_HELP, **sectioned(
@@ -82,7 +82,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
     from fade_cli.io.input_checks import check_run_inputs
     from fade_cli.engine.mutual import require_mutual_batch
     from fade_cli.io.outputs import RunOutput, refuse_existing_results, rows_to_resume
-    from fade_cli.runner import run_detection
+    from fade_cli.runs.runner import run_detection
 
     options = pop_engine_options(kwargs)
     mutual = pop_mutual_settings(ctx, kwargs)
@@ -150,7 +150,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
                 guard_engine_failures(lambda: run_detection(engine, todo, output, threshold, on_row, pixel_threshold,
                                                             mutual, on_encoded))
             else:
-                from fade_cli.distributed.ray_detect import run_detection_on_ray
+                from fade_cli.runs.ray.ray_detect import run_detection_on_ray
 
                 run_detection_on_ray(engine, todo, ray, output, threshold, on_row, pixel_threshold)
     except STOPS as stop:

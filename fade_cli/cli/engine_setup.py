@@ -20,15 +20,15 @@ from fade_cli.bank.calibration import choose_thresholds, describe_thresholds
 from fade_cli.bank.compat import BankMismatchError, describe_identity, model_file_contradictions
 from fade_cli.bank.compat import model_files_for_bank, precision_warning, setting_differences
 from fade_cli.cli.options import ENGINE_OPTION_NAMES, engine_config_from_options, prompt_sets_from_options
-from fade_cli.cli.reporting import download_announcer, print_warning, progress_bar, shows_progress, status_line
+from fade_cli.cli.console import download_announcer, print_warning, progress_bar, shows_progress, status_line
 from fade_cli.config import EngineConfig
-from fade_cli.errors import InputError
-from fade_cli.memory import guard_engine_failures
-from fade_cli.prompt_set import PromptSet
+from fade_cli.core.errors import InputError
+from fade_cli.core.memory import guard_engine_failures
+from fade_cli.prompting.prompt_set import PromptSet
 from fade_cli.settings import RUNTIME_FIELDS, SETTINGS, names_with_role
 
 if TYPE_CHECKING:  # importing the model module pulls in torch
-    from fade_cli.engine.model import ModelSource
+    from fade_cli.backbone.model import ModelSource
 
 # The roles of the settings (fade_cli.settings): which the bank decides, which this machine does.
 RUNTIME_OPTIONS = names_with_role("runtime")
@@ -227,7 +227,7 @@ def report_engine_setup(console: Console, verbose: bool, device: Any, precision:
 def build_engine(config: EngineConfig, cls_prompts, seg_prompts, ref_files: list, console: Console, quiet: bool):
     """Load the model, encode the prompts and the references, with a status line and a progress bar."""
     from fade_cli.engine import FadeEngine
-    from fade_cli.runner import load_references
+    from fade_cli.runs.runner import load_references
 
     with loading_model(config, console, quiet, "Loading model and encoding prompts...") as source:
         engine = guard_engine_failures(lambda: FadeEngine.from_config(config, cls_prompts, seg_prompts, source=source))
@@ -246,7 +246,7 @@ def loading_model(config: EngineConfig, console: Console, quiet: bool, text: str
     loaded inside then finds the weights in the cache.
     """
     from fade_cli.engine.detector import checked_model_source
-    from fade_cli.model_cache import fetch_weights
+    from fade_cli.backbone.cache import fetch_weights
 
     # Usage errors (sizes, files, devices) come before a download of hundreds of megabytes.
     source = guard_engine_failures(lambda: checked_model_source(config))

@@ -106,10 +106,10 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
       fade eval ./mvtec --shots 0 --mutual        # each class's test images scored against each other
       fade eval /shared/mvtec --shots 1 --seeds 0,1,2 --ray --ray-gpus-per-worker 1   # classes x seeds on a cluster
     """
-    from fade_cli.cli.reporting import stderr_console
+    from fade_cli.cli.console import stderr_console
     from fade_cli.evaluation.datasets import DEFAULT_MASK_SUFFIX, detect_layout, load_dataset
     from fade_cli.evaluation.plan import EvalSettings, plan_runs
-    from fade_cli.evaluation.report import REPORT_FILES, files_named_by_report
+    from fade_cli.evaluation.outputs import REPORT_FILES, files_named_by_report
     from fade_cli.io.folder_lock import output_folder_lock
     from fade_cli.io.manifest import recording_writes
     from fade_cli.io.outputs import REPORT_FILE, clear_previous_outputs
@@ -180,8 +180,8 @@ def _run_all(evaluator, runs, out, save_maps, save_worst, console, quiet, thumbn
 
 def _run_all_on_ray(evaluator, runs, ray, out, save_maps, save_worst, console, quiet, thumbnails=False):
     """:func:`_run_all` with the runs spread over a Ray cluster; the finished runs come back in the plan's order."""
-    from fade_cli.cli.reporting import progress_bar
-    from fade_cli.distributed.ray_eval import evaluate_on_ray, in_plan_order
+    from fade_cli.cli.console import progress_bar
+    from fade_cli.runs.ray.ray_eval import evaluate_on_ray, in_plan_order
 
     on_eval_map, on_scored = _image_sinks(out, save_maps, thumbnails)
     finished, stop = {}, None
@@ -209,7 +209,7 @@ def _print_stop(console, stop: BaseException, finished: int, planned: int) -> No
 
 
 def _refuse_existing_report(out: Path) -> None:
-    from fade_cli.evaluation.report import REPORT_FILES
+    from fade_cli.evaluation.outputs import REPORT_FILES
     from fade_cli.io.outputs import refuse_existing_results
 
     refuse_existing_results(out, REPORT_FILES, "a report", resumable=False)
@@ -229,7 +229,7 @@ def _prompt_source(options: dict[str, Any]):
 
 def _load_evaluator(config, prompt_source, settings, console, quiet):
     from fade_cli.cli.engine_setup import loading_model
-    from fade_cli.memory import guard_engine_failures
+    from fade_cli.core.memory import guard_engine_failures
     from fade_cli.evaluation.evaluate import Evaluator
 
     with loading_model(config, console, quiet, "Loading model...") as source:
@@ -237,8 +237,8 @@ def _load_evaluator(config, prompt_source, settings, console, quiet):
 
 
 def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet, thumbnails=False):
-    from fade_cli.memory import guard_engine_failures
-    from fade_cli.cli.reporting import progress_bars
+    from fade_cli.core.memory import guard_engine_failures
+    from fade_cli.cli.console import progress_bars
 
     sink, scored = _image_sinks(out, save_maps, thumbnails)
     count = len(run.split.test)
@@ -255,7 +255,7 @@ def _evaluate_run(evaluator, run, description, out, save_maps, console, quiet, t
 def _image_sinks(out, save_maps: bool, thumbnails: bool):
     """(on_eval_map, on_scored) for Evaluator.evaluate: the eval-size maps and the report's thumbnails, into
     ``out`` (None: not asked). With --ray they run in the workers (Ray pickles them with their ``out``)."""
-    from fade_cli.evaluation.report import save_eval_map, save_eval_thumbnails
+    from fade_cli.evaluation.outputs import save_eval_map, save_eval_thumbnails
 
     def on_eval_map(planned, sample, scores):
         save_eval_map(out, planned.seed, sample.relative, scores)
@@ -267,7 +267,7 @@ def _image_sinks(out, save_maps: bool, thumbnails: bool):
 
 
 def _warn_missing_masks(console, run, result) -> None:
-    from fade_cli.cli.reporting import print_warning
+    from fade_cli.cli.console import print_warning
 
     if result.missing_masks:
         print_warning(console, f"{run.label}: {len(result.missing_masks)} defective image(s) without a mask, left "
@@ -275,7 +275,7 @@ def _warn_missing_masks(console, run, result) -> None:
 
 
 def _save_worst(result, count: int, out: Path) -> list[dict]:
-    from fade_cli.evaluation.report import run_folder
+    from fade_cli.evaluation.outputs import run_folder
     from fade_cli.evaluation.worst import write_worst_heatmaps
 
     folder = out / "worst" / run_folder(result.seed) / result.class_name
@@ -304,7 +304,7 @@ def _prompt_origins(options: dict[str, Any]) -> dict[str, str]:
 
 def _report(results, evaluator, root, layout, dataset, out, worst, interrupted, prompt_origins) -> str:
     """Write the report into ``out`` (when given); returns the table for stdout."""
-    from fade_cli.evaluation.report import markdown_table, write_report
+    from fade_cli.evaluation.outputs import markdown_table, write_report
     from fade_cli.evaluation.summary import summarise
 
     summary = summarise(results)

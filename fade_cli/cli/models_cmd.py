@@ -5,7 +5,7 @@ from typing import Optional
 
 import click
 
-from fade_cli import strict_json
+from fade_cli.core import strict_json
 from fade_cli.cli.help_sections import sectioned
 
 CACHE_HELP = "Model cache folder [default: $FADE_CACHE_DIR, else the Hugging Face cache ($HF_HOME/hub)]."
@@ -38,11 +38,11 @@ def list_command(cached_only: bool, include_all: bool, output_format: str, cache
 
     Reads the cache folder only; never uses the network.
     """
-    from fade_cli.cli.reporting import stdout_console
+    from fade_cli.cli.console import stdout_console
     from rich.table import Table
 
     from fade_cli.config import DEFAULT_MODEL, DEFAULT_PRETRAINED
-    from fade_cli.model_cache import cache_location, list_cached_models
+    from fade_cli.backbone.cache import cache_location, list_cached_models
 
     entries = [e for e in list_cached_models(cache_dir, include_all) if e.cached or not cached_only]
     if output_format == "jsonl":
@@ -78,8 +78,8 @@ def download_command(model: str, pretrained: str, cache_dir: Optional[str], quie
     """
     import os
 
-    from fade_cli.cli.reporting import download_announcer, shows_progress, stderr_console
-    from fade_cli.model_cache import cache_location, download
+    from fade_cli.cli.console import download_announcer, shows_progress, stderr_console
+    from fade_cli.backbone.cache import cache_location, download
 
     console = stderr_console()
     path = download(model, pretrained, cache_dir, announce=download_announcer(console),
@@ -92,6 +92,6 @@ def download_command(model: str, pretrained: str, cache_dir: Optional[str], quie
 @click.option("--cache-dir", type=click.Path(file_okay=False), help=CACHE_HELP)
 def path_command(cache_dir: Optional[str]) -> None:
     """Print the cache folder fade reads and downloads into (copy it to prepare a station)."""
-    from fade_cli.model_cache import cache_location
+    from fade_cli.backbone.cache import cache_location
 
     click.echo(cache_location(cache_dir))

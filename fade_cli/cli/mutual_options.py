@@ -16,7 +16,7 @@ from fade_cli.config import (
     MutualSettings,
 )
 from fade_cli.cli.options import FiniteFloat, add_options, refuse_without
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 
 # Wider windows average nearly the whole image at any practical size (4096 pixels at patch 14: a 292-patch grid).
 MAX_DEGREE = 301

@@ -14,7 +14,7 @@ from click.core import ParameterSource
 
 from fade_cli.config import EngineConfig, parse_sizes
 from fade_cli.settings import SETTING_NAMES, SETTINGS, Setting
-from fade_cli.prompt_set import PromptSet
+from fade_cli.prompting.prompt_set import PromptSet
 
 ENGINE_OPTION_NAMES = SETTING_NAMES
 
@@ -60,7 +60,7 @@ def parsed_with(parse: Callable[[str], Any], errors: tuple[type[Exception], ...]
 def _offline(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
     """Runs while parsing, before the command imports anything that reads HF_HUB_OFFLINE."""
     if value:
-        from fade_cli.model_cache import go_offline
+        from fade_cli.backbone.cache import go_offline
 
         go_offline()
     return value

@@ -17,7 +17,7 @@ import click
 
 from fade_cli.cli.help_sections import SectionedCommand, sectioned
 from fade_cli.cli.options import FiniteFloat
-from fade_cli.prompt_set import PLACEHOLDER, STATES, PromptSet, load_prompt_set
+from fade_cli.prompting.prompt_set import PLACEHOLDER, STATES, PromptSet, load_prompt_set
 from fade_cli.prompting import (
     DEFAULT_GENERATOR,
     PLUGINS_DIR_ENV,
@@ -182,7 +182,7 @@ class _TerminalReporter:
         self._advance: Callable[[], None] = lambda: None
 
     def start(self, total: int, description: str) -> None:
-        from fade_cli.cli.reporting import progress_bar, stderr_console
+        from fade_cli.cli.console import progress_bar, stderr_console
 
         self._stack.close()
         self._advance = self._stack.enter_context(progress_bar(stderr_console(), self.quiet, total, description))
@@ -192,7 +192,7 @@ class _TerminalReporter:
             self._advance()
 
     def warn(self, message: str) -> None:
-        from fade_cli.cli.reporting import print_warning, stderr_console
+        from fade_cli.cli.console import print_warning, stderr_console
 
         print_warning(stderr_console(), message)
 

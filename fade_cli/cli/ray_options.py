@@ -9,8 +9,8 @@ from typing import Any, Callable, Optional
 import click
 
 from fade_cli.cli.options import FiniteFloat, add_options, parsed_with, refuse_without
-from fade_cli.distributed.cluster import RaySettings, check_address
-from fade_cli.errors import InputError
+from fade_cli.runs.ray.cluster import RaySettings, check_address
+from fade_cli.core.errors import InputError
 
 RAY_OPTION_NAMES = ("ray_address", "ray_workers", "ray_gpus_per_worker")
 
@@ -55,7 +55,7 @@ def start_ray(ctx: click.Context, settings: RaySettings, device: str) -> None:
 
     if importlib.util.find_spec("ray") is None:
         raise InputError("--ray needs Ray Data: pip install 'fade[ray]' (or pip install 'ray[data]')")
-    from fade_cli.distributed.cluster import check_device, ray_session
+    from fade_cli.runs.ray.cluster import check_device, ray_session
 
     check_device(settings, device)
     ctx.with_resource(ray_session(settings.address))

@@ -44,7 +44,7 @@ def report(run_dir: Path, out: Optional[Path], overwrite: bool, images_root: Opt
       fade report runs/cookie
       fade report runs/station --images ./incoming --out station.html
     """
-    from fade_cli.cli.reporting import progress_bar, stderr_console
+    from fade_cli.cli.console import progress_bar, stderr_console
     from fade_cli.report.build import REPORT_FILE, write_report
     from fade_cli.report.runs import load_run
     from fade_cli.io.folder_lock import single_output_file
@@ -66,8 +66,8 @@ def report_after_run(run_dir: Path, console: Console, images_root: Optional[Path
     The run's own results are already saved: a report that cannot be written is a warning, not a failure.
     It shows the run's verdicts as decided (its threshold is in run.json), not a threshold given to the page.
     """
-    from fade_cli.cli.reporting import print_warning
-    from fade_cli.errors import FadeError
+    from fade_cli.cli.console import print_warning
+    from fade_cli.core.errors import FadeError
     from fade_cli.report.build import build_report
 
     try:

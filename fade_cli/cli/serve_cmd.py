@@ -14,9 +14,9 @@ from fade_cli.bank.calibration import DEFAULT_MARGIN
 from fade_cli.cli.exit_codes import FAILURE, OK, PIPE_CLOSED
 from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.options import engine_options, pop_engine_options
-from fade_cli.cli.reporting import stderr_console
+from fade_cli.cli.console import stderr_console
 from fade_cli.cli.stopping import silence_stream
-from fade_cli.errors import FadeError, InputError
+from fade_cli.core.errors import FadeError, InputError
 from fade_cli.io.files import read_text_file
 
 SERVE_EXIT_CODES_HELP = """\b
@@ -122,14 +122,14 @@ def _serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path
            **kwargs: Any) -> int:
     """Set up, serve until stopped, and return the exit code."""
     try:
-        from fade_cli.serve.app import ApiSettings, create_app
-        from fade_cli.serve.server import bind_socket, is_loopback, run_server, url_of
+        from fade_cli.runs.serve.app import ApiSettings, create_app
+        from fade_cli.runs.serve.server import bind_socket, is_loopback, run_server, url_of
     except (ImportError, OSError) as exc:
         raise _import_failure(exc) from exc
-    from fade_cli.serve.admission import default_pixels_in_flight
-    from fade_cli.serve.archive import Archive, refuse_foreign_folder
-    from fade_cli.serve.connections import ConnectionLimits, check_max_connections, default_max_connections
-    from fade_cli.serve.service import InspectionService, ServiceSettings
+    from fade_cli.runs.serve.admission import default_pixels_in_flight
+    from fade_cli.runs.serve.archive import Archive, refuse_foreign_folder
+    from fade_cli.runs.serve.connections import ConnectionLimits, check_max_connections, default_max_connections
+    from fade_cli.runs.serve.service import InspectionService, ServiceSettings
 
     options = pop_engine_options(kwargs)
     console = stderr_console()
@@ -293,8 +293,8 @@ def _bank_loader(ctx, options, bank_paths, refs, threshold, pixel_threshold, cal
 
 def _served_banks(named: dict, threshold, pixel_threshold, console) -> list:
     from fade_cli.cli.engine_setup import bank_thresholds, engines_for_banks
-    from fade_cli.memory import guard_engine_failures
-    from fade_cli.serve.service import ServedBank
+    from fade_cli.core.memory import guard_engine_failures
+    from fade_cli.runs.serve.service import ServedBank
 
     entries = [(bank, config, str(path)) for path, bank, config in named.values()]
     engines = guard_engine_failures(lambda: engines_for_banks(entries, console, quiet=True))
@@ -305,7 +305,7 @@ def _served_banks(named: dict, threshold, pixel_threshold, console) -> list:
 def _served_from_options(setup, ref_files, threshold, pixel_threshold, calibrate, margin, console):
     from fade_cli.bank.calibration import choose_thresholds
     from fade_cli.cli.engine_setup import start_engine
-    from fade_cli.serve.service import ServedBank
+    from fade_cli.runs.serve.service import ServedBank
 
     engine, chosen = start_engine(setup, ref_files, threshold, pixel_threshold, console, True, calibrate, margin)
     thresholds = chosen.thresholds if chosen is not None else choose_thresholds(None, threshold, pixel_threshold)

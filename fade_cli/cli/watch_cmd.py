@@ -11,7 +11,7 @@ import click
 from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options
 from fade_cli.cli.exit_codes import OK, Terminated, run_exit_code, stop_exit_code
-from fade_cli.cli.reporting import RowPrinter, print_warning, stderr_console
+from fade_cli.cli.console import RowPrinter, print_warning, stderr_console
 from fade_cli.cli.stopping import STOPS, silence_stdout
 from fade_cli.io.images import escape_undecodable
 
@@ -77,7 +77,7 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
       fade watch ./incoming --bank screw.fadebank --out ./results --once
     """
     from fade_cli.io.folder_lock import output_folder_lock
-    from fade_cli.watch import FolderWatcher, ResultsLog
+    from fade_cli.runs.watch import FolderWatcher, ResultsLog
 
     options = pop_engine_options(kwargs)
     console = stderr_console()
@@ -135,8 +135,8 @@ def _engine(ctx, options, refs, bank_path, threshold, pixel_threshold, console, 
 
 
 def _watch(engine, watcher, output, threshold, pixel_threshold, on_row, interval, once) -> None:
-    from fade_cli.memory import guard_engine_failures
-    from fade_cli.watch import watch_folder
+    from fade_cli.core.memory import guard_engine_failures
+    from fade_cli.runs.watch import watch_folder
 
     guard_engine_failures(lambda: watch_folder(engine, watcher, output, threshold, pixel_threshold, on_row,
                                 interval_s=interval, stop_when_idle=once))

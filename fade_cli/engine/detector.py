@@ -20,15 +20,15 @@ from fade_cli.engine.gem import GemVisionEncoder, VisionFeatures
 from fade_cli.engine import text_cache
 from fade_cli.engine.memory_bank import MemoryBank
 from fade_cli.engine import mutual
-from fade_cli.engine.model import LoadedModel, ModelSource, load_model, resolve_device, resolve_model_source
+from fade_cli.backbone.model import LoadedModel, ModelSource, load_model, resolve_device, resolve_model_source
 from fade_cli.engine.precision import resolve_precision, vision_tower
 from fade_cli.engine.sizes import check_input_sizes, model_geometry
 from fade_cli.engine.preprocess import normalise, resize_rgb8, stack_rgb8
 from fade_cli.engine.result import Detection
 from fade_cli.engine.text import abnormal_probability, text_classifier
-from fade_cli.errors import InputError
-from fade_cli.prompt_set import PromptSet, with_default_prompts
-from fade_cli.settings import named
+from fade_cli.core.errors import InputError
+from fade_cli.prompting.prompt_set import PromptSet, with_default_prompts
+from fade_cli.core.naming import named
 
 # Default images per forward pass: a GPU needs batches to be busy; a CPU gains nothing from them but memory use.
 GPU_BATCH_SIZE, CPU_BATCH_SIZE = 8, 1

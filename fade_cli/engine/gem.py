@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fade_cli.errors import ModelError
+from fade_cli.core.errors import ModelError
 
 # F.normalize's default floor for a norm.
 NORM_EPS = 1e-12

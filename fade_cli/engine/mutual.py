@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from fade_cli.config import MutualSettings
 from fade_cli.engine.fusion import patch_scores_to_grid
 from fade_cli.engine.memory_bank import QUERY_CHUNK, cosine_distance
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 
 # Similarities held at once (float32): query patches x the patches of a block of other images, 256 MB.
 BLOCK_ELEMENTS = 64 * 2**20

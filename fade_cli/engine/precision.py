@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fade_cli.config import PRECISIONS
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 
 LOW_PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # CPU flags (Linux /proc/cpuinfo names) that mean native bf16 matrix products.

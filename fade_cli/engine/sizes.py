@@ -22,10 +22,10 @@ import torch
 
 from fade_cli.config import EngineConfig
 from fade_cli.engine.memory_bank import QUERY_CHUNK
-from fade_cli.errors import InputError
-from fade_cli.memory import gigabytes, largest_fitting, physical_memory_bytes
-from fade_cli.open_clip_import import open_clip_module
-from fade_cli.settings import named
+from fade_cli.core.errors import InputError
+from fade_cli.core.memory import gigabytes, largest_fitting, physical_memory_bytes
+from fade_cli.backbone.open_clip_import import open_clip_module
+from fade_cli.core.naming import named
 
 ACTIVATION_COPIES = 64
 FLOAT_BYTES = 4

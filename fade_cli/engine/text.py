@@ -6,8 +6,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from fade_cli.errors import InputError
-from fade_cli.prompt_set import PromptSet
+from fade_cli.core.errors import InputError
+from fade_cli.prompting.prompt_set import PromptSet
 
 TEXT_BATCH = 256
 LOGIT_SCALE = 100.0

@@ -17,13 +17,13 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from fade_cli import strict_json
+from fade_cli.core import strict_json
 from fade_cli import __version__
-from fade_cli.errors import FadeWarning, InputError
+from fade_cli.core.errors import FadeWarning, InputError
 from fade_cli.io.atomic import OutputError, atomic_write
 from fade_cli.io.files import read_file_bytes
-from fade_cli.model_cache import fade_data_dir
-from fade_cli.open_clip_import import open_clip_module
+from fade_cli.backbone.cache import fade_data_dir
+from fade_cli.backbone.open_clip_import import open_clip_module
 
 CACHE_SUBDIR = "text-embeddings"
 # An entry is a (2, D) float array: kilobytes. A larger file is not an entry and is never read into memory.

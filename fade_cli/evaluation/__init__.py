@@ -9,7 +9,7 @@ The pieces are importable without click (FADE_SPEC section 7):
 - :mod:`~fade_cli.evaluation.metrics`, :mod:`~fade_cli.evaluation.pixels` and
   :mod:`~fade_cli.evaluation.aupro`: image metrics, streamed pixel metrics, AUPRO;
 - :mod:`~fade_cli.evaluation.evaluate`: running the engine per class and seed;
-- :mod:`~fade_cli.evaluation.summary` and :mod:`~fade_cli.evaluation.report`: means over
+- :mod:`~fade_cli.evaluation.summary` and :mod:`~fade_cli.evaluation.outputs`: means over
   seeds and classes, metrics.csv / metrics.json / the Markdown table.
 
 Reading datasets, planning runs and computing metrics do not import torch;

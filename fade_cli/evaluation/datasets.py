@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.evaluation.mvtec import load_mvtec
 from fade_cli.evaluation.samples import ClassSplit
 from fade_cli.evaluation.visa import VISA_SPLIT_CSV, load_visa

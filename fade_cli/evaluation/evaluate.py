@@ -24,9 +24,9 @@ from PIL import Image
 from fade_cli.config import EngineConfig
 from fade_cli.engine.detector import FadeEngine, checked_model_source, validate_config
 from fade_cli.engine.precision import resolve_precision
-from fade_cli.engine.model import LoadedModel, ModelSource, load_model
+from fade_cli.backbone.model import LoadedModel, ModelSource, load_model
 from fade_cli.engine.result import Detection
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.evaluation.aupro import MAX_FPR
 from fade_cli.evaluation.maps import codes_to_scores, eval_codes
 from fade_cli.evaluation.masks import load_mask
@@ -37,7 +37,7 @@ from fade_cli.evaluation.prompts import ClassPrompts, PromptSource, fixed_prompt
 from fade_cli.evaluation.samples import GOOD, ClassSplit, TestSample
 from fade_cli.io.images import ImageFile
 from fade_cli.io.outputs import ResultRow
-from fade_cli.runner import load_references, run_detection
+from fade_cli.runs.runner import load_references, run_detection
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fade_cli.errors import ImageError, InputError
+from fade_cli.core.errors import ImageError, InputError
 from fade_cli.io.files import require_regular_file
 from fade_cli.io.images import check_pixel_count
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.evaluation.samples import GOOD, ClassSplit, TestSample
 from fade_cli.io.images import IMAGE_EXTENSIONS, ImageFile, is_image_file
 

@@ -12,7 +12,7 @@ from fade_cli.config import MutualSettings
 from fade_cli.evaluation.samples import ClassSplit
 from fade_cli.evaluation.shots import choose_references
 from fade_cli.io.images import ImageFile
-from fade_cli.memory import check_map_size
+from fade_cli.core.memory import check_map_size
 
 DEFAULT_EVAL_SIZE = 448
 

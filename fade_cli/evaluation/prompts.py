@@ -14,8 +14,8 @@ import torch
 
 from fade_cli.config import EngineConfig
 from fade_cli.engine.detector import encode_prompt_sets
-from fade_cli.engine.model import LoadedModel
-from fade_cli.prompt_set import PromptSet, with_default_prompts
+from fade_cli.backbone.model import LoadedModel
+from fade_cli.prompting.prompt_set import PromptSet, with_default_prompts
 
 # class name -> (classification set, segmentation set); None means the built-in default.
 PromptSource = Callable[[str], tuple[Optional[PromptSet], Optional[PromptSet]]]

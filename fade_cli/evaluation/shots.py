@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Sequence
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.evaluation.samples import ClassSplit
 from fade_cli.io.images import ImageFile
 

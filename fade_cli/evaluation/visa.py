@@ -17,7 +17,7 @@ import io
 from pathlib import Path
 from typing import Optional, Sequence
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.evaluation.samples import GOOD, ClassSplit, TestSample
 from fade_cli.io.files import confined_path, read_text_file, require_regular_file
 from fade_cli.io.images import ImageFile

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from fade_cli.errors import ImageError
+from fade_cli.core.errors import ImageError
 from fade_cli.evaluation.evaluate import ImageRecord
 from fade_cli.evaluation.masks import load_mask
 from fade_cli.io.files import confined_path

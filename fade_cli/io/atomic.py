@@ -12,7 +12,7 @@ import secrets
 from pathlib import Path
 from typing import Callable, Optional
 
-from fade_cli.errors import FadeError
+from fade_cli.core.errors import FadeError
 from fade_cli.io.manifest import record_written
 
 

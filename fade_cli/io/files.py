@@ -11,7 +11,7 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import Optional, Union
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 
 # Prompt sets, templates and configs are kilobytes; a generous bound keeps a wrong file from filling memory.
 TEXT_FILE_LIMIT = 64 << 20

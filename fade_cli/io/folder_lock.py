@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from fade_cli import strict_json
-from fade_cli.errors import InputError
+from fade_cli.core import strict_json
+from fade_cli.core.errors import InputError
 
 MARKER = ".fade-output"
 # What atomic_write names its temporaries (fade_cli.io.atomic), and what earlier versions named them (mkstemp).

@@ -23,7 +23,7 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from fade_cli.errors import ImageError, InputError
+from fade_cli.core.errors import ImageError, InputError
 from fade_cli.io.files import special_file_kind
 from fade_cli.io.folder_lock import is_fade_output
 

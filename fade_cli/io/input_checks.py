@@ -22,8 +22,8 @@ from pathlib import Path, PurePath
 from typing import Optional, Sequence
 
 from fade_cli.config import EngineConfig
-from fade_cli.engine.file_hash import file_sha256
-from fade_cli.errors import InputError
+from fade_cli.backbone.file_hash import file_sha256
+from fade_cli.core.errors import InputError
 from fade_cli.io.images import ImageFile
 
 # MVTec AD: CLASS/train/good, CLASS/test/<defect or good>, CLASS/ground_truth/<defect>/*_mask.png.

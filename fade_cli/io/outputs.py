@@ -39,16 +39,16 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from fade_cli import strict_json
+from fade_cli.core import strict_json
 from fade_cli.engine.result import Detection
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
 from fade_cli.io.files import read_file_bytes
 from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import escape_undecodable
 from fade_cli.io.manifest import record_written, remove_written, written_files
 from fade_cli.io.thumbnails import image_thumbnail_path, map_thumbnail_path, write_thumbnails
-from fade_cli.memory import check_map_size
+from fade_cli.core.memory import check_map_size
 
 # Results and state files of a run are read whole; one larger than this is not a fade run's.
 RUN_FILE_LIMIT = 4 << 30

@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable
 
-from fade_cli.errors import InputError
-from fade_cli.prompt_set import STATES, PromptSet
+from fade_cli.core.errors import InputError
+from fade_cli.prompting.prompt_set import STATES, PromptSet
 
 _SPACES = re.compile(r"\s+")
 _SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([.,;:!?])")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from typing import Iterable, Optional, Sequence
 
-from fade_cli.prompt_set import PromptSet
+from fade_cli.prompting.prompt_set import PromptSet
 from fade_cli.prompting.templates import TemplateSource, builtin_template, prompt_set_from_templates, user_variables
 from fade_cli.prompting.vocabulary import load_vocabulary, resolve_families, template_context
 

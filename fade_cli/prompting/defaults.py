@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from fade_cli.prompt_set import PromptSet
+from fade_cli.prompting.prompt_set import PromptSet
 from fade_cli.prompting.runner import generate_prompt_set
 
 # file stem -> (generator, class name, options). "object": no family is guessed, generic vocabulary only.

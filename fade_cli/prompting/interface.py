@@ -1,11 +1,11 @@
 """The prompt generator interface: what a plugin implements.
 
 A generator turns a class name (``screw``, ``weld``, ``pcb``) and a few options
-into a :class:`~fade_cli.prompt_set.PromptSet`. Every generator, the built-in
+into a :class:`~fade_cli.prompting.prompt_set.PromptSet`. Every generator, the built-in
 ones included, is found the same way (see :mod:`fade_cli.prompting.registry`),
 so the built-ins prove this interface::
 
-    from fade_cli.prompt_set import PromptSet
+    from fade_cli.prompting.prompt_set import PromptSet
     from fade_cli.prompting import GeneratorOption, PromptGenerator
 
     class Shouting(PromptGenerator):
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from fade_cli.prompt_set import PromptSet
+from fade_cli.prompting.prompt_set import PromptSet
 
 OPTION_TYPES = (str, int, float, bool, Path)
 # Option names the `fade prompts generate` command itself uses; a generator may not take them.
@@ -95,7 +95,7 @@ class PromptGenerator:
             generator name, class name, options and versions itself.
 
         Raises:
-            fade_cli.errors.InputError: for bad option values (shown to the user
+            fade_cli.core.errors.InputError: for bad option values (shown to the user
                 as is, exit code 2). Any other exception is reported as a
                 failure of this generator.
         """

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from fade_cli.errors import InputError, ModelError
-from fade_cli.model_cache import OFFLINE_ENV, offline_by_environment
-from fade_cli.prompt_set import STATES
+from fade_cli.core.errors import InputError, ModelError
+from fade_cli.backbone.cache import OFFLINE_ENV, offline_by_environment
+from fade_cli.prompting.prompt_set import STATES
 from fade_cli.prompting.cleaning import duplicate_key
 from fade_cli.prompting.llm_parse import SentenceFilter, parse_model_output
 from fade_cli.prompting.progress import current_reporter

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from fade_cli.prompt_set import PLACEHOLDER
+from fade_cli.prompting.prompt_set import PLACEHOLDER
 from fade_cli.prompting.cleaning import normalise_sentence
 
 _LIST_MARKER = re.compile(r"^\s*(?:[-*•·]+|\(?\d{1,3}\s*[.):])\s*")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Union
 
-from fade_cli.errors import FadeError, InputError
+from fade_cli.core.errors import FadeError, InputError
 from fade_cli.prompting.interface import PromptGenerator, interface_problems
 
 ENTRY_POINT_GROUP = "fade.prompt_generators"

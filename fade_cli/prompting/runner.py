@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
-from fade_cli import strict_json
+from fade_cli.core import strict_json
 from fade_cli.io.files import require_regular_file
-from fade_cli.validation import check_finite
+from fade_cli.core.validation import check_finite
 from fade_cli import __version__
-from fade_cli.errors import FadeError, InputError
-from fade_cli.prompt_set import PromptSet
+from fade_cli.core.errors import FadeError, InputError
+from fade_cli.prompting.prompt_set import PromptSet
 from fade_cli.prompting.cleaning import cleaned_prompt_set
 from fade_cli.prompting.interface import GeneratorOption, PromptGenerator
 from fade_cli.prompting.registry import GeneratorRegistry, discover_generators

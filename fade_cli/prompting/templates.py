@@ -28,9 +28,9 @@ from typing import Any, Iterable, Iterator, Mapping
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.io.files import read_text_file
-from fade_cli.prompt_set import STATES, PromptSet
+from fade_cli.prompting.prompt_set import STATES, PromptSet
 
 _SECTION = re.compile(r"^\[(normal|abnormal)\]$", re.IGNORECASE)
 _ARTICLE = re.compile(r"\b([Aa]) ([A-Za-z][\w-]*)")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Iterable, Optional
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 
 VOCABULARY_FILE = "vocabulary.json"
 VOCABULARY_FORMAT = "fade-vocabulary"

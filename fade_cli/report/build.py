@@ -17,8 +17,8 @@ from typing import Callable, Optional
 import numpy as np
 from PIL import Image
 
-from fade_cli.errors import ImageError, InputError
-from fade_cli.evaluation.report import HEADERS
+from fade_cli.core.errors import ImageError, InputError
+from fade_cli.evaluation.outputs import HEADERS
 from fade_cli.io.atomic import atomic_write
 from fade_cli.io.files import confined_path, read_file_bytes, require_regular_file
 from fade_cli.io.heatmap import COLORMAP, overlay_image_width

@@ -13,8 +13,8 @@ import shlex
 from pathlib import Path
 from typing import Any, Optional
 
-from fade_cli import strict_json
-from fade_cli.errors import InputError
+from fade_cli.core import strict_json
+from fade_cli.core.errors import InputError
 from fade_cli.io.files import read_file_bytes
 from fade_cli.io.outputs import RUN_INFO_FILE, SETTINGS_FILE
 from fade_cli.report.runs import RunData

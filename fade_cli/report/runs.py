@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.io.files import confined_path, read_file_bytes
 from fade_cli.io.outputs import PARTIAL_FILE, RUN_FILE_LIMIT, ResultRow
 from fade_cli.io.thumbnails import THUMBNAILS_DIR

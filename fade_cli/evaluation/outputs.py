@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from fade_cli import strict_json
+from fade_cli.core import strict_json
 from fade_cli import __version__
 from fade_cli.evaluation.summary import METRICS, Aggregate, Metrics, Summary
 from fade_cli.io.atomic import atomic_write

@@ -7,7 +7,7 @@ raises ``ValueError``.
 Reading: every file fade parses is untrusted input, whatever wrote it. :func:`loads`
 refuses ``NaN``/``Infinity`` and numbers that overflow to them, integers with more than
 ``MAX_INT_DIGITS`` digits and nesting deeper than ``MAX_DEPTH``, each as an
-:class:`~fade_cli.errors.InputError` naming the file. No torch, no click: cheap to import.
+:class:`~fade_cli.core.errors.InputError` naming the file. No torch, no click: cheap to import.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import json
 import math
 from typing import Any, Union
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 
 # fade's own files nest a handful of levels; anything deeper is not one of them.
 MAX_DEPTH = 32

@@ -9,7 +9,7 @@ So open_clip is imported with both hidden, which open_clip treats as "not instal
 catches the ImportError), and the hiding ends with that import: a later ``import
 transformers`` (the LLM prompt generator) works as usual. An architecture that does have
 such a tower first has open_clip's adapter module run again, now with its library
-(:func:`enable_backends_for`; :mod:`fade_cli.engine.model` calls it before building a model).
+(:func:`enable_backends_for`; :mod:`fade_cli.backbone.model` calls it before building a model).
 
 torchvision (imported by open_clip for its preprocessing transforms and a ResNet layer, and
 which imports torch._dynamo, about 1.3 s) stays: open_clip cannot be imported without it.

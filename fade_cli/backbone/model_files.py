@@ -3,7 +3,7 @@
 Both are untrusted input. A config field of the wrong type or size (``"embed_dim": "x"``,
 ``"patch_size": 0``, a width whose weights would not fit in memory) and a checkpoint that
 is empty, text, or a pickle of something other than tensors each give an
-:class:`~fade_cli.errors.InputError` (exit 2) saying the file is not a usable open_clip
+:class:`~fade_cli.core.errors.InputError` (exit 2) saying the file is not a usable open_clip
 config or checkpoint. Checkpoints are read with ``weights_only=True``: a pickle is never
 executed.
 """
@@ -14,11 +14,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Union
 
-from fade_cli import strict_json
-from fade_cli.errors import InputError
+from fade_cli.core import strict_json
+from fade_cli.core.errors import InputError
 from fade_cli.io.files import read_text_file, require_regular_file
-from fade_cli.memory import gigabytes, physical_memory_bytes
-from fade_cli.validation import Fields
+from fade_cli.core.memory import gigabytes, physical_memory_bytes
+from fade_cli.core.validation import Fields
 
 MAX_WIDTH = 1 << 16
 MAX_LAYERS = 1024

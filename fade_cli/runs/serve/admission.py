@@ -16,7 +16,7 @@ from typing import Iterator, Optional
 
 from PIL import Image, UnidentifiedImageError
 
-from fade_cli.errors import ImageError
+from fade_cli.core.errors import ImageError
 from fade_cli.io.images import MAX_PIXELS
 
 # Peak memory of decoding one pixel: the decoder's buffer, the RGB copy and the EXIF-rotated copy

@@ -1,7 +1,7 @@
 """Checking values read from untrusted places: bank headers, prompt files, model configs, caches, options.
 
 :class:`Fields` reads one JSON object field by field; each wrong value is an
-:class:`~fade_cli.errors.InputError` that names the file and the field, e.g.
+:class:`~fade_cli.core.errors.InputError` that names the file and the field, e.g.
 ``bank.fadebank: field config.cls_size must be an integer from 16 to 16384, not "x"``.
 No torch, no click: cheap to import.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping, Optional
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 
 _MISSING = object()
 

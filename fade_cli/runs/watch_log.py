@@ -2,7 +2,7 @@
 
 Both are append-only JSON-lines files, written one whole line at a time and
 flushed to disk; a line torn by a power cut is cut off when they are opened.
-See :mod:`fade_cli.watch` for the order of the writes and the recovery on start.
+See :mod:`fade_cli.runs.watch` for the order of the writes and the recovery on start.
 """
 from __future__ import annotations
 
@@ -14,16 +14,16 @@ from typing import Any, Callable, NamedTuple, Optional
 import numpy as np
 from PIL import Image
 
-from fade_cli.engine.file_hash import read_sha256
+from fade_cli.backbone.file_hash import read_sha256
 from fade_cli.engine.result import Detection
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write, describe_write_failure
 from fade_cli.io.outputs import PARTIAL_FILE, RUN_INFO_FILE, ImageWriter, ResultRow, json_line, json_text
 from fade_cli.io.outputs import read_json_lines, write_run_info
 
 RESULTS_FILE = "results.jsonl"
 STATE_FILE = "watch-state.jsonl"
-ARCHIVE_FILE = "serve-archive.txt"  # marks the audit trail of `fade serve --archive` (fade_cli.serve.archive)
+ARCHIVE_FILE = "serve-archive.txt"  # marks the audit trail of `fade serve --archive` (fade_cli.runs.serve.archive)
 # Files by which a folder holds the results of a run: `fade detect` (results, partial results, run.json),
 # `fade eval` (metrics.json), and the marker of each kind of run that appends to its folder.
 RUN_RESULT_FILES = (RESULTS_FILE, "results.csv", PARTIAL_FILE, RUN_INFO_FILE, "metrics.json", STATE_FILE, ARCHIVE_FILE)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from fade_cli import strict_json
-from fade_cli.errors import InputError
+from fade_cli.core import strict_json
+from fade_cli.core.errors import InputError
 from fade_cli.io.files import read_text_file
 
 PLACEHOLDER = "{classname}"

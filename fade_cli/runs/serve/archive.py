@@ -31,7 +31,7 @@ from PIL import Image
 from fade_cli.io.atomic import atomic_write
 from fade_cli.io.images import decode_image_bytes
 from fade_cli.io.outputs import ResultRow
-from fade_cli.watch_log import ARCHIVE_FILE, RESULTS_FILE, RUN_RESULT_FILES, ResultsLog, refuse_results_of_other_runs
+from fade_cli.runs.watch_log import ARCHIVE_FILE, RESULTS_FILE, RUN_RESULT_FILES, ResultsLog, refuse_results_of_other_runs
 
 IMAGES = "images"
 # PIL formats kept as sent, under the extension `fade detect` looks for; anything else is kept as PNG.

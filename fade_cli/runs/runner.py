@@ -20,7 +20,7 @@ from fade_cli.config import MutualSettings
 from fade_cli.engine.detector import FadeEngine
 from fade_cli.engine.mutual import ALONE_IN_GROUP, balanced_groups, require_mutual_batch
 from fade_cli.engine.result import Detection
-from fade_cli.errors import ImageError, InputError
+from fade_cli.core.errors import ImageError, InputError
 from fade_cli.io.atomic import OutputError
 from fade_cli.io.defects import find_defects
 from fade_cli.io.images import ImageFile, load_image

@@ -1,5 +1,5 @@
 """Building the open_clip backbone: built-in architectures, custom JSON configs,
-pretrained tags (their weights fetched into the cache by :mod:`fade_cli.model_cache`,
+pretrained tags (their weights fetched into the cache by :mod:`fade_cli.backbone.cache`,
 then loaded from that file) and local weight files.
 
 Nothing here ever falls back to random weights: a model that cannot be loaded
@@ -16,12 +16,12 @@ from typing import Any, Callable, Optional
 import torch
 
 from fade_cli.config import EngineConfig
-from fade_cli.engine.file_hash import weights_sha256
-from fade_cli.engine.model_files import ZIP_MAGIC, check_checkpoint_file, read_model_config
-from fade_cli.errors import InputError, ModelError
-from fade_cli.model_cache import check_architecture, check_pretrained_tag, default_cache_dir, fetch_weights
-from fade_cli.open_clip_import import enable_backends_for, open_clip_logs_dropped, open_clip_module
-from fade_cli.settings import named
+from fade_cli.backbone.file_hash import weights_sha256
+from fade_cli.backbone.model_files import ZIP_MAGIC, check_checkpoint_file, read_model_config
+from fade_cli.core.errors import InputError, ModelError
+from fade_cli.backbone.cache import check_architecture, check_pretrained_tag, default_cache_dir, fetch_weights
+from fade_cli.backbone.open_clip_import import enable_backends_for, open_clip_logs_dropped, open_clip_module
+from fade_cli.core.naming import named
 
 VISUAL_PREFIX = "visual."
 

@@ -1,7 +1,7 @@
 """The inspection service: the banks it serves, and one request's path from bytes to result rows.
 
 Decoding and resizing run in a thread pool, the forward pass in the batcher's one
-worker, and the row is built by :func:`fade_cli.runner.finish_row`: the function that
+worker, and the row is built by :func:`fade_cli.runs.runner.finish_row`: the function that
 builds the rows of `fade detect`, so a served row is the results.jsonl row of
 `fade detect` for the same image and bank (scores bit-equal on the CPU: an image's
 score does not depend on the batch it shared, see ``engine.text.abnormal_probability``).
@@ -26,11 +26,11 @@ from fade_cli.engine.result import Detection
 from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import ImageFile, decode_image_bytes
 from fade_cli.io.outputs import PNG_COMPRESS_LEVEL, ResultRow
-from fade_cli.runner import DECODE_THREADS, NG, finish_row
-from fade_cli.serve.admission import PixelBudget, TooLarge, declared_pixels
-from fade_cli.serve.archive import Archive
-from fade_cli.serve.batcher import Batcher, Job
-from fade_cli.serve.metrics import ServeMetrics
+from fade_cli.runs.runner import DECODE_THREADS, NG, finish_row
+from fade_cli.runs.serve.admission import PixelBudget, TooLarge, declared_pixels
+from fade_cli.runs.serve.archive import Archive
+from fade_cli.runs.serve.batcher import Batcher, Job
+from fade_cli.runs.serve.metrics import ServeMetrics
 
 STARTING, READY, DRAINING, FAILED = "starting", "ready", "draining", "failed"
 T = TypeVar("T")

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from fade_cli.config import EngineConfig
-from fade_cli.distributed.cluster import (
+from fade_cli.runs.ray.cluster import (
     ClusterError,
     RaySettings,
     WorkerNodeError,
@@ -48,8 +48,8 @@ from fade_cli.distributed.cluster import (
 from fade_cli.engine.detector import FadeEngine, batch_size_for, resize_for_config
 from fade_cli.io.images import ImageFile
 from fade_cli.io.outputs import ImageWriter, ResultRow
-from fade_cli.memory import guard_engine_failures
-from fade_cli.runner import ResultSink, batch_of_decoded, decode_one, run_decoded
+from fade_cli.core.memory import guard_engine_failures
+from fade_cli.runs.runner import ResultSink, batch_of_decoded, decode_one, run_decoded
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class PreparedEngine:
         when its weights are missing or differ from the driver's."""
         from fade_cli.engine.detector import checked_model_source
         from fade_cli.engine.memory_bank import MemoryBank
-        from fade_cli.engine.model import load_model
+        from fade_cli.backbone.model import load_model
 
         loaded = on_worker_node(lambda: load_model(self.config, checked_model_source(self.config), text_tower=False))
         if loaded.identity != self.identity:
@@ -220,7 +220,7 @@ def run_detection_on_ray(
     on_row: Optional[Callable[[ResultRow], None]] = None,
     pixel_threshold: Optional[float] = None,
 ) -> None:
-    """:func:`fade_cli.runner.run_detection` on the connected Ray cluster: the same rows, to ``output.add`` and
+    """:func:`fade_cli.runs.runner.run_detection` on the connected Ray cluster: the same rows, to ``output.add`` and
     ``on_row`` in file order, and the same files in ``output``'s folder, written by the workers.
 
     On KeyboardInterrupt (Ctrl-C, SIGTERM) the rows already received are passed on, in file order, and the

@@ -5,7 +5,7 @@ The rooms, lowest first:
 - :mod:`batcher`: one worker thread owns the device; requests for the same bank that
   arrive together are scored in one forward pass (dynamic batching, bounded queue).
 - :mod:`service`: the banks being served, decoding in a thread pool, the rows (built by
-  ``fade_cli.runner.finish_row``, so a served row is a `fade detect` row), readiness.
+  ``fade_cli.runs.runner.finish_row``, so a served row is a `fade detect` row), readiness.
 - :mod:`admission`: a request's images admitted before decoding, from their headers'
   pixel counts (a budget of decoded pixels in flight).
 - :mod:`archive`: the optional audit trail (each request's image and its row).

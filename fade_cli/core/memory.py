@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
-from fade_cli.errors import FadeError, InputError
+from fade_cli.core.errors import FadeError, InputError
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from fade_cli.config import EngineConfig
-from fade_cli.distributed.cluster import (
+from fade_cli.runs.ray.cluster import (
     RaySettings,
     absolute_paths,
     indexed_items,
@@ -25,7 +25,7 @@ from fade_cli.distributed.cluster import (
 from fade_cli.evaluation.evaluate import EvalMapSink, Evaluator, RunResult, ScoredImageSink
 from fade_cli.evaluation.plan import EvalSettings, PlannedRun
 from fade_cli.evaluation.prompts import PromptSource
-from fade_cli.memory import guard_engine_failures
+from fade_cli.core.memory import guard_engine_failures
 
 
 class EvaluationWorker:

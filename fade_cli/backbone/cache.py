@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from fade_cli.errors import InputError, ModelError
-from fade_cli.open_clip_import import open_clip_module
+from fade_cli.core.errors import InputError, ModelError
+from fade_cli.backbone.open_clip_import import open_clip_module
 
 CACHE_ENV = "FADE_CACHE_DIR"
 OFFLINE_ENV = "HF_HUB_OFFLINE"
@@ -228,7 +228,7 @@ def fetch_weights(
     """The weights file of a published pair: from the cache, else downloaded into it.
 
     ``announce`` receives the one line said before a download (default: a warning on the
-    ``fade_cli.model_cache`` logger); ``progress`` False hides the hub's progress bar, None
+    ``fade_cli.backbone.cache`` logger); ``progress`` False hides the hub's progress bar, None
     leaves it to the hub (shown on a terminal). Raises :class:`ModelError` with the
     :func:`unavailable_message` paragraph when the weights cannot be had.
     """

@@ -21,9 +21,9 @@ from typing import Any, Iterator, Optional
 
 import uvicorn
 
-from fade_cli.errors import FadeError, InputError
-from fade_cli.serve.connections import ConnectionLimits, default_max_connections, uvicorn_settings
-from fade_cli.serve.service import InspectionService
+from fade_cli.core.errors import FadeError, InputError
+from fade_cli.runs.serve.connections import ConnectionLimits, default_max_connections, uvicorn_settings
+from fade_cli.runs.serve.service import InspectionService
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: a closed terminal, `kill -HUP`
 BACKLOG = 2048  # uvicorn's default

@@ -25,12 +25,12 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from fade_cli import __version__
-from fade_cli.errors import ImageError
+from fade_cli.core.errors import ImageError
 from fade_cli.io.atomic import OutputError
-from fade_cli.serve.admission import Busy, TooLarge
-from fade_cli.serve.batcher import NotRunning, QueueFull
-from fade_cli.serve.service import READY, BankNotNamed, ClientGone, Cut, Extras, InspectionService, TimedOut
-from fade_cli.serve.service import UnknownBank, Upload
+from fade_cli.runs.serve.admission import Busy, TooLarge
+from fade_cli.runs.serve.batcher import NotRunning, QueueFull
+from fade_cli.runs.serve.service import READY, BankNotNamed, ClientGone, Cut, Extras, InspectionService, TimedOut
+from fade_cli.runs.serve.service import UnknownBank, Upload
 
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 RETRY_AFTER_S = "1"

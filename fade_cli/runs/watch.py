@@ -8,11 +8,11 @@ hidden temporary name and rename are always safe.
 Per file, in this order: its map/heatmap files are written, a pending entry goes
 to ``OUT/watch-state.jsonl``, its row is appended to ``OUT/results.jsonl``
 (flushed to disk), the file is recorded in the state (path and
-:class:`~fade_cli.watch_log.Identity`: size, times, inode, SHA-256 of the
+:class:`~fade_cli.runs.watch_log.Identity`: size, times, inode, SHA-256 of the
 content), then it is moved to ``move_to`` if asked. A file whose identity is in
 the state under its path is never scored again; a new file under an old name
 (even with an old time) is. On start, the state is repaired: a pending entry is
-settled (see :class:`~fade_cli.watch_log.WatchState`), unfinished moves are done,
+settled (see :class:`~fade_cli.runs.watch_log.WatchState`), unfinished moves are done,
 and entries of files no longer there are forgotten. An entry of the folder that
 cannot be looked at (a symbolic link loop, a broken link) gets one warning.
 
@@ -46,11 +46,11 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from fade_cli.errors import InputError
+from fade_cli.core.errors import InputError
 from fade_cli.io.images import ImageFile, describe_os_error, discover_images
 from fade_cli.io.outputs import ResultRow
-from fade_cli.watch_log import RESULTS_FILE, STATE_FILE, Identity, ResultsLog, Signature, WatchState, content_sha256
-from fade_cli.watch_log import refuse_results_of_other_runs, signature
+from fade_cli.runs.watch_log import RESULTS_FILE, STATE_FILE, Identity, ResultsLog, Signature, WatchState, content_sha256
+from fade_cli.runs.watch_log import refuse_results_of_other_runs, signature
 
 Warn = Callable[[str], None]
 
@@ -388,7 +388,7 @@ def watch_folder(
     Runs until interrupted (KeyboardInterrupt), or after ``max_polls`` polls, or
     (``stop_when_idle``) at the first poll that finds nothing to score or wait for.
     """
-    from fade_cli.runner import run_detection
+    from fade_cli.runs.runner import run_detection
 
     scored = 0
     sink = _RecordedLog(output, watcher)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional, TypeVar
 
 from fade_cli.config import EngineConfig
-from fade_cli.errors import FadeError, InputError
+from fade_cli.core.errors import FadeError, InputError
 
 T = TypeVar("T")
 
@@ -203,7 +203,7 @@ def absolute_paths(config: EngineConfig) -> EngineConfig:
 def on_worker_node(load: Callable[[], T]) -> T:
     """Load the model on a worker node, never downloading (a hundred workers must not each fetch 800 MB); a
     failure names the node and says what every node needs."""
-    from fade_cli.model_cache import go_offline
+    from fade_cli.backbone.cache import go_offline
 
     go_offline()
     try:

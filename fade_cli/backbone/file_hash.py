@@ -18,12 +18,12 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from fade_cli import strict_json
-from fade_cli.errors import InputError
+from fade_cli.core import strict_json
+from fade_cli.core.errors import InputError
 from fade_cli.io.atomic import OutputError, atomic_write
 from fade_cli.io.files import read_text_file
-from fade_cli.model_cache import fade_data_dir
-from fade_cli.validation import Fields
+from fade_cli.backbone.cache import fade_data_dir
+from fade_cli.core.validation import Fields
 
 MEMO_SUBDIR = "file-hashes"
 MEMO_FORMAT = "fade-file-sha256"
