@@ -4,7 +4,7 @@
   :class:`GeneratorOption`) that every plugin, built-in or not, implements;
 * :mod:`~fade_cli.prompting.registry`: discovery through the entry point group
   ``fade.prompt_generators`` and a local plugins folder;
-* :mod:`~fade_cli.prompting.runner`: running a generator with checked options,
+* :mod:`~fade_cli.prompting.generation`: running a generator with checked options,
   cleaning its output and stamping the ``meta`` block;
 * :mod:`~fade_cli.prompting.cleaning`, :mod:`~fade_cli.prompting.progress`;
 * :mod:`~fade_cli.prompting.vocabulary`, :mod:`~fade_cli.prompting.templates`,
@@ -25,7 +25,7 @@ from fade_cli.prompting.registry import (
     GeneratorRegistry,
     discover_generators,
 )
-from fade_cli.prompting.runner import generate_prompt_set, run_generator
+from fade_cli.prompting.generation import generate_prompt_set, run_generator
 
 __all__ = [
     "BrokenPlugin",

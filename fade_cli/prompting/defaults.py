@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fade_cli.prompting.prompt_set import PromptSet
-from fade_cli.prompting.runner import generate_prompt_set
+from fade_cli.prompting.generation import generate_prompt_set
 
 # file stem -> (generator, class name, options). "object": no family is guessed, generic vocabulary only.
 DEFAULT_SETS: dict[str, tuple[str, str, dict[str, Any]]] = {
