@@ -26,7 +26,8 @@ from fade_cli.engine.result import Detection
 from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import ImageFile, decode_image_bytes
 from fade_cli.io.outputs import PNG_COMPRESS_LEVEL, ResultRow
-from fade_cli.runner import DECODE_THREADS, NG, finish_row
+from fade_cli.io.roi import FrameRegion
+from fade_cli.runner import DECODE_THREADS, NG, finish_row, in_region, score_prepared
 from fade_cli.serve.archive import Archive
 from fade_cli.serve.batcher import Batcher, Job
 from fade_cli.serve.metrics import ServeMetrics
@@ -72,6 +73,7 @@ class Prepared:
     image: Image.Image
     inputs: dict[int, np.ndarray]
     decode_s: float
+    region: Optional[FrameRegion] = None  # the bank's ROI on this image (what the model saw is cut to it)
 
 
 @dataclass
@@ -204,7 +206,7 @@ class InspectionService:
         received = time.monotonic()
         prepared = await asyncio.gather(*(loop.run_in_executor(self._decoders, _prepare, served.engine, upload,
                                                                self.settings.max_pixels) for upload in uploads))
-        jobs = self.batcher.submit(served.name, [one.inputs for one in prepared])
+        jobs = self.batcher.submit(served.name, [(one.inputs, one.region) for one in prepared])
         detections = await self._wait_for(jobs, client_gone)
         answers = await asyncio.gather(*(
             loop.run_in_executor(self._decoders, _answer, served, one, detection, extras)
@@ -239,9 +241,11 @@ class InspectionService:
             raise ClientGone()
         raise TimedOut(f"no answer within --timeout {self.settings.timeout_s:g} s")
 
-    def _score_batch(self, bank: str, inputs: list[dict[int, np.ndarray]]) -> list[Detection]:
+    def _score_batch(self, bank: str, items: list[tuple[dict[int, np.ndarray], Optional[FrameRegion]]]
+                     ) -> list[Detection]:
         engine = self.banks[bank].engine
-        return engine.detect_prepared(engine.batch_inputs(inputs))
+        regions = None if engine.regions is None else [region for _, region in items]
+        return score_prepared(engine, engine.batch_inputs([inputs for inputs, _ in items]), regions)
 
     def _count(self, served: ServedBank, rows: list[ResultRow]) -> None:
         self.metrics.images.labels(served.name).inc(len(rows))
@@ -251,19 +255,21 @@ class InspectionService:
 def _prepare(engine: FadeEngine, upload: Upload, max_pixels: Optional[int]) -> Prepared:
     started = time.monotonic()
     image = decode_image_bytes(upload.data, upload.label, max_pixels)
-    return Prepared(upload, image, engine.resize_for_input(image), time.monotonic() - started)
+    cut, region = in_region(engine, Path(upload.label).name, upload.label, image)  # the bank's ROI, never wider
+    return Prepared(upload, image, engine.resize_for_input(cut), time.monotonic() - started, region)
 
 
 def _answer(served: ServedBank, one: Prepared, detection: Detection, extras: Extras) -> tuple[ResultRow, dict]:
     """The row as `fade detect` builds it (no files written), and the heatmap and map when asked for."""
     file = ImageFile(Path(one.upload.label), one.upload.label)
-    row = finish_row(file, one.image, detection, None, served.thresholds.image, served.thresholds.pixel)
+    row = finish_row(file, one.image, detection, None, served.thresholds.image, served.thresholds.pixel, one.region)
     added = {}
     if extras.heatmap_png or extras.map_npy:
         at_image_size = upsample_map(detection.anomaly_map, one.image.height, one.image.width)
         if extras.heatmap_png:
             buffer = io.BytesIO()
-            overlay(one.image, at_image_size).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+            shown = one.image if one.region is None or one.region.whole_frame else one.region.shown(one.image)
+            overlay(shown, at_image_size).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
             added["heatmap_png"] = base64.b64encode(buffer.getvalue()).decode("ascii")
         if extras.map_npy:
             buffer = io.BytesIO()
