@@ -261,3 +261,44 @@ def test_detect_cli_bank_with_roi_refuses_another(roi_file, tmp_path):
     refused = CliRunner().invoke(main, ["detect", str(QUERIES), "--bank", str(bank), "--device", "cpu",
                                         "--roi-margin", "0.2"])
     assert refused.exit_code == 2 and "inspection region" in refused.output
+
+
+def test_pixel_metrics_count_only_the_pixels_inside_the_roi():
+    from fade_cli.evaluation.pixels import PixelAccumulator
+
+    codes = np.array([[100, 200], [60000, 50]], dtype=np.uint16)
+    defect = np.array([[False, True], [False, False]])
+    inside = np.array([[True, True], [False, True]])  # the hot pixel at (1, 0) is outside the ROI
+    restricted, whole = PixelAccumulator(), PixelAccumulator()
+    restricted.add(codes, defect, inside)
+    whole.add(codes, defect)
+    assert restricted.metrics()["pixel_auroc"] == 1.0
+    assert whole.metrics()["pixel_auroc"] < 1.0
+    assert restricted.negative_counts.sum() == 2 and restricted.positive_counts.sum() == 1
+
+
+def test_eval_cli_with_roi_says_so_and_a_whole_frame_roi_changes_no_metric(tmp_path):
+    cookie = Path(__file__).parent.parent / "examples" / "cookie"
+    full = _mask_file(tmp_path / "full.png", box=(0, 0, 576, 768), size=(576, 768))
+    common = ["eval", str(cookie), "--dataset", "mvtec", "--shots", "1", "--seeds", "0", "--eval-size", "64", "-q",
+              *FAST_ARGS]
+    reports = {}
+    for name, extra in (("plain", []), ("full", ["--roi", str(full)]), ("roi", ["--roi", str(cookie / "roi.json")])):
+        result = CliRunner().invoke(main, [*common, *extra, "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        reports[name] = json.loads((tmp_path / name / "metrics.json").read_text())
+    assert "region" not in reports["plain"]
+    assert reports["roi"]["region"]["pixel_metrics"] == "computed on the pixels inside the ROI only"
+    assert reports["roi"]["region"]["sha256"] == load_roi(cookie / "roi.json").sha256
+    assert reports["full"]["classes"] == reports["plain"]["classes"]
+    assert reports["roi"]["classes"] != reports["plain"]["classes"]
+
+
+def test_far_away_pixel_shapes_are_checked_without_drawing_a_giant_canvas(tmp_path):
+    far = tmp_path / "far.json"
+    far.write_text(json.dumps({"include": [{"rect": [999000, 999000, 999999, 999999]}]}))
+    assert load_roi(far).include  # read at once: the canvas of the check is bounded
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({"size": [1000000, 1000000], "include": [{"rect": [0, 0, 10, 10]}]}))
+    with pytest.raises(InputError, match="size"):
+        load_roi(huge)

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw
 from fade_cli import strict_json
 from fade_cli.errors import ImageError, InputError
 from fade_cli.io.files import read_file_bytes
+from fade_cli.io.images import MAX_PIXELS
 from fade_cli.validation import Fields, is_finite_number
 
 # A mask is a picture of a frame: tens of megabytes at most; a JSON of shapes is kilobytes.
@@ -41,8 +42,11 @@ MAX_POLYGON_POINTS = 10000
 MAX_COORDINATE = 1e6
 ASPECT_TOLERANCE = 0.01
 DEFAULT_MARGIN = 0.05
-# The size JSON shapes in relative units are drawn at to check that they cover something.
+# The size JSON shapes in relative units are drawn at to check that they cover something, and the largest
+# canvas pixel shapes are drawn on for that check.
 _CHECK_SIZE = 1000
+_CHECK_SIDE = 4096
+_MAX_CANVAS_PIXELS = MAX_PIXELS  # no frame is larger
 _DIM = 0.35  # brightness of the ignored area in heatmaps
 _OUTLINE = np.array([0, 255, 255], dtype=np.uint8)
 
@@ -126,6 +130,8 @@ def _json_roi(content: bytes, name: str) -> Roi:
                 and all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_COORDINATE for v in size)):
             raise fields.fail("size", "[width, height] in pixels", size)
         size = (size[0], size[1])
+        if size[0] * size[1] > _MAX_CANVAS_PIXELS:
+            raise fields.fail("size", f"a frame of at most {_MAX_CANVAS_PIXELS} pixels", size)
     include = _shapes(fields, "include", units, min_length=1)
     exclude = _shapes(fields, "exclude", units, min_length=0)
     return Roi(name, content, units=units, size=size, include=include, exclude=exclude)
@@ -172,10 +178,13 @@ def _covers_something(roi: Roi) -> bool:
         return bool(roi.mask_at(_CHECK_SIZE, _CHECK_SIZE).any())
     if roi.size is not None:
         return bool(roi.mask_at(*roi.size).any())
-    # Pixel shapes without a frame size: drawn on a canvas that holds all of them.
+    # Pixel shapes without a frame size: drawn on a canvas that holds all of them, shrunk to a bounded size (a
+    # shape too thin to show there is not called empty: each frame's region is checked again).
     extent = max((max(x, y) for shape in roi.include for x, y in shape.points), default=0.0)
-    side = int(min(MAX_COORDINATE, max(1.0, extent + 1)))
-    return bool(_rasterised(roi.include, roi.exclude, side, side, 1.0, 1.0).any())
+    side = max(1.0, extent + 1)
+    scale = min(1.0, _CHECK_SIDE / side)
+    drawn = _rasterised(roi.include, roi.exclude, int(side * scale) + 1, int(side * scale) + 1, scale, scale)
+    return bool(drawn.any()) or (scale < 1.0 and extent > 0)
 
 
 def _check_aspect(drawn: tuple[int, int], frame: tuple[int, int]) -> None:
