@@ -25,7 +25,7 @@ from fade_cli.io.atomic import OutputError
 from fade_cli.io.defects import find_defects
 from fade_cli.io.images import ImageFile, load_image
 from fade_cli.io.outputs import ResultRow
-from fade_cli.io.roi import FrameRegion, RegionError
+from fade_cli.io.roi import FrameRegion
 
 # Batches decoded ahead of the model, and threads decoding their images.
 PREFETCH_BATCHES = 2

@@ -302,3 +302,19 @@ def test_far_away_pixel_shapes_are_checked_without_drawing_a_giant_canvas(tmp_pa
     huge.write_text(json.dumps({"size": [1000000, 1000000], "include": [{"rect": [0, 0, 10, 10]}]}))
     with pytest.raises(InputError, match="size"):
         load_roi(huge)
+
+
+def test_a_bank_of_references_cut_to_per_image_masks_needs_the_masks_at_each_run(tmp_path):
+    refs, masks = tmp_path / "refs", tmp_path / "masks"
+    refs.mkdir(), masks.mkdir()
+    (refs / "good_b.png").write_bytes(REFERENCE.read_bytes())
+    _mask_file(masks / "good_b.png")
+    _mask_file(masks / "good_a.png")
+    bank_file = tmp_path / "moving.fadebank"
+    bank = fade_cli.build_bank(str(refs), bank_file, calibrate=False, **{**SETTINGS, "roi_dir": str(masks)})
+    assert bank.regions.roi is None and bank.patch_counts is not None
+    with pytest.raises(SettingError, match="per-image ROI masks"):
+        fade_cli.Detector.from_bank(bank_file, device="cpu")
+    station = fade_cli.Detector.from_bank(bank_file, device="cpu", roi_dir=str(masks))
+    [result] = station.detect([str(FRAME)])
+    assert result.error is None and not result.anomaly_map[:50, :50].any()

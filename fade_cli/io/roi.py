@@ -20,9 +20,10 @@ No torch, no click.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -47,6 +48,7 @@ DEFAULT_MARGIN = 0.05
 _CHECK_SIZE = 1000
 _CHECK_SIDE = 4096
 _MAX_CANVAS_PIXELS = MAX_PIXELS  # no frame is larger
+_CACHED_SIZES = 8
 _DIM = 0.35  # brightness of the ignored area in heatmaps
 _OUTLINE = np.array([0, 255, 255], dtype=np.uint8)
 
@@ -72,8 +74,10 @@ class Roi:
     size: Optional[tuple[int, int]] = None  # (width, height) the mask or the pixel shapes were drawn on
     include: tuple[Shape, ...] = ()
     exclude: tuple[Shape, ...] = ()
+    # Masks by frame size, drawn once: every frame of a camera has the same size.
+    _masks: dict = field(default_factory=dict, compare=False, repr=False)
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
         return hashlib.sha256(self.content).hexdigest()
 
@@ -82,11 +86,21 @@ class Roi:
         return {"file": self.name, "sha256": self.sha256}
 
     def mask_at(self, width: int, height: int) -> np.ndarray:
-        """The (height, width) bool mask of this ROI on a frame of that size (:class:`RegionError` if it cannot fit)."""
+        """The (height, width) bool mask of this ROI on a frame of that size (:class:`RegionError` if it cannot fit);
+        read-only, shared by the frames of that size."""
+        mask = self._masks.get((width, height))
+        if mask is None:
+            mask = self._drawn_at(width, height)
+            mask.flags.writeable = False
+            if len(self._masks) < _CACHED_SIZES:
+                self._masks[(width, height)] = mask
+        return mask
+
+    def _drawn_at(self, width: int, height: int) -> np.ndarray:
         if self.size is not None and self.size != (width, height):
             _check_aspect(self.size, (width, height))
         if self.mask is not None:
-            return self.mask if self.size == (width, height) else _scaled_mask(self.mask, width, height)
+            return self.mask.copy() if self.size == (width, height) else _scaled_mask(self.mask, width, height)
         scale_x, scale_y = (width, height) if self.units == "relative" else (1.0, 1.0)
         if self.units == "pixels" and self.size is not None:
             scale_x, scale_y = width / self.size[0], height / self.size[1]
