@@ -318,3 +318,36 @@ def test_a_bank_of_references_cut_to_per_image_masks_needs_the_masks_at_each_run
     station = fade_cli.Detector.from_bank(bank_file, device="cpu", roi_dir=str(masks))
     [result] = station.detect([str(FRAME)])
     assert result.error is None and not result.anomaly_map[:50, :50].any()
+
+
+def test_serve_applies_the_banks_roi(roi_file, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from fade_cli.bank.bank import load_bank
+    from fade_cli.cli.engine_setup import bank_thresholds, engines_for_banks
+    from fade_cli.cli.reporting import stderr_console
+    from fade_cli.serve.app import ApiSettings, create_app
+    from fade_cli.serve.service import InspectionService, ServedBank, ServiceSettings
+
+    bank_file = tmp_path / "parts.fadebank"
+    fade_cli.build_bank(str(QUERIES), bank_file, **{**SETTINGS, "roi": str(roi_file)})
+    bank = load_bank(bank_file)
+    config = bank.config.replace(weights=str(WEIGHTS), model_config=str(MODEL_CONFIG), device="cpu")
+    [engine] = engines_for_banks([(bank, config, str(bank_file))], stderr_console(), quiet=True)
+    served = ServedBank("parts", engine, bank_thresholds(bank, str(bank_file), None, None).thresholds, str(bank_file))
+    corner = _with_blob(tmp_path / "corner.png", (25, 25))
+    detect = CliRunner().invoke(main, ["detect", str(FRAME), "--bank", str(bank_file), "--device", "cpu",
+                                       "--format", "jsonl", "-q"])
+    [expected] = [json.loads(line) for line in detect.stdout.splitlines() if line.startswith("{")]
+    with TestClient(create_app(InspectionService(lambda: [served], ServiceSettings()), ApiSettings())) as client:
+        for _ in range(600):
+            if client.get("/readyz").status_code == 200:
+                break
+            import time
+
+            time.sleep(0.05)
+        answers = [client.post("/v1/detect", params={"name": path.name}, content=path.read_bytes()).json()
+                   for path in (FRAME, corner)]
+    assert answers[0]["roi"] == expected["roi"] and answers[0]["score"] == expected["score"]
+    assert answers[1]["score"] == answers[0]["score"]  # the blob outside the ROI counts for nothing

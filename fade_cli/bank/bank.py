@@ -1,6 +1,7 @@
 """A saved reference bank: everything `fade detect` needs besides the model weights.
 
-What a bank file holds (format ``fade-bank`` version 1, see ``container.py`` for the bytes):
+What a bank file holds (format ``fade-bank`` version 1, or 2 with an inspection region; see ``container.py`` for
+the bytes):
 
 metadata (JSON)
     ``format``, ``version``, ``fade_version``; ``model``: the model identity (architecture,
@@ -13,6 +14,9 @@ metadata (JSON)
     ``precision``: what the patches and thresholds were computed in (fp32, bf16...: the
     precision ``--precision auto`` resolved to on the building machine; banks without it
     were computed in their config's precision).
+    Version 2 only: ``region``: the inspection region (fade_cli.io.roi: the ROI file's content in
+    base64 with its name and SHA-256, or ``per_image``; the margin; cropping); ``patch_counts``:
+    each reference's patch count per size (patches outside the ROI are not stored).
 tensors
     ``patches.<size>`` (M, D) reference patch embeddings per segmentation size, the
     feature the few-shot preset uses, float32 (or float16 when built with ``--dtype
@@ -39,8 +43,10 @@ from fade_cli.settings import RUNTIME_FIELDS, SETTINGS
 from fade_cli.validation import Fields
 
 FORMAT_NAME = "fade-bank"
-FORMAT_VERSION = 1
-REGION_FORMAT_VERSION = 2  # a bank with an inspection region: an older fade must not score it without the region
+FORMAT_VERSION = 2  # the newest version this fade reads
+# Banks without an inspection region are written as version 1 (what every fade reads); a bank with one is version 2,
+# so that an older fade refuses it instead of scoring whole frames.
+PLAIN_FORMAT_VERSION = 1
 PATCH_DTYPES = {"float32": np.float32, "float16": np.float16}
 # How a machine runs the engine, not what it computes: never taken from a bank.
 # A bank of thousands of references at several sizes is gigabytes; a file beyond this is not one.
@@ -80,7 +86,7 @@ class ReferenceBank:
     def metadata(self) -> dict[str, Any]:
         return {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "version": PLAIN_FORMAT_VERSION,
             "fade_version": __version__,
             "model": self.identity,
             "config": self.config.to_dict(),
@@ -97,7 +103,7 @@ class ReferenceBank:
         if self.regions is None:
             return {}
         counts = {str(size): list(counts) for size, counts in sorted((self.patch_counts or {}).items())}
-        return {"version": REGION_FORMAT_VERSION, "region": plan_to_dict(self.regions), "patch_counts": counts}
+        return {"version": FORMAT_VERSION, "region": plan_to_dict(self.regions), "patch_counts": counts}
 
     def tensors(self) -> dict[str, np.ndarray]:
         dtype = PATCH_DTYPES[self.patch_dtype]
@@ -158,10 +164,10 @@ def _check_format(metadata: dict[str, Any], source: str) -> None:
     if metadata.get("format") != FORMAT_NAME:
         raise BankFileError(f"{source} is not a fade bank file (format {metadata.get('format')!r})")
     version = metadata.get("version")
-    if not isinstance(version, int) or version > REGION_FORMAT_VERSION:
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise BankFileError(
             f"{source} uses bank format version {version}, newer than this fade ({__version__}) reads "
-            f"(version {REGION_FORMAT_VERSION}); upgrade fade or rebuild the bank"
+            f"(version {FORMAT_VERSION}); upgrade fade or rebuild the bank"
         )
 
 
