@@ -25,7 +25,7 @@ from fade_cli.io.atomic import OutputError
 from fade_cli.io.defects import find_defects
 from fade_cli.io.images import ImageFile, load_image
 from fade_cli.io.outputs import ResultRow
-from fade_cli.io.roi import FrameRegion
+from fade_cli.io.roi import FrameRegion, RegionPlan
 
 # Batches decoded ahead of the model, and threads decoding their images.
 PREFETCH_BATCHES = 2
@@ -95,10 +95,15 @@ def load_references(engine: FadeEngine, files: list[ImageFile]) -> None:
             framed = [in_region(engine, f.relative, str(f.path), load_image(f.path)) for f in chunk]
         except ImageError as exc:
             raise InputError(f"reference image unusable: {exc}") from exc
-        if engine.regions is None:
+        if regions_of_engine(engine) is None:
             engine.add_references([image for image, _ in framed])
         else:
             engine.add_references([image for image, _ in framed], [_inside(region) for _, region in framed])
+
+
+def regions_of_engine(engine: FadeEngine) -> Optional[RegionPlan]:
+    """Where the engine's frames are inspected (None: whole frames; also for engines that know no regions)."""
+    return getattr(engine, "regions", None)
 
 
 def in_region(engine: FadeEngine, relative: str, label: str, image: Image.Image
@@ -106,9 +111,10 @@ def in_region(engine: FadeEngine, relative: str, label: str, image: Image.Image
     """(what the model sees of a frame, its region); the whole frame and None without an ROI.
 
     A frame the ROI cannot fit raises :class:`~fade_cli.io.roi.RegionError` (an error row)."""
-    if engine.regions is None:
+    plan = regions_of_engine(engine)
+    if plan is None:
         return image, None
-    region = engine.regions.region_for(relative, image.width, image.height, label)
+    region = plan.region_for(relative, image.width, image.height, label)
     return region.cut(image), region
 
 
@@ -135,7 +141,8 @@ def score_images(engine: FadeEngine, frames: list[tuple[str, str, Image.Image]])
     """Score (relative path, label, image) frames in one batch, each in its region."""
     cut = [in_region(engine, relative, label, image) for relative, label, image in frames]
     inputs = engine.batch_inputs([engine.resize_for_input(image) for image, _ in cut])
-    return score_prepared(engine, inputs, None if engine.regions is None else [region for _, region in cut])
+    regions = None if regions_of_engine(engine) is None else [region for _, region in cut]
+    return score_prepared(engine, inputs, regions)
 
 
 def decode_one(
@@ -152,7 +159,7 @@ def decode_one(
 
 
 def _decode_batch(engine: FadeEngine, files: list[ImageFile], image_pool: ThreadPoolExecutor) -> DecodedBatch:
-    if engine.regions is not None:
+    if regions_of_engine(engine) is not None:
         return _decode_batch_in_regions(engine, files, image_pool)
     return batch_of_decoded(engine, files, list(image_pool.map(lambda file: decode_one(file, engine.resize_for_input),
                                                                 files)))
@@ -313,7 +320,7 @@ def run_detection(
     KeyboardInterrupt the rows of every image already scored are still written and
     passed on (up to a failed one); the caller decides how to finish.
     """
-    if mutual is not None and engine.regions is not None:
+    if mutual is not None and regions_of_engine(engine) is not None:
         raise InputError("mutual scoring does not take an inspection region (ROI); score without one")
     if mutual is None:
         scored = _scored_batches(engine, decoded_batches(engine, files))

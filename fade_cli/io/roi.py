@@ -63,7 +63,7 @@ class Shape:
     points: tuple[tuple[float, float], ...]  # rect: two corners
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Roi:
     """A parsed ROI: a mask, or include/exclude shapes. ``content`` is the file's bytes (what a bank stores)."""
 
@@ -231,7 +231,7 @@ def _rasterised(include: tuple[Shape, ...], exclude: tuple[Shape, ...], width: i
     return np.asarray(canvas) >= 128
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FrameRegion:
     """One frame's region: its mask, and the box (left, top, right, bottom) of the frame the model sees."""
 

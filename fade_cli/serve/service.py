@@ -27,7 +27,7 @@ from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import ImageFile, decode_image_bytes
 from fade_cli.io.outputs import PNG_COMPRESS_LEVEL, ResultRow
 from fade_cli.io.roi import FrameRegion
-from fade_cli.runner import DECODE_THREADS, NG, finish_row, in_region, score_prepared
+from fade_cli.runner import DECODE_THREADS, NG, finish_row, in_region, regions_of_engine, score_prepared
 from fade_cli.serve.archive import Archive
 from fade_cli.serve.batcher import Batcher, Job
 from fade_cli.serve.metrics import ServeMetrics
@@ -244,7 +244,7 @@ class InspectionService:
     def _score_batch(self, bank: str, items: list[tuple[dict[int, np.ndarray], Optional[FrameRegion]]]
                      ) -> list[Detection]:
         engine = self.banks[bank].engine
-        regions = None if engine.regions is None else [region for _, region in items]
+        regions = None if regions_of_engine(engine) is None else [region for _, region in items]
         return score_prepared(engine, engine.batch_inputs([inputs for inputs, _ in items]), regions)
 
     def _count(self, served: ServedBank, rows: list[ResultRow]) -> None:
