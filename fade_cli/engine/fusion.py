@@ -1,6 +1,7 @@
 """Combining per-size patch scores into maps, and language with vision (FADE_SPEC sections 4 to 6)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,11 +29,9 @@ def fuse_maps(language_bhw: torch.Tensor, vision_bhw: torch.Tensor, weight: floa
     return (1.0 - weight) * language_bhw + weight * vision_bhw
 
 
-def cells_inside(mask_hw, grid: int):
-    """(grid, grid) bool numpy array: the cells of a ``grid`` x ``grid`` map of an image that hold at least one
-    pixel of the image's bool ``mask_hw`` (the image is stretched to the square the model sees)."""
-    import numpy as np
-
+def cells_inside(mask_hw: np.ndarray, grid: int) -> np.ndarray:
+    """(grid, grid) bool: the cells of a ``grid`` x ``grid`` map of an image that hold at least one pixel of the
+    image's bool ``mask_hw`` (the image is stretched to the square the model sees)."""
     height, width = mask_hw.shape
     row_edges = [(i * height // grid, max(i * height // grid + 1, -(-(i + 1) * height // grid))) for i in range(grid)]
     col_edges = [(j * width // grid, max(j * width // grid + 1, -(-(j + 1) * width // grid))) for j in range(grid)]
@@ -42,7 +41,5 @@ def cells_inside(mask_hw, grid: int):
 
 def masks_on_grid(inside: list, grid: int, device: torch.device) -> torch.Tensor:
     """(B, grid, grid) bool: each image's ROI cells (``None``: the whole image)."""
-    import numpy as np
-
     cells = [np.ones((grid, grid), dtype=bool) if mask is None else cells_inside(mask, grid) for mask in inside]
     return torch.from_numpy(np.stack(cells)).to(device)
