@@ -35,10 +35,12 @@ if TYPE_CHECKING:  # importing these pulls in torch; `import fade_cli` stays lig
     from fade_cli.engine.detector import FadeEngine
     from fade_cli.backbone.model import LoadedModel
     from fade_cli.io.images import ImageFile
+    from fade_cli.io.roi import RegionPlan
 
 ImageInput = Union[str, os.PathLike, "Image.Image", "np.ndarray"]
 # Settings a run from a bank may choose: how this machine runs, and where the bank's model files are here.
-BANK_RUN_SETTINGS = (*names_with_role("runtime"), "weights", "model_config")
+# A folder of per-image ROI masks is given at each run (the bank stores a fixed ROI itself).
+BANK_RUN_SETTINGS = (*names_with_role("runtime"), "weights", "model_config", "roi_dir")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,9 @@ class Detector:
                   **settings: Any) -> "Detector":
         """A detector without references: the published zero-shot method."""
         chosen = Settings.of(**settings)
+        regions = regions_of(chosen)
         engine = engine_for_settings(chosen)
+        engine.regions = regions
         return cls(engine, choose_thresholds(None, threshold, pixel_threshold))
 
     @classmethod
@@ -93,7 +97,9 @@ class Detector:
 
         chosen = Settings.of(**settings)
         ref_files = reference_files(refs)
+        regions = regions_of(chosen)
         engine = engine_for_settings(chosen)
+        engine.regions = regions
         load_references(engine, ref_files)
         calibration = calibrate_references(engine, ref_files, margin) if calibrate else None
         return cls(engine, choose_thresholds(calibration, threshold, pixel_threshold), calibration)
@@ -108,30 +114,43 @@ class Detector:
 
         saved = bank if not isinstance(bank, (str, os.PathLike)) else load_bank(bank)
         source = os.fspath(bank) if isinstance(bank, (str, os.PathLike)) else "the bank"
+        regions = regions_of_bank(saved, settings.get("roi_dir"), source)
         engine = engine_for_bank(saved, bank_run_config(saved, settings), source)
+        engine.regions = regions
         return cls(engine, thresholds_of_bank(saved, threshold, pixel_threshold), saved.calibration, saved)
 
     def detect(self, images: Iterable[ImageInput]) -> list[Result]:
         """One :class:`Result` per image, in order: a path, a PIL image or an (H, W, 3) uint8 RGB array.
         An image that cannot be read gives a result with ``error`` set; the others are scored."""
+        from fade_cli.runs.runner import in_region, score_prepared
+
         named = [_opened(item, index) for index, item in enumerate(images)]
         results: list[Optional[Result]] = [Result(name, error=error) if error else None for name, _, error in named]
         readable = [(index, name, image) for index, (name, image, error) in enumerate(named) if error is None]
         size = self.engine.batch_size
         for start in range(0, len(readable), size):
-            chunk = readable[start : start + size]
-            inputs = self.engine.batch_inputs([self.engine.resize_for_input(image) for _, _, image in chunk])
-            for (index, name, image), detection in zip(chunk, self.engine.detect_prepared(inputs)):
-                results[index] = self._result(name, image, detection)
+            chunk = []
+            for index, name, image in readable[start : start + size]:
+                try:
+                    chunk.append((index, name, image, *in_region(self.engine, Path(name).name, name, image)))
+                except ImageError as exc:  # the ROI does not fit this image, or its mask is missing
+                    results[index] = Result(name, error=str(exc))
+            if not chunk:
+                continue
+            inputs = self.engine.batch_inputs([self.engine.resize_for_input(cut) for _, _, _, cut, _ in chunk])
+            regions = None if self.engine.regions is None else [region for *_, region in chunk]
+            for (index, name, image, _, region), detection in zip(chunk, score_prepared(self.engine, inputs,
+                                                                                       regions)):
+                results[index] = self._result(name, image, detection, region)
         return [result for result in results if result is not None]
 
-    def _result(self, name: str, image: "Image.Image", detection: Any) -> Result:
+    def _result(self, name: str, image: "Image.Image", detection: Any, region: Any = None) -> Result:
         from fade_cli.io.heatmap import upsample_map
         from fade_cli.io.images import ImageFile
         from fade_cli.runs.runner import finish_row
 
         row = finish_row(ImageFile(Path(name), name), image, detection, None, self.thresholds.image,
-                         self.thresholds.pixel)
+                         self.thresholds.pixel, region=region)
         if row.score is None:
             return Result(name, error=row.error)
         return Result(name, row.score, row.language_score, row.vision_score, row.verdict,
@@ -158,6 +177,33 @@ def _opened(item: ImageInput, index: int) -> tuple[str, Optional["Image.Image"],
             return name, None, f"{name}: an array must be (H, W, 3) uint8 RGB, not {item.shape} {item.dtype}"
         return name, Image.fromarray(np.ascontiguousarray(item), "RGB"), None
     raise TypeError(f"{name}: expected a path, a PIL image or a numpy array, not {type(item).__name__}")
+
+
+def regions_of(settings: Any) -> Optional["RegionPlan"]:
+    """Where the frames of ``settings`` are inspected (None: whole frames); the ROI file is read and checked here."""
+    from fade_cli.io.roi import region_plan
+
+    return region_plan(settings.roi, settings.roi_dir, settings.roi_margin, settings.crop)
+
+
+def regions_of_bank(bank: "ReferenceBank", roi_dir: Any, source: str) -> Optional["RegionPlan"]:
+    """The bank's ROI; a folder of per-image masks only for a bank without a fixed ROI (and always for a bank whose
+    references were cut to per-image masks)."""
+    from dataclasses import replace
+
+    from fade_cli.io.roi import region_plan
+
+    plan = bank.regions
+    if roi_dir is not None and plan is not None and plan.roi is not None:
+        raise SettingError("roi_dir", f"the bank {source} sets the ROI ({plan.roi.name}); per-image masks cannot "
+                                      "replace it: build another bank")
+    if plan is not None and plan.roi is None and roi_dir is None:
+        raise SettingError("roi_dir", f"the bank {source} was built from references cut to per-image ROI masks: "
+                                      "give the folder of the images' masks")
+    if roi_dir is None:
+        return plan
+    folder_plan = region_plan(folder=roi_dir)
+    return folder_plan if plan is None else replace(plan, folder=folder_plan.folder)
 
 
 def reference_files(refs: Union[str, os.PathLike, Sequence["ImageFile"]]) -> list["ImageFile"]:
@@ -288,7 +334,9 @@ def build_bank(refs: Union[str, os.PathLike], out: Union[str, os.PathLike], *, c
     chosen = Settings.of(**settings)
     cls_prompts, seg_prompts = with_default_prompts(*prompt_sets_of(chosen))
     ref_files = reference_files(refs)
+    regions = regions_of(chosen)
     engine = FadeEngine.from_config(chosen.engine_config(), cls_prompts, seg_prompts)
+    engine.regions = regions
     load_references(engine, ref_files)
     calibration = calibrate_references(engine, ref_files, margin) if calibrate and len(ref_files) >= MIN_REFERENCES \
         else None

@@ -10,6 +10,9 @@ its kind, range and default, its help, and its role:
 - ``prompts``: where the prompt sets come from; a bank stores the prompt sets themselves.
 - ``runtime``: how this machine runs the engine (device, precision, batches, caches); never decides
   what a bank scores, always taken from the run.
+- ``region``: where in each frame the engine looks (fade_cli.io.roi): an ROI, or a folder of per-image
+  masks, the margin around it and whether the frame is cut to it. A bank stores the ROI itself; a run from
+  a bank takes it and refuses another (a folder of per-image masks is given at each run).
 
 The click options (:mod:`fade_cli.cli.options`), :class:`EngineConfig`'s checks of a
 bank's settings, which settings a bank stores, and the settings a ``--resume`` compares
@@ -42,7 +45,7 @@ from fade_cli.core.errors import InputError
 from fade_cli.core.naming import flag_of, named
 from fade_cli.core.validation import shown
 
-ROLES = ("model", "stored", "preset", "prompts", "runtime")
+ROLES = ("model", "stored", "preset", "prompts", "runtime", "region")
 # How a value is written and checked: the CLI maps each kind to a click type.
 KINDS = ("text", "int", "float", "choice", "flag", "optional_flag", "sizes", "file", "folder", "device")
 
@@ -251,6 +254,20 @@ SETTINGS: tuple[Setting, ...] = (
             "at each size waits for the compilation (about a minute).", "runtime", field="compile",
             section="Speed and machine",
             results_depend=False),
+    Setting("roi", "file", None,
+            "Inspect only this region: a PNG mask (white = inspect) or a JSON file of rectangles and polygons "
+            "(docs/regions.md). Maps are 0 outside it and nothing there raises the score.", "region",
+            section="Inspection region"),
+    Setting("roi_dir", "folder", None,
+            "One ROI mask per image, under the same relative path (for parts that move); an image without its "
+            "mask gets an error row.", "region", section="Inspection region"),
+    Setting("roi_margin", "float", 0.05,
+            "Context kept around the region's bounding box when cropping, as a fraction of its size.", "region",
+            minimum=0, maximum=1, section="Inspection region"),
+    Setting("crop", "flag", True,
+            "With an ROI: cut the region's box from the frame before resizing, so the part gets the model's full "
+            "resolution; --no-crop scores the whole frame and only masks.", "region", negatable=True,
+            section="Inspection region"),
     Setting("verbose", "flag", False, "Say how the engine runs: device, precision and why it was chosen.",
             "runtime", short="-v", section="Speed and machine",
             results_depend=False),

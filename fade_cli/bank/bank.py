@@ -1,6 +1,7 @@
 """A saved reference bank: everything `fade detect` needs besides the model weights.
 
-What a bank file holds (format ``fade-bank`` version 1, see ``container.py`` for the bytes):
+What a bank file holds (format ``fade-bank`` version 1, or 2 with an inspection region; see ``container.py`` for
+the bytes):
 
 metadata (JSON)
     ``format``, ``version``, ``fade_version``; ``model``: the model identity (architecture,
@@ -13,6 +14,9 @@ metadata (JSON)
     ``precision``: what the patches and thresholds were computed in (fp32, bf16...: the
     precision ``--precision auto`` resolved to on the building machine; banks without it
     were computed in their config's precision).
+    Version 2 only: ``region``: the inspection region (fade_cli.io.roi: the ROI file's content in
+    base64 with its name and SHA-256, or ``per_image``; the margin; cropping); ``patch_counts``:
+    each reference's patch count per size (patches outside the ROI are not stored).
 tensors
     ``patches.<size>`` (M, D) reference patch embeddings per segmentation size, the
     feature the few-shot preset uses, float32 (or float16 when built with ``--dtype
@@ -33,12 +37,16 @@ from fade_cli.bank.container import BankFileError, decode_container, encode_cont
 from fade_cli.config import PRECISIONS, EngineConfig
 from fade_cli.core.errors import InputError
 from fade_cli.io.files import read_file_bytes
+from fade_cli.io.roi import RegionPlan, plan_from_dict, plan_to_dict
 from fade_cli.prompting.prompt_set import PromptSet, prompt_set_from_dict
 from fade_cli.settings import RUNTIME_FIELDS, SETTINGS, config_from_dict
 from fade_cli.core.validation import Fields
 
 FORMAT_NAME = "fade-bank"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this fade reads
+# Banks without an inspection region are written as version 1 (what every fade reads); a bank with one is version 2,
+# so that an older fade refuses it instead of scoring whole frames.
+PLAIN_FORMAT_VERSION = 1
 PATCH_DTYPES = {"float32": np.float32, "float16": np.float16}
 # How a machine runs the engine, not what it computes: never taken from a bank.
 # A bank of thousands of references at several sizes is gigabytes; a file beyond this is not one.
@@ -62,6 +70,10 @@ class ReferenceBank:
     thresholds: Thresholds = field(default_factory=Thresholds)
     calibration: Optional[Calibration] = None
     precision: str = "fp32"  # computed in (resolved, never "auto")
+    # Where frames are inspected (fade_cli.io.roi), and then each reference's patch count per size (an ROI keeps
+    # some patches only). Banks without a region are written as before (format version 1).
+    regions: Optional[RegionPlan] = None
+    patch_counts: Optional[dict[int, list[int]]] = None
 
     @property
     def reference_count(self) -> int:
@@ -74,7 +86,7 @@ class ReferenceBank:
     def metadata(self) -> dict[str, Any]:
         return {
             "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
+            "version": PLAIN_FORMAT_VERSION,
             "fade_version": __version__,
             "model": self.identity,
             "config": self.config.to_dict(),
@@ -84,7 +96,14 @@ class ReferenceBank:
             "thresholds": asdict(self.thresholds),
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "precision": self.precision,
+            **self._region_metadata(),
         }
+
+    def _region_metadata(self) -> dict[str, Any]:
+        if self.regions is None:
+            return {}
+        counts = {str(size): list(counts) for size, counts in sorted((self.patch_counts or {}).items())}
+        return {"version": FORMAT_VERSION, "region": plan_to_dict(self.regions), "patch_counts": counts}
 
     def tensors(self) -> dict[str, np.ndarray]:
         dtype = PATCH_DTYPES[self.patch_dtype]
@@ -173,6 +192,8 @@ def _bank_from_parts(metadata: dict[str, Any], tensors: dict[str, np.ndarray], s
         thresholds=Thresholds.from_dict(metadata.get("thresholds"), source),
         calibration=Calibration.from_dict(calibration, source) if calibration else None,
         precision=fields.text("precision", default=config.precision, choices=PRECISIONS),
+        regions=plan_from_dict(metadata["region"], source) if metadata.get("region") is not None else None,
+        patch_counts=_patch_counts(fields, sorted(patches)) if metadata.get("region") is not None else None,
     )
     _check_shapes(bank)
     _check_finite_tensors(bank, source)
@@ -199,6 +220,16 @@ def _references(fields: Fields) -> list[dict[str, str]]:
     return references
 
 
+def _patch_counts(fields: Fields, sizes: list[int]) -> dict[int, list[int]]:
+    counts = fields.object("patch_counts")
+    counts.unknown(str(size) for size in sizes)
+    found = {}
+    for size in sizes:
+        entries = counts.items(str(size))
+        found[size] = [counts.check_integer(str(size), count, 0, 1 << 20) for count in entries]
+    return found
+
+
 def _text_tensor(tensors: dict[str, np.ndarray], name: str, source: str) -> np.ndarray:
     if name not in tensors:
         raise BankFileError(f"{source}: the tensor {name} is missing")
@@ -223,5 +254,12 @@ def _check_shapes(bank: ReferenceBank) -> None:
     if bank.reference_count < 1:
         raise ValueError("a bank needs at least one reference")
     for size, patches in bank.patches_by_size.items():
+        if bank.patch_counts is not None:
+            counts = bank.patch_counts[size]
+            if patches.ndim != 2 or patches.shape[1] != dim or len(counts) != bank.reference_count \
+                    or sum(counts) != patches.shape[0]:
+                raise ValueError(f"patches at size {size} have shape {patches.shape}, not the references' "
+                                 f"patch counts x {dim}")
+            continue
         if patches.ndim != 2 or patches.shape[1] != dim or patches.shape[0] % bank.reference_count:
             raise ValueError(f"patches at size {size} have shape {patches.shape}, not (references x N, {dim})")

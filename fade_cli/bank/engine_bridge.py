@@ -1,6 +1,7 @@
 """Between a running engine and a saved bank: which tensors go in, how an engine comes back out."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
@@ -50,6 +51,9 @@ def bank_from_engine(
         thresholds=thresholds,
         calibration=calibration,
         precision=engine.precision.precision,
+        regions=None if engine.regions is None else replace(engine.regions, folder=None),
+        patch_counts=None if engine.regions is None else {size: list(counts) for size, counts
+                                                          in sorted(engine.bank.counts_by_size.items())},
     )
 
 
@@ -62,8 +66,9 @@ def engine_from_bank(bank: ReferenceBank, loaded: LoadedModel, config: EngineCon
     check_loaded_model(bank, model_identity(config, loaded.identity), source)
     check_embedding_dim(bank, int(loaded.model.visual.output_dim), source)
     device = loaded.device
-    memory = MemoryBank({size: torch.from_numpy(p).to(device) for size, p in bank.patches_by_size.items()})
-    return FadeEngine.from_saved(
+    memory = MemoryBank({size: torch.from_numpy(p).to(device) for size, p in bank.patches_by_size.items()},
+                        bank.patch_counts)
+    engine = FadeEngine.from_saved(
         loaded,
         config,
         torch.from_numpy(bank.cls_classifier_2d),
@@ -71,3 +76,5 @@ def engine_from_bank(bank: ReferenceBank, loaded: LoadedModel, config: EngineCon
         memory,
         bank.reference_count,
     )
+    engine.regions = bank.regions
+    return engine

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-import torch
-from PIL import Image
-
 from fade_cli.bank.calibration import DEFAULT_MARGIN, MIN_REFERENCES, Calibration, check_margin
 from fade_cli.engine.detector import FadeEngine
-from fade_cli.engine.memory_bank import MemoryBank
 from fade_cli.engine.result import Detection
 from fade_cli.core.errors import InputError
 from fade_cli.io.images import ImageFile, load_image
+from fade_cli.runs.runner import score_images
 
 
 def leave_one_out(
@@ -34,7 +31,7 @@ def leave_one_out(
         raise ValueError(f"the engine holds {count} references but {len(files)} files were given")
     detections = []
     for index, file in enumerate(files):
-        detections.append(_score_left_out(engine, index, load_image(file.path)))
+        detections.append(_score_left_out(engine, index, file))
         if on_done is not None:
             on_done()
     return Calibration(
@@ -45,15 +42,11 @@ def leave_one_out(
     )
 
 
-def _score_left_out(engine: FadeEngine, index: int, image: Image.Image) -> Detection:
+def _score_left_out(engine: FadeEngine, index: int, file: ImageFile) -> Detection:
     """Detect on reference ``index`` with an engine whose bank lacks that reference's patches."""
     count = engine.reference_count
-    kept = {}
-    for size, patches_md in engine.bank.patches_by_size.items():
-        per_reference = patches_md.shape[0] // count
-        kept[size] = torch.cat([patches_md[: index * per_reference], patches_md[(index + 1) * per_reference :]])
-    others = FadeEngine.from_saved(
-        engine.loaded, engine.config, engine.cls_classifier_2d, engine.seg_classifier_2d, MemoryBank(kept), count - 1
-    )
-    [detection] = others.detect([image])
+    others = FadeEngine.from_saved(engine.loaded, engine.config, engine.cls_classifier_2d, engine.seg_classifier_2d,
+                                   engine.bank.without_reference(index, count), count - 1)
+    others.regions = engine.regions
+    [detection] = score_images(others, [(file.relative, str(file.path), load_image(file.path))])
     return detection

@@ -8,7 +8,7 @@ from typing import Any, Optional
 import click
 
 from fade_cli.core import strict_json
-from fade_cli.bank.bank import FORMAT_VERSION, ReferenceBank, load_bank, save_bank
+from fade_cli.bank.bank import ReferenceBank, load_bank, save_bank
 from fade_cli.bank.calibration import DEFAULT_MARGIN, MIN_REFERENCES, check_calibrated_thresholds, choose_thresholds
 from fade_cli.bank.calibration import describe_thresholds
 from fade_cli.bank.compat import describe_identity
@@ -74,9 +74,13 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
     from fade_cli.core.memory import guard_engine_failures
     from fade_cli.prompting.prompt_set import with_default_prompts
 
+    from fade_cli.detector import regions_of
+    from fade_cli.settings import Settings, names_with_role
+
     options = pop_engine_options(kwargs)
     config = engine_config_from_options(options)
     cls_prompts, seg_prompts = with_default_prompts(*prompt_sets_from_options(options))
+    regions = regions_of(Settings.of(**{name: options[name] for name in names_with_role("region")}))
     _check_out(out)
     # Held until the bank is written: a second build of the same file is refused now, not after its work.
     click.get_current_context().with_resource(single_output_file(out, overwrite))
@@ -84,7 +88,7 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
     ref_files = require_images(refs, on_skip=functools.partial(print_warning, console))
     for message in check_reference_folder(refs, ref_files):
         print_warning(console, message)
-    engine = build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet)
+    engine = build_engine(config, cls_prompts, seg_prompts, ref_files, console, quiet, regions)
     report_engine_setup(console, options["verbose"], engine.device, engine.precision)
     calibration = None
     if len(ref_files) >= MIN_REFERENCES:
@@ -106,6 +110,14 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
 def _check_out(out: Path) -> None:
     if out.is_dir():
         raise InputError(f"--out {out} is a folder; give a file name such as {out / ('refs' + BANK_SUFFIX)}")
+
+
+def _region_line(saved: ReferenceBank) -> str:
+    plan = saved.regions
+    if plan is None:
+        return "the whole frame"
+    where = f"ROI {plan.roi.name} (sha256 {plan.roi.sha256[:12]})" if plan.roi else "per-image ROI masks"
+    return f"{where}, {'cropped with margin ' + format(plan.margin, 'g') if plan.crop else 'masked, not cropped'}"
 
 
 def _sizes(patches_by_size: dict) -> str:
@@ -141,7 +153,7 @@ def _info_lines(saved: ReferenceBank, bank_file: Path, size: int) -> list[tuple[
     config, preset = saved.config, saved.config.preset(has_references=True)
     patches = ", ".join(f"{s}: {a.shape[0]} x {a.shape[1]}" for s, a in sorted(saved.patches_by_size.items()))
     lines = [
-        ("file", f"{bank_file} ({_megabytes(size)}, format version {FORMAT_VERSION}, checksum OK)"),
+        ("file", f"{bank_file} ({_megabytes(size)}, format version {saved.metadata()['version']}, checksum OK)"),
         ("model", describe_identity(saved.identity)),
         ("class", config.class_name),
         ("sizes", f"image score {config.cls_size}, maps {_sizes(saved.patches_by_size)}"),
@@ -153,6 +165,7 @@ def _info_lines(saved: ReferenceBank, bank_file: Path, size: int) -> list[tuple[
                     f"template {config.text_template!r}"),
         ("references", ", ".join(ref["path"] for ref in saved.references)),
         ("thresholds", describe_thresholds(saved.thresholds, saved.calibration)),
+        ("region", _region_line(saved)),
         ("precision", f"computed in {saved.precision}" + (" (built with --precision auto: a station resolves auto "
                       "on its own hardware)" if config.precision == "auto" else "")),
     ]

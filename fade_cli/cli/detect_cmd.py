@@ -91,6 +91,10 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
                                 "--calibrate": calibrate, "--use-query": bool(options["use_query"]),
                                 "--resume": resume, "--ray": ray is not None})
     setup = read_run_setup(ctx, options, refs, bank_path, calibrate)
+    if ray is not None and setup.regions is not None:
+        raise InputError("--ray does not take an inspection region yet: score with an ROI on this machine")
+    if mutual is not None and setup.regions is not None:
+        raise InputError("--mutual does not take an inspection region (--roi, --roi-dir)")
     if calibrate and refs is None:
         raise InputError("--calibrate needs --refs: the good images to calibrate on")
     if overwrite and resume:

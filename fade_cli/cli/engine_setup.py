@@ -37,6 +37,8 @@ PROMPT_OPTIONS = names_with_role("prompts")
 # Settings compared with the bank's as they are, and vision settings whose "not given" means the preset:
 # compared as the run would use them (the preset's attribute is the setting's name without "vision_").
 PLAIN_FIELDS = {s.name: s.field for s in SETTINGS if s.role == "stored"}
+# Where frames are inspected: a bank stores its ROI, margin and cropping (per-image masks come with each run).
+REGION_OPTIONS = names_with_role("region")
 PRESET_FIELDS = {s.name: s.name.removeprefix("vision_") for s in SETTINGS if s.role == "preset"}
 
 
@@ -80,6 +82,8 @@ def _contradictions(ctx: click.Context, bank: ReferenceBank, options: dict[str, 
     problems += _setting_problems(ctx, bank, engine_config_from_options(options), given)
     if given & set(PROMPT_OPTIONS):
         problems += _prompt_problems(bank, options)
+    problems += [f"{_flag(ctx, name, options[name])} (the bank sets the inspection region)"
+                 for name in REGION_OPTIONS if name in given and name != "roi_dir"]
     return problems
 
 
@@ -171,17 +175,24 @@ class RunSetup:
     bank: Optional[ReferenceBank] = None
     bank_path: Optional[Path] = None
     verbose: bool = False
+    regions: Any = None  # where frames are inspected (fade_cli.io.roi.RegionPlan); None: whole frames
 
 
 def read_run_setup(
     ctx: click.Context, options: dict[str, Any], refs: Optional[Path], bank_path: Optional[Path], calibrate: bool
 ) -> RunSetup:
     """The run's settings, checked before any image is read or the model is loaded."""
+    from fade_cli.detector import regions_of, regions_of_bank
+    from fade_cli.settings import Settings
+
     verbose = options["verbose"]
     if bank_path is not None:
         bank, config = load_run_bank(ctx, bank_path, options, refs, calibrate)
-        return RunSetup(config, bank=bank, bank_path=bank_path, verbose=verbose)
-    return RunSetup(engine_config_from_options(options), *prompt_sets_from_options(options), verbose=verbose)
+        regions = regions_of_bank(bank, options["roi_dir"], str(bank_path))
+        return RunSetup(config, bank=bank, bank_path=bank_path, verbose=verbose, regions=regions)
+    regions = regions_of(Settings.of(**{name: options[name] for name in REGION_OPTIONS}))
+    return RunSetup(engine_config_from_options(options), *prompt_sets_from_options(options), verbose=verbose,
+                    regions=regions)
 
 
 def start_engine(
@@ -201,13 +212,15 @@ def start_engine(
     if setup.bank is not None:
         source = str(setup.bank_path)
         engine = guard_engine_failures(lambda: engine_for_bank(setup.bank, setup.config, source, console, quiet))
+        engine.regions = setup.regions
         report_engine_setup(console, setup.verbose, engine.device, engine.precision)
         chosen = bank_thresholds(setup.bank, source, threshold, pixel_threshold)
         warning = precision_warning(setup.bank, chosen.thresholds, engine.precision.precision, source)
         if warning:
             print_warning(console, warning)
         return engine, chosen
-    engine = build_engine(setup.config, setup.cls_prompts, setup.seg_prompts, ref_files, console, quiet)
+    engine = build_engine(setup.config, setup.cls_prompts, setup.seg_prompts, ref_files, console, quiet,
+                          setup.regions)
     report_engine_setup(console, setup.verbose, engine.device, engine.precision)
     if not calibrate:
         return engine, None
@@ -224,13 +237,16 @@ def report_engine_setup(console: Console, verbose: bool, device: Any, precision:
         console.print(f"Engine on {device}, {precision.describe()}", markup=False, highlight=False, soft_wrap=True)
 
 
-def build_engine(config: EngineConfig, cls_prompts, seg_prompts, ref_files: list, console: Console, quiet: bool):
-    """Load the model, encode the prompts and the references, with a status line and a progress bar."""
+def build_engine(config: EngineConfig, cls_prompts, seg_prompts, ref_files: list, console: Console, quiet: bool,
+                 regions: Any = None):
+    """Load the model, encode the prompts and the references (cut to ``regions``), with a status line and a
+    progress bar."""
     from fade_cli.engine import FadeEngine
     from fade_cli.runs.runner import load_references
 
     with loading_model(config, console, quiet, "Loading model and encoding prompts...") as source:
         engine = guard_engine_failures(lambda: FadeEngine.from_config(config, cls_prompts, seg_prompts, source=source))
+    engine.regions = regions
     if ref_files:
         with progress_bar(console, quiet, total=None, description=f"Encoding {len(ref_files)} reference(s)"):
             guard_engine_failures(lambda: load_references(engine, ref_files))

@@ -23,6 +23,8 @@ from fade_cli.cli.options import (
 from fade_cli.cli.exit_codes import OK, Terminated, stop_exit_code
 from fade_cli.cli.ray_options import RAY_OPTION_NAMES, pop_ray_settings, ray_options, start_ray
 from fade_cli.cli.stopping import STOPS, OutputStreamFailed
+from fade_cli.core.errors import InputError
+from fade_cli.io.thumbnails import THUMBNAILS_DIR
 
 EVAL_EXIT_CODES_HELP = """\b
 Exit codes:
@@ -129,6 +131,9 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
         layout = detect_layout(root)
     dataset = load_dataset(root, layout, classes, mask_suffix or DEFAULT_MASK_SUFFIX)
     runs = plan_runs(dataset, settings)  # fails now, not after hours, when a class lacks good images
+    regions = _regions(options)
+    if regions is not None and (ray is not None or mutual is not None):
+        raise InputError("an inspection region (--roi, --roi-dir) is not taken with --ray or --mutual")
     if out is not None:
         ctx.with_resource(output_folder_lock(out, refuse=None if overwrite else lambda: _refuse_existing_report(out)))
         ctx.with_resource(recording_writes(out))
@@ -142,6 +147,7 @@ def eval_command(ctx: click.Context, root: Path, layout: str, classes: Optional[
         console.print("note: --seeds has no effect with --shots 0 (zero-shot is deterministic): one run per class")
     prompt_source = _prompt_source(options)
     evaluator = _load_evaluator(engine_config_from_options(options), prompt_source, settings, console, quiet)
+    evaluator.regions = regions
     from fade_cli.cli.engine_setup import report_engine_setup
 
     report_engine_setup(console, options["verbose"], evaluator.loaded.device, evaluator.precision)
@@ -225,6 +231,14 @@ def _prompt_source(options: dict[str, Any]):
     if not options["prompt_generator"] or (fixed[0] is not None and fixed[1] is not None):
         return lambda name: fixed
     return lambda name: prompt_sets_from_options({**options, "class_name": name})
+
+
+def _regions(options):
+    """Where the test images are inspected (None: whole frames); the ROI is read and checked before the model."""
+    from fade_cli.detector import regions_of
+    from fade_cli.settings import Settings, names_with_role
+
+    return regions_of(Settings.of(**{name: options[name] for name in names_with_role("region")}))
 
 
 def _load_evaluator(config, prompt_source, settings, console, quiet):

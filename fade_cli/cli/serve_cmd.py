@@ -274,6 +274,9 @@ def _bank_loader(ctx, options, bank_paths, refs, threshold, pixel_threshold, cal
     from fade_cli.cli.engine_setup import load_run_bank, read_run_setup
     from fade_cli.io.images import require_images
 
+    if options["roi_dir"] is not None:
+        raise InputError("--roi-dir finds each image's mask by its path; uploads have none: serve a bank with its ROI "
+                         "or give --roi")
     if bank_paths:
         if refs is not None or calibrate:
             raise InputError("--bank already holds the references and thresholds: drop --refs and --calibrate")
@@ -283,6 +286,9 @@ def _bank_loader(ctx, options, bank_paths, refs, threshold, pixel_threshold, cal
                 raise InputError(f"two banks are named {path.stem!r} ({named[path.stem][0]} and {path}): "
                                  "rename one file, the name is its stem")
             named[path.stem] = (path, *load_run_bank(ctx, path, options, None, False))
+            if named[path.stem][1].regions is not None and named[path.stem][1].regions.roi is None:
+                raise InputError(f"the bank {path} was built with per-image ROI masks (--roi-dir); fade serve "
+                                 "needs a bank with one ROI")
         return lambda: _served_banks(named, threshold, pixel_threshold, console)
     setup = read_run_setup(ctx, options, refs, None, calibrate)
     if calibrate and refs is None:

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from fade_cli.config import EngineConfig, MutualSettings, VisionPreset
-from fade_cli.engine.fusion import average_over_sizes, fuse_maps, patch_scores_to_grid
+from fade_cli.engine.fusion import average_over_sizes, fuse_maps, masks_on_grid, patch_scores_to_grid
 from fade_cli.engine.gem import GemVisionEncoder, VisionFeatures
 from fade_cli.engine import text_cache
 from fade_cli.engine.memory_bank import MemoryBank
@@ -61,6 +61,9 @@ class FadeEngine:
         self.seg_classifier_2d = seg_classifier_2d.to(self.device)
         self.bank = MemoryBank()
         self.reference_count = 0
+        # Where frames are inspected (a fade_cli.io.roi.RegionPlan; None: whole frames). The engine scores what it
+        # is given; the runner cuts frames to their region and hands the masks to add_references/detect_prepared.
+        self.regions = None
 
     @classmethod
     def from_config(
@@ -107,10 +110,13 @@ class FadeEngine:
 
     def run_info(self) -> dict:
         """How this engine runs, for a run's metadata: device, model, the precision with why it was chosen,
-        the class and sizes it was set up with and how many reference images its bank holds."""
-        return {"device": str(self.device), "model": dict(self.loaded.identity), "precision": self.precision.to_dict(),
+        the class and sizes it was set up with, how many reference images its bank holds and its region."""
+        info = {"device": str(self.device), "model": dict(self.loaded.identity), "precision": self.precision.to_dict(),
                 "class_name": self.config.class_name, "scales": list(self.config.seg_sizes),
                 "cls_size": self.config.cls_size, "references": self.reference_count}
+        if self.regions is not None:
+            info["region"] = self.regions.describe()
+        return info
 
     @property
     def batch_size(self) -> int:
@@ -121,12 +127,18 @@ class FadeEngine:
     def preset(self) -> VisionPreset:
         return self.config.preset(has_references=self.reference_count > 0)
 
-    def add_references(self, images: list[Image.Image]) -> None:
-        """Add good images to the memory bank, at every segmentation size."""
+    def add_references(self, images: list[Image.Image], inside: Optional[list[Optional[np.ndarray]]] = None) -> None:
+        """Add good images to the memory bank, at every segmentation size.
+
+        ``inside``: per image, the bool mask of its inspected pixels (None: all); the patches of cells that hold
+        none of them never enter the bank.
+        """
         feature = self.config.preset(has_references=True).feature
         pixels_by_size = self.prepare(images)
         for size in self.config.seg_sizes:
-            self.bank.add(size, self._encode(pixels_by_size[size]).patches(feature))
+            features = self._encode(pixels_by_size[size])
+            keep = None if not _any_region(inside) else masks_on_grid(inside, features.grid, self.device).flatten(1)
+            self.bank.add(size, features.patches(feature), keep)
         self.reference_count += len(images)
 
     def resize_for_input(self, image: Image.Image) -> dict[int, np.ndarray]:
@@ -149,8 +161,14 @@ class FadeEngine:
         """Score a batch of images (one forward pass per size for the whole batch)."""
         return self.detect_prepared(self.prepare(images)) if images else []
 
-    def detect_prepared(self, pixels_by_size: dict[int, torch.Tensor]) -> list[Detection]:
-        """Score a batch that :meth:`prepare` has already turned into tensors."""
+    def detect_prepared(
+        self, pixels_by_size: dict[int, torch.Tensor], inside: Optional[list[Optional[np.ndarray]]] = None
+    ) -> list[Detection]:
+        """Score a batch that :meth:`prepare` has already turned into tensors.
+
+        ``inside``: per image, the bool mask of its inspected pixels (None: all of them). The maps are 0 in the
+        cells holding none of them, and the vision score is the maximum of the cells that do.
+        """
         preset = self.preset
         use_vision = bool(self.bank) or preset.use_query
         language_grids, vision_grids = [], []
@@ -165,6 +183,10 @@ class FadeEngine:
                     vision_grids.append(self._vision_grid(features, size, preset))
         language_map = average_over_sizes(language_grids)
         vision_map = average_over_sizes(vision_grids) * preset.multiplier if use_vision else None
+        if _any_region(inside):
+            cells = masks_on_grid(inside, language_map.shape[-1], language_map.device)
+            language_map = language_map * cells
+            vision_map = None if vision_map is None else vision_map * cells
         return _assemble(language_scores, language_map, vision_map, preset)
 
     def encode_for_mutual(
@@ -307,6 +329,10 @@ def encode_prompt_sets(
 def resize_for_config(image: Image.Image, config: EngineConfig) -> dict[int, np.ndarray]:
     """:meth:`FadeEngine.resize_for_input` without an engine (decoding on a machine that holds no model)."""
     return {size: resize_rgb8(image, size) for size in _sizes_to_encode(config)}
+
+
+def _any_region(inside: Optional[list[Optional[np.ndarray]]]) -> bool:
+    return inside is not None and any(mask is not None for mask in inside)
 
 
 def _sizes_to_encode(config: EngineConfig) -> list[int]:

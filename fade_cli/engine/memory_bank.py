@@ -80,19 +80,42 @@ def knn_distance(similarities_k: torch.Tensor, k: int) -> torch.Tensor:
 class MemoryBank:
     """Reference patch embeddings per input size: {size: (M, D) normalised}."""
 
-    def __init__(self, patches_by_size: Optional[dict[int, torch.Tensor]] = None):
+    def __init__(self, patches_by_size: Optional[dict[int, torch.Tensor]] = None,
+                 counts_by_size: Optional[dict[int, list[int]]] = None):
         self.patches_by_size: dict[int, torch.Tensor] = dict(patches_by_size or {})
+        # Patches of each reference, in order (an ROI keeps only some of them); None: all references alike.
+        self.counts_by_size: Optional[dict[int, list[int]]] = (
+            counts_by_size if counts_by_size is not None else None if self.patches_by_size else {})
         self._low_precision: dict[tuple[int, torch.dtype], torch.Tensor] = {}  # cast once, for the searches
 
     def __bool__(self) -> bool:
         return bool(self.patches_by_size)
 
-    def add(self, size: int, patches_bnd: torch.Tensor) -> None:
-        """Append a batch of images' patches at one size."""
-        flat = patches_bnd.reshape(-1, patches_bnd.shape[-1])
+    def add(self, size: int, patches_bnd: torch.Tensor, keep_bn: Optional[torch.Tensor] = None) -> None:
+        """Append a batch of images' patches at one size; with ``keep_bn`` (bool, B x N) only the patches kept."""
+        counts = [patches_bnd.shape[1]] * patches_bnd.shape[0] if keep_bn is None else keep_bn.sum(dim=1).tolist()
+        if self.counts_by_size is not None:
+            self.counts_by_size.setdefault(size, []).extend(int(count) for count in counts)
+        flat = patches_bnd[keep_bn] if keep_bn is not None else patches_bnd.reshape(-1, patches_bnd.shape[-1])
         current = self.patches_by_size.get(size)
         self.patches_by_size[size] = flat if current is None else torch.cat([current, flat])
         self._low_precision = {key: value for key, value in self._low_precision.items() if key[0] != size}
+
+    def without_reference(self, index: int, count: int) -> "MemoryBank":
+        """A bank of the same patches but those of reference ``index`` (of ``count``)."""
+        kept, counts = {}, None
+        for size, patches_md in self.patches_by_size.items():
+            if self.counts_by_size is None or size not in self.counts_by_size:
+                per_reference = patches_md.shape[0] // count
+                start, stop = index * per_reference, (index + 1) * per_reference
+            else:
+                sizes = self.counts_by_size[size]
+                start = sum(sizes[:index])
+                stop = start + sizes[index]
+                counts = counts or {}
+                counts[size] = sizes[:index] + sizes[index + 1 :]
+            kept[size] = torch.cat([patches_md[:start], patches_md[stop:]])
+        return MemoryBank(kept, counts)
 
     def patch_distances(
         self, size: int, query_patches_bnd: torch.Tensor, use_query: bool, search_dtype: torch.dtype = torch.float32

@@ -106,6 +106,9 @@ class Evaluator:
         self.loaded = loaded or load_model(config, source or checked_model_source(config))
         self.precision = resolve_precision(config.precision, self.loaded.device)
         self.prompts = ClassPrompts(prompts or fixed_prompts(), self.loaded)
+        # Where test images and references are inspected (fade_cli.io.roi.RegionPlan); pixel metrics count the
+        # pixels inside it only. None: whole frames.
+        self.regions = None
 
     def describe(self) -> dict:
         """Settings, engine config, model identity and prompt-set hashes, for the report."""
@@ -127,6 +130,8 @@ class Evaluator:
             "model": {**self.loaded.identity, "device": str(self.loaded.device)},
             "precision": self.precision.to_dict(),
             "prompts": {"by_class_name": self.prompts.describe()},
+            **({} if self.regions is None else {"region": {
+                **self.regions.describe(), "pixel_metrics": "computed on the pixels inside the ROI only"}}),
         }
 
     def prompt_class(self, split: ClassSplit) -> str:
@@ -136,6 +141,7 @@ class Evaluator:
         """An engine for the run's class (prompts encoded once per class name) with its references."""
         config = self.config.replace(class_name=self.prompt_class(run.split))
         engine = FadeEngine(self.loaded, config, *self.prompts.classifiers(config))
+        engine.regions = self.regions
         if run.references:
             load_references(engine, list(run.references))
         return engine
@@ -153,7 +159,7 @@ class Evaluator:
         With mutual scoring, ``on_encoded`` is called as each image is encoded (the first pass).
         """
         engine = self.engine_for(run)
-        collector = _RunCollector(run, self.settings, on_image, on_eval_map, on_scored)
+        collector = _RunCollector(run, self.settings, on_image, on_eval_map, on_scored, self.regions)
         files = [ImageFile(sample.path, sample.relative) for sample in run.split.test]
         run_detection(engine, files, output=collector, mutual=self.settings.mutual, on_encoded=on_encoded)
         records = collector.records
@@ -179,7 +185,8 @@ class _RunCollector:
 
     writer_threads = 1  # the pixel histograms and records are built in file order, one image at a time
 
-    def __init__(self, run: PlannedRun, settings: EvalSettings, on_image, on_eval_map, on_scored=None):
+    def __init__(self, run: PlannedRun, settings: EvalSettings, on_image, on_eval_map, on_scored=None, regions=None):
+        self.regions = regions
         self.run = run
         self.settings = settings
         self.samples = {sample.relative: sample for sample in run.split.test}
@@ -197,7 +204,7 @@ class _RunCollector:
             self.missing_masks.append(relative)
         else:
             mask = _mask_for(sample, image, self.settings.eval_size)
-            self.pixels.add(codes, mask)
+            self.pixels.add(codes, mask, self._inside(relative, image))
         if self.on_eval_map is not None:
             self.on_eval_map(self.run, sample, codes_to_scores(codes))
         if self.on_scored is not None:
@@ -207,6 +214,17 @@ class _RunCollector:
                         detection.vision_score, sample.mask, detection.anomaly_map)
         )
         return None, None
+
+    def _inside(self, relative: str, image: Image.Image) -> Optional[np.ndarray]:
+        """The eval-size bool mask of the ROI (None: every pixel counts)."""
+        if self.regions is None:
+            return None
+        region = self.regions.region_for(relative, image.width, image.height, relative)
+        if region.whole_frame:
+            return None
+        picture = Image.fromarray(region.mask.astype(np.uint8) * 255, "L")
+        size = self.settings.eval_size
+        return np.asarray(picture.resize((size, size), Image.NEAREST)) >= 128
 
     def add(self, row: ResultRow) -> None:
         if row.score is None:  # a scored row may carry a warning in its error (a tiny image): not unreadable

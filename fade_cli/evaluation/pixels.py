@@ -31,11 +31,15 @@ class PixelAccumulator:
         self.region_count = 0
         self.image_count = 0
 
-    def add(self, codes_hw: np.ndarray, mask_hw: Optional[np.ndarray]) -> None:
-        """One image's coded map and its bool mask (None: a good image, no defect pixel)."""
+    def add(self, codes_hw: np.ndarray, mask_hw: Optional[np.ndarray], inside_hw: Optional[np.ndarray] = None) -> None:
+        """One image's coded map and its bool mask (None: a good image, no defect pixel); with ``inside_hw`` (an
+        ROI) only the pixels inside it count."""
         codes = np.asarray(codes_hw)
         if codes.dtype.kind != "u" or int(codes.max(initial=0)) >= self.levels:
             raise ValueError(f"codes must be unsigned integers below {self.levels}")
+        if inside_hw is not None:
+            self._add_inside(codes, mask_hw, inside_hw)
+            return
         self.image_count += 1
         if mask_hw is None:
             self.negative_counts += np.bincount(codes.ravel(), minlength=self.levels)
@@ -47,6 +51,17 @@ class PixelAccumulator:
         weights, count = region_overlap_weights(codes, mask_hw, self.levels)
         self.region_weights += weights
         self.region_count += count
+
+    def _add_inside(self, codes: np.ndarray, mask_hw: Optional[np.ndarray], inside_hw: np.ndarray) -> None:
+        self.image_count += 1
+        defect = np.zeros(codes.shape, dtype=bool) if mask_hw is None else mask_hw & inside_hw
+        self.positive_counts += np.bincount(codes[defect], minlength=self.levels)
+        self.negative_counts += np.bincount(codes[inside_hw & ~defect], minlength=self.levels)
+        if defect.any():
+            # Defect regions are cut to the ROI; the false-positive rate is that of the ROI's defect-free pixels.
+            weights, count = region_overlap_weights(codes, defect, self.levels)
+            self.region_weights += weights
+            self.region_count += count
 
     def metrics(self, max_fpr: float = MAX_FPR) -> dict[str, Optional[float]]:
         """pixel_auroc, pixel_f1_max, aupro; None where undefined (no defect or no defect-free pixel)."""

@@ -77,12 +77,16 @@ class ResultRow:
     mask_path: Optional[str] = None
     regions: Optional[list[dict]] = None
     error: Optional[str] = None
+    roi: Optional[dict] = None  # the inspection region used ({"file", "sha256"}); runs without one have no such field
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        values = asdict(self)
+        if values["roi"] is None:
+            del values["roi"]
+        return values
 
 
-FIELDS = list(ResultRow.__dataclass_fields__)
+FIELDS = [name for name in ResultRow.__dataclass_fields__ if name != "roi"]
 
 
 # Characters that JSON leaves raw but Python's str.splitlines (and other readers) take for line breaks.
@@ -133,7 +137,9 @@ def csv_bytes(fields: Sequence[str], rows: Iterable[dict[str, Any]]) -> bytes:
 
 
 def rows_to_csv(rows: Iterable[ResultRow]) -> bytes:
-    return csv_bytes(FIELDS, (csv_cells(row) for row in rows))
+    rows = list(rows)
+    fields = FIELDS + (["roi"] if any(row.roi is not None for row in rows) else [])
+    return csv_bytes(fields, (csv_cells(row) for row in rows))
 
 
 def rows_to_jsonl(rows: Iterable[ResultRow]) -> bytes:
@@ -377,7 +383,7 @@ def _read_rows(path: Path) -> list[ResultRow]:
     for number, line in enumerate(lines, start=1):
         try:
             entry = json.loads(line)
-            rows.append(ResultRow(**{key: entry.get(key) for key in FIELDS}))
+            rows.append(ResultRow(**{key: entry.get(key) for key in (*FIELDS, "roi")}))
         except (ValueError, TypeError, AttributeError) as exc:
             raise InputError(f"{path} line {number} is not a result row; cannot resume from it "
                              "(remove the line, or start again with --overwrite)") from exc

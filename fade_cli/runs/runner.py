@@ -26,6 +26,7 @@ from fade_cli.io.defects import find_defects
 from fade_cli.io.images import ImageFile, load_image
 from fade_cli.io.input_checks import smallest_input_size, upscale_warning
 from fade_cli.io.outputs import ResultRow
+from fade_cli.io.roi import FrameRegion, RegionPlan
 
 # Batches decoded ahead of the model, and threads decoding their images.
 PREFETCH_BATCHES = 2
@@ -64,6 +65,7 @@ class _Scored:
     detection: Optional[Detection] = None
     image: Optional[Image.Image] = None
     pixels: int = 0
+    region: Optional[FrameRegion] = None
 
 
 @dataclass
@@ -72,6 +74,7 @@ class DecodedBatch:
     images: list[Optional[Image.Image]]
     errors: list[Optional[str]]
     pixels_by_size: Optional[dict[int, torch.Tensor]]
+    regions: Optional[list[Optional[FrameRegion]]] = None  # with an ROI: each readable frame's region
 
 
 def verdict(score: float, threshold: Optional[float]) -> Optional[str]:
@@ -82,16 +85,65 @@ def verdict(score: float, threshold: Optional[float]) -> Optional[str]:
 
 
 def load_references(engine: FadeEngine, files: list[ImageFile]) -> None:
-    """Add good images to the engine's bank, a batch at a time; any unreadable reference stops the run."""
+    """Add good images to the engine's bank, a batch at a time; any unreadable reference stops the run.
+
+    With an ROI each reference is cut to its region, and its patches outside the region stay out of the bank."""
     if not files:
         raise InputError("the reference folder holds no image")
     for start in range(0, len(files), engine.batch_size):
         chunk = files[start : start + engine.batch_size]
         try:
-            images = [load_image(f.path) for f in chunk]
+            framed = [in_region(engine, f.relative, str(f.path), load_image(f.path)) for f in chunk]
         except ImageError as exc:
             raise InputError(f"reference image unusable: {exc}") from exc
-        engine.add_references(images)
+        if regions_of_engine(engine) is None:
+            engine.add_references([image for image, _ in framed])
+        else:
+            engine.add_references([image for image, _ in framed], [_inside(region) for _, region in framed])
+
+
+def regions_of_engine(engine: FadeEngine) -> Optional[RegionPlan]:
+    """Where the engine's frames are inspected (None: whole frames; also for engines that know no regions)."""
+    return getattr(engine, "regions", None)
+
+
+def in_region(engine: FadeEngine, relative: str, label: str, image: Image.Image
+              ) -> tuple[Image.Image, Optional[FrameRegion]]:
+    """(what the model sees of a frame, its region); the whole frame and None without an ROI.
+
+    A frame the ROI cannot fit raises :class:`~fade_cli.io.roi.RegionError` (an error row)."""
+    plan = regions_of_engine(engine)
+    if plan is None:
+        return image, None
+    region = plan.region_for(relative, image.width, image.height, label)
+    return region.cut(image), region
+
+
+def _inside(region: Optional[FrameRegion]) -> Optional[np.ndarray]:
+    """The mask the engine masks its maps with; None for the whole frame (scored exactly as without an ROI)."""
+    return None if region is None or region.whole_frame else region.crop_mask
+
+
+def _framed(detection: Detection, region: Optional[FrameRegion]) -> Detection:
+    """A detection of a cut frame with its maps at the frame's size (0 outside the ROI)."""
+    return detection if region is None or region.whole_frame else region.framed(detection)
+
+
+def score_prepared(engine: FadeEngine, pixels_by_size: dict[int, torch.Tensor],
+                   regions: Optional[list[Optional[FrameRegion]]] = None) -> list[Detection]:
+    """Score a batch of prepared inputs; with their regions, maps back in frame coordinates."""
+    if regions is None:
+        return engine.detect_prepared(pixels_by_size)
+    detections = engine.detect_prepared(pixels_by_size, [_inside(region) for region in regions])
+    return [_framed(detection, region) for detection, region in zip(detections, regions)]
+
+
+def score_images(engine: FadeEngine, frames: list[tuple[str, str, Image.Image]]) -> list[Detection]:
+    """Score (relative path, label, image) frames in one batch, each in its region."""
+    cut = [in_region(engine, relative, label, image) for relative, label, image in frames]
+    inputs = engine.batch_inputs([engine.resize_for_input(image) for image, _ in cut])
+    regions = None if regions_of_engine(engine) is None else [region for _, region in cut]
+    return score_prepared(engine, inputs, regions)
 
 
 def decode_one(
@@ -108,8 +160,26 @@ def decode_one(
 
 
 def _decode_batch(engine: FadeEngine, files: list[ImageFile], image_pool: ThreadPoolExecutor) -> DecodedBatch:
+    if regions_of_engine(engine) is not None:
+        return _decode_batch_in_regions(engine, files, image_pool)
     return batch_of_decoded(engine, files, list(image_pool.map(lambda file: decode_one(file, engine.resize_for_input),
                                                                 files)))
+
+
+def _decode_batch_in_regions(engine: FadeEngine, files: list[ImageFile], image_pool: ThreadPoolExecutor
+                             ) -> DecodedBatch:
+    def decode(file: ImageFile) -> tuple[Optional[Image.Image], Optional[dict], Optional[str], Optional[FrameRegion]]:
+        try:
+            image = load_image(file.path)
+            cut, region = in_region(engine, file.relative, str(file.path), image)
+        except ImageError as exc:  # RegionError too: the ROI does not fit this frame, or its mask is missing
+            return None, None, str(exc), None
+        return image, engine.resize_for_input(cut), None, region
+
+    decoded = list(image_pool.map(decode, files))
+    batch = batch_of_decoded(engine, files, [(image, inputs, error) for image, inputs, error, _ in decoded])
+    batch.regions = [region for image, _, _, region in decoded if image is not None]
+    return batch
 
 
 def batch_of_decoded(
@@ -251,6 +321,8 @@ def run_detection(
     KeyboardInterrupt the rows of every image already scored are still written and
     passed on (up to a failed one); the caller decides how to finish.
     """
+    if mutual is not None and regions_of_engine(engine) is not None:
+        raise InputError("mutual scoring does not take an inspection region (ROI); score without one")
     if mutual is None:
         scored = _scored_batches(engine, decoded_batches(engine, files))
     else:
@@ -293,7 +365,7 @@ def _finish_rows(
                         rows.put(_done(ResultRow(path=item.file.relative, error=item.error)), pixels=0)
                         continue
                     finish = functools.partial(finish_row, item.file, item.image, item.detection, output, threshold,
-                                               pixel_threshold, smallest_input)
+                                               pixel_threshold, smallest_input, item.region)
                     rows.make_room(item.pixels)
                     rows.put(writers.submit(finish), item.pixels)
                 rows.hand_over()
@@ -307,10 +379,13 @@ def _scored_batches(engine: FadeEngine, decoded: Iterator[DecodedBatch]) -> Iter
     """Each batch scored as soon as it is decoded."""
     with contextlib.closing(decoded) as batches:
         for batch in batches:
-            detections = iter(engine.detect_prepared(batch.pixels_by_size) if batch.pixels_by_size else [])
+            detections = iter(score_prepared(engine, batch.pixels_by_size, batch.regions)
+                              if batch.pixels_by_size else [])
+            regions = iter(batch.regions or [])
             yield [
                 _Scored(file, error) if image is None
-                else _Scored(file, detection=next(detections), image=image, pixels=image.width * image.height)
+                else _Scored(file, detection=next(detections), image=image, pixels=image.width * image.height,
+                             region=next(regions, None))
                 for file, image, error in zip(batch.files, batch.images, batch.errors)
             ]
 
@@ -374,12 +449,15 @@ def finish_row(
     threshold: Optional[float],
     pixel_threshold: Optional[float],
     smallest_input: Optional[int] = None,
+    region: Optional[FrameRegion] = None,
 ) -> ResultRow:
     """One scored image's row, its files written first (runs in a writer thread; `fade serve` builds its rows here
     too). Without ``image`` (mutual scoring keeps no decoded images) the file is decoded again.
 
     With ``smallest_input`` (the smallest size the model takes), an image it enlarges too much
-    keeps its score and verdict, and its ``error`` says why the score says little."""
+    keeps its score and verdict, and its ``error`` says why the score says little.
+    With the frame's ``region`` (an ROI) the heatmap dims the ignored area and outlines the ROI, and the row
+    names the ROI."""
     problem = non_finite_result(detection)
     if problem is not None:
         return ResultRow(path=file.relative, error=f"{file.path}: not inspected: {problem}")
@@ -394,9 +472,12 @@ def finish_row(
         vision_score=detection.vision_score,
         verdict=verdict(detection.score, threshold),
     )
+    if region is not None:
+        row.roi = region.source
     try:
         if output is not None:
-            row.map_path, row.heatmap_path = output.write_image(file.relative, image, detection)
+            shown = image if region is None or region.whole_frame else region.shown(image)
+            row.map_path, row.heatmap_path = output.write_image(file.relative, shown, detection)
         if pixel_threshold is not None and row.verdict != OK:
             _add_defects(row, file, image, detection, output, pixel_threshold)
     except OutputError as exc:

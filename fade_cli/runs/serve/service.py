@@ -26,7 +26,8 @@ from fade_cli.engine.result import Detection
 from fade_cli.io.heatmap import overlay, upsample_map
 from fade_cli.io.images import ImageFile, decode_image_bytes
 from fade_cli.io.outputs import PNG_COMPRESS_LEVEL, ResultRow
-from fade_cli.runs.runner import DECODE_THREADS, NG, finish_row
+from fade_cli.io.roi import FrameRegion
+from fade_cli.runs.runner import DECODE_THREADS, NG, finish_row, in_region, regions_of_engine, score_prepared
 from fade_cli.runs.serve.admission import PixelBudget, TooLarge, declared_pixels
 from fade_cli.runs.serve.archive import Archive
 from fade_cli.runs.serve.batcher import Batcher, Job
@@ -74,6 +75,7 @@ class Prepared:
     image: Image.Image
     inputs: dict[int, np.ndarray]
     decode_s: float
+    region: Optional[FrameRegion] = None  # the bank's ROI on this image (what the model saw is cut to it)
 
 
 @dataclass
@@ -267,7 +269,8 @@ class InspectionService:
             pixels = await loop.run_in_executor(self._decoders, self._declared_pixels, uploads)
             with self.pixels.hold(pixels):
                 prepared = await self._decode_all(served, uploads)
-                jobs = self.batcher.submit(served.name, [one.inputs for one in prepared], reservation)
+                jobs = self.batcher.submit(served.name, [(one.inputs, one.region) for one in prepared],
+                                           reservation)
                 return await self._finish(served, prepared, jobs, extras, client_gone, received)
 
     async def _decode_all(self, served: ServedBank, uploads: list[Upload]) -> list[Prepared]:
@@ -323,9 +326,11 @@ class InspectionService:
             raise ClientGone()
         raise TimedOut(f"no answer within --timeout {self.settings.timeout_s:g} s")
 
-    def _score_batch(self, bank: str, inputs: list[dict[int, np.ndarray]]) -> list[Detection]:
+    def _score_batch(self, bank: str, items: list[tuple[dict[int, np.ndarray], Optional[FrameRegion]]]
+                     ) -> list[Detection]:
         engine = self.banks[bank].engine
-        return engine.detect_prepared(engine.batch_inputs(inputs))
+        regions = None if regions_of_engine(engine) is None else [region for _, region in items]
+        return score_prepared(engine, engine.batch_inputs([inputs for inputs, _ in items]), regions)
 
     def _count(self, served: ServedBank, rows: list[ResultRow]) -> None:
         self.metrics.images.labels(served.name).inc(len(rows))
@@ -349,19 +354,22 @@ async def _finish_even_if_cancelled(future: asyncio.Future) -> None:
 def _prepare(engine: FadeEngine, upload: Upload, max_pixels: Optional[int]) -> Prepared:
     started = time.monotonic()
     image = decode_image_bytes(upload.data, upload.label, max_pixels)
-    return Prepared(upload, image, engine.resize_for_input(image), time.monotonic() - started)
+    cut, region = in_region(engine, Path(upload.label).name, upload.label, image)  # the bank's ROI, never wider
+    return Prepared(upload, image, engine.resize_for_input(cut), time.monotonic() - started, region)
 
 
 def _answer(served: ServedBank, one: Prepared, detection: Detection, extras: Extras) -> tuple[ResultRow, dict]:
     """The row as `fade detect` builds it (no files written), and the heatmap and map when asked for."""
     file = ImageFile(Path(one.upload.label), one.upload.label)
-    row = finish_row(file, one.image, detection, None, served.thresholds.image, served.thresholds.pixel)
+    row = finish_row(file, one.image, detection, None, served.thresholds.image, served.thresholds.pixel,
+                     region=one.region)
     added = {}
     if extras.heatmap_png or extras.map_npy:
         at_image_size = upsample_map(detection.anomaly_map, one.image.height, one.image.width)
         if extras.heatmap_png:
             buffer = io.BytesIO()
-            overlay(one.image, at_image_size).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+            shown = one.image if one.region is None or one.region.whole_frame else one.region.shown(one.image)
+            overlay(shown, at_image_size).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
             added["heatmap_png"] = base64.b64encode(buffer.getvalue()).decode("ascii")
         if extras.map_npy:
             buffer = io.BytesIO()
