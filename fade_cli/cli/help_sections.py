@@ -13,8 +13,8 @@ import click
 from fade_cli.settings import SETTINGS_BY_NAME
 
 # The order --help shows them in: what a quality engineer sets on the first day, then outputs, then speed.
-SECTION_ORDER = ("Everyday", "Inspection region", "Outputs", "Prompts", "Limits and timeouts", "Speed and machine", "Mutual scoring",
-                 "Ray cluster", "Model", "Published method", "Other options")
+SECTION_ORDER = ("Everyday", "Inspection region", "Outputs", "Prompts", "Limits and timeouts", "Speed and machine",
+                 "Mutual scoring", "Ray cluster", "Model", "Published method", "Other options")
 OTHER = "Other options"
 
 
