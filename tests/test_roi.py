@@ -16,12 +16,12 @@ from fade_cli.core.errors import InputError
 from fade_cli.io.roi import load_roi
 from fade_cli.settings import SettingError
 
-from conftest import FAST_ARGS, MODEL_CONFIG, QUERIES, WEIGHTS
+from conftest import FAST_ARGS, GOLDEN, MODEL_CONFIG, QUERIES, WEIGHTS
 
 SETTINGS = dict(model_config=str(MODEL_CONFIG), weights=str(WEIGHTS), device="cpu", scales=(240, 320), cls_size=240,
                 class_name="widget")
 FRAME = QUERIES / "good_a.png"
-REFERENCE = QUERIES / "good_b.png"
+REFERENCE = GOLDEN / "images" / "refs1" / "ref_a.png"  # not a query: fade refuses references that are queries
 WIDTH, HEIGHT = Image.open(FRAME).size  # 288 x 384
 # The part: the middle of the frame; the crop box (5 % margin) leaves the corners out.
 CENTRE_BOX = (WIDTH // 4, HEIGHT // 4, 3 * WIDTH // 4, 3 * HEIGHT // 4)
