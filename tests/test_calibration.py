@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MODEL_CONFIG, WEIGHTS
-from fade_cli.bank.calibration import Calibration, check_margin, choose_thresholds, describe_thresholds
+from fade_cli.bank.calibration import Calibration, Thresholds, check_margin, choose_thresholds, describe_thresholds
 from fade_cli.core.errors import InputError
 
 COOKIE_GOOD = Path(__file__).parent.parent / "examples" / "cookie" / "cookie" / "train" / "good"
@@ -29,7 +29,7 @@ def test_thresholds_are_capped_at_one():
 
 def test_given_thresholds_override_calibrated_ones():
     calibration = Calibration(margin=1.0, files=("a", "b"), image_scores=(0.3, 0.4), pixel_maxima=(0.5, 0.6))
-    chosen = choose_thresholds(calibration, image=0.9)
+    chosen = choose_thresholds(calibration, Thresholds(image=0.9))
     assert (chosen.image, chosen.image_source) == (0.9, "given")
     assert (chosen.pixel, chosen.pixel_source) == (pytest.approx(0.6), "calibrated")
     nothing = choose_thresholds(None)
