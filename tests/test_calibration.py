@@ -36,6 +36,14 @@ def test_given_thresholds_override_calibrated_ones():
     assert nothing.image is None and nothing.pixel is None and nothing.image_source is None
 
 
+def test_given_thresholds_win_over_stored_ones_which_keep_their_origin():
+    stored = Thresholds(image=0.4, pixel=0.7, image_source="calibrated", pixel_source="given")
+    chosen = Thresholds(pixel=0.2).given_over(stored)
+    assert chosen == Thresholds(image=0.4, pixel=0.2, image_source="calibrated", pixel_source="given")
+    assert Thresholds().given_over(stored) == stored
+    assert choose_thresholds(None, Thresholds(image=0.5)) == Thresholds(image=0.5, image_source="given")
+
+
 @pytest.mark.parametrize("margin", [0.0, -1.0])
 def test_margin_must_be_positive(margin):
     with pytest.raises(InputError, match="margin"):
