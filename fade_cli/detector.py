@@ -75,23 +75,22 @@ class Detector:
         self.bank = bank
 
     @classmethod
-    def zero_shot(cls, *, threshold: Optional[float] = None, pixel_threshold: Optional[float] = None,
-                  **settings: Any) -> "Detector":
-        """A detector without references: the published zero-shot method."""
+    def zero_shot(cls, *, thresholds: Thresholds = Thresholds(), **settings: Any) -> "Detector":
+        """A detector without references: the published zero-shot method, judging with ``thresholds``."""
         chosen = Settings.of(**settings)
         regions = regions_of(chosen)
         engine = engine_for_settings(chosen)
         engine.regions = regions
-        return cls(engine, choose_thresholds(None, threshold, pixel_threshold))
+        return cls(engine, choose_thresholds(None, thresholds))
 
     @classmethod
     def from_references(cls, refs: Union[str, os.PathLike, Sequence["ImageFile"]], *, calibrate: bool = False,
-                        margin: float = DEFAULT_MARGIN, threshold: Optional[float] = None,
-                        pixel_threshold: Optional[float] = None, **settings: Any) -> "Detector":
+                        margin: float = DEFAULT_MARGIN, thresholds: Thresholds = Thresholds(),
+                        **settings: Any) -> "Detector":
         """A few-shot detector whose memory bank holds the good images under ``refs`` (a folder or a file).
 
         With ``calibrate`` the thresholds come from the references alone (leave-one-out, ``margin`` x the
-        highest score); ``threshold`` / ``pixel_threshold`` win over the calibrated ones.
+        highest score); the ``thresholds`` given win over the calibrated ones.
         """
         from fade_cli.runs.runner import load_references
 
@@ -102,13 +101,13 @@ class Detector:
         engine.regions = regions
         load_references(engine, ref_files)
         calibration = calibrate_references(engine, ref_files, margin) if calibrate else None
-        return cls(engine, choose_thresholds(calibration, threshold, pixel_threshold), calibration)
+        return cls(engine, choose_thresholds(calibration, thresholds), calibration)
 
     @classmethod
-    def from_bank(cls, bank: Union[str, os.PathLike, "ReferenceBank"], *, threshold: Optional[float] = None,
-                  pixel_threshold: Optional[float] = None, **settings: Any) -> "Detector":
+    def from_bank(cls, bank: Union[str, os.PathLike, "ReferenceBank"], *, thresholds: Thresholds = Thresholds(),
+                  **settings: Any) -> "Detector":
         """A detector from a saved bank (`fade bank build`, :func:`build_bank`): its model, settings, references
-        and thresholds. Only how this machine runs may be chosen (device, precision, batch_size, cache_dir,
+        and thresholds (each of the ``thresholds`` given wins over the bank's). Only how this machine runs may be chosen (device, precision, batch_size, cache_dir,
         compile) and where the bank's model files are here (weights, model_config)."""
         from fade_cli.bank.bank import load_bank
 
@@ -117,7 +116,7 @@ class Detector:
         regions = regions_of_bank(saved, settings.get("roi_dir"), source)
         engine = engine_for_bank(saved, bank_run_config(saved, settings), source)
         engine.regions = regions
-        return cls(engine, thresholds_of_bank(saved, threshold, pixel_threshold), saved.calibration, saved)
+        return cls(engine, thresholds_of_bank(saved, thresholds), saved.calibration, saved)
 
     def detect(self, images: Iterable[ImageInput]) -> list[Result]:
         """One :class:`Result` per image, in order: a path, a PIL image or an (H, W, 3) uint8 RGB array.
@@ -149,8 +148,7 @@ class Detector:
         from fade_cli.io.images import ImageFile
         from fade_cli.runs.runner import finish_row
 
-        row = finish_row(ImageFile(Path(name), name), image, detection, None, self.thresholds.image,
-                         self.thresholds.pixel, region=region)
+        row = finish_row(ImageFile(Path(name), name), image, detection, None, self.thresholds, region=region)
         if row.score is None:
             return Result(name, error=row.error)
         return Result(name, row.score, row.language_score, row.vision_score, row.verdict,
@@ -270,15 +268,9 @@ def bank_run_config(bank: "ReferenceBank", settings: dict[str, Any]) -> Any:
     return bank.config.replace(weights=weights, model_config=model_config, **runtime)
 
 
-def thresholds_of_bank(bank: "ReferenceBank", image: Optional[float], pixel: Optional[float]) -> Thresholds:
+def thresholds_of_bank(bank: "ReferenceBank", given: Thresholds = Thresholds()) -> Thresholds:
     """The bank's thresholds, each replaced by the one given."""
-    saved = bank.thresholds
-    return Thresholds(
-        image=image if image is not None else saved.image,
-        pixel=pixel if pixel is not None else saved.pixel,
-        image_source="given" if image is not None else saved.image_source,
-        pixel_source="given" if pixel is not None else saved.pixel_source,
-    )
+    return given.given_over(bank.thresholds)
 
 
 class _SharedModels:
@@ -314,13 +306,12 @@ def engine_for_bank(bank: "ReferenceBank", config: Any, source: str, model_sourc
 
 
 def build_bank(refs: Union[str, os.PathLike], out: Union[str, os.PathLike], *, calibrate: bool = True,
-               margin: float = DEFAULT_MARGIN, threshold: Optional[float] = None,
-               pixel_threshold: Optional[float] = None, dtype: str = "float32", overwrite: bool = False,
-               **settings: Any) -> "ReferenceBank":
+               margin: float = DEFAULT_MARGIN, thresholds: Thresholds = Thresholds(), dtype: str = "float32",
+               overwrite: bool = False, **settings: Any) -> "ReferenceBank":
     """Encode the good images under ``refs`` into the bank file ``out`` and return the bank.
 
     With ``calibrate`` (and at least two references) the thresholds come from leave-one-out over the
-    references; ``threshold`` / ``pixel_threshold`` win over them. An existing ``out`` is replaced only
+    references; the ``thresholds`` given win over them. An existing ``out`` is replaced only
     with ``overwrite``.
     """
     from fade_cli.bank.bank import save_bank
@@ -340,8 +331,8 @@ def build_bank(refs: Union[str, os.PathLike], out: Union[str, os.PathLike], *, c
     load_references(engine, ref_files)
     calibration = calibrate_references(engine, ref_files, margin) if calibrate and len(ref_files) >= MIN_REFERENCES \
         else None
-    thresholds = choose_thresholds(calibration, threshold, pixel_threshold)
-    bank = bank_from_engine(engine, cls_prompts, seg_prompts, ref_files, dtype, thresholds, calibration)
+    chosen_thresholds = choose_thresholds(calibration, thresholds)
+    bank = bank_from_engine(engine, cls_prompts, seg_prompts, ref_files, dtype, chosen_thresholds, calibration)
     save_bank(bank, out)
     return bank
 

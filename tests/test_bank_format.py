@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fade_cli.bank.bank import FORMAT_VERSION, ReferenceBank, load_bank, save_bank
-from fade_cli.bank.calibration import Calibration, choose_thresholds
+from fade_cli.bank.calibration import Calibration, Thresholds, choose_thresholds
 from fade_cli.bank.container import BankFileError, decode_container, encode_container
 from fade_cli.config import EngineConfig
 from fade_cli.prompting.prompt_set import PromptSet
@@ -32,7 +32,7 @@ def synthetic_bank(patch_dtype: str = "float32", seed: int = 0) -> ReferenceBank
                          48: rng.standard_normal((18, DIM)).astype(np.float32)},
         references=[{"path": "a.png", "sha256": "0" * 64}, {"path": "b.png", "sha256": "1" * 64}],
         patch_dtype=patch_dtype,
-        thresholds=choose_thresholds(calibration, pixel=0.45),
+        thresholds=choose_thresholds(calibration, Thresholds(pixel=0.45)),
         calibration=calibration,
     )
 

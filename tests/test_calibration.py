@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import MODEL_CONFIG, WEIGHTS
-from fade_cli.bank.calibration import Calibration, check_margin, choose_thresholds, describe_thresholds
+from fade_cli.bank.calibration import Calibration, Thresholds, check_margin, choose_thresholds, describe_thresholds
 from fade_cli.core.errors import InputError
 
 COOKIE_GOOD = Path(__file__).parent.parent / "examples" / "cookie" / "cookie" / "train" / "good"
@@ -29,11 +29,19 @@ def test_thresholds_are_capped_at_one():
 
 def test_given_thresholds_override_calibrated_ones():
     calibration = Calibration(margin=1.0, files=("a", "b"), image_scores=(0.3, 0.4), pixel_maxima=(0.5, 0.6))
-    chosen = choose_thresholds(calibration, image=0.9)
+    chosen = choose_thresholds(calibration, Thresholds(image=0.9))
     assert (chosen.image, chosen.image_source) == (0.9, "given")
     assert (chosen.pixel, chosen.pixel_source) == (pytest.approx(0.6), "calibrated")
     nothing = choose_thresholds(None)
     assert nothing.image is None and nothing.pixel is None and nothing.image_source is None
+
+
+def test_given_thresholds_win_over_stored_ones_which_keep_their_origin():
+    stored = Thresholds(image=0.4, pixel=0.7, image_source="calibrated", pixel_source="given")
+    chosen = Thresholds(pixel=0.2).given_over(stored)
+    assert chosen == Thresholds(image=0.4, pixel=0.2, image_source="calibrated", pixel_source="given")
+    assert Thresholds().given_over(stored) == stored
+    assert choose_thresholds(None, Thresholds(image=0.5)) == Thresholds(image=0.5, image_source="given")
 
 
 @pytest.mark.parametrize("margin", [0.0, -1.0])

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import FAST_ARGS
-from fade_cli.bank.calibration import Calibration, check_calibrated_thresholds, choose_thresholds
+from fade_cli.bank.calibration import Calibration, Thresholds, check_calibrated_thresholds, choose_thresholds
 from fade_cli.cli import cli
 from fade_cli.core.errors import InputError
 from fade_cli.io.images import ImageFile, discover_images, load_image
@@ -145,7 +145,7 @@ def test_a_calibrated_threshold_above_one_is_refused():
     with pytest.raises(InputError, match=r"above 1.*at most 2,"):
         check_calibrated_thresholds(too_high, choose_thresholds(too_high))
     # thresholds given by hand are the user's: not judged
-    assert check_calibrated_thresholds(too_high, choose_thresholds(too_high, image=0.5, pixel=0.5)) == []
+    assert check_calibrated_thresholds(too_high, choose_thresholds(too_high, Thresholds(image=0.5, pixel=0.5))) == []
 
 
 def test_a_margin_below_one_warns_that_good_parts_will_be_ng():

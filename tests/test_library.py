@@ -43,7 +43,8 @@ def assert_equal_to_rows(results, rows, out):
 
 @pytest.fixture(scope="module")
 def few_shot():
-    return fade_cli.Detector.from_references(REFS, calibrate=True, pixel_threshold=0.5, **SETTINGS)
+    return fade_cli.Detector.from_references(REFS, calibrate=True, thresholds=fade_cli.Thresholds(pixel=0.5),
+                                             **SETTINGS)
 
 
 def test_few_shot_results_equal_the_rows_of_fade_detect(few_shot, tmp_path):

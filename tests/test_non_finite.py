@@ -11,6 +11,7 @@ import pytest
 from conftest import FAST_ARGS, QUERIES, run_cli as run
 from fade_cli.core import strict_json
 from fade_cli.bank.bank import load_bank
+from fade_cli.bank.calibration import Thresholds
 from fade_cli.bank.container import BankFileError
 from fade_cli.config import EngineConfig
 from fade_cli.core.errors import InputError
@@ -105,7 +106,7 @@ def test_a_score_that_comes_out_nan_is_an_error_row_never_ok(tmp_config_engine, 
     engine.config.vision_multiplier = math.nan  # past every door: as a bug in the engine would produce
     rows = []
     output = RunOutput(tmp_path / "out")
-    run_detection(engine, discover_images(QUERIES)[:2], output, threshold=0.5, on_row=rows.append)
+    run_detection(engine, discover_images(QUERIES)[:2], output, Thresholds(image=0.5), on_row=rows.append)
     output.finish()
     assert rows and all(row.verdict is None and row.score is None for row in rows)
     assert all("not inspected" in row.error and "non-finite" in row.error for row in rows)

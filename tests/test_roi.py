@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import fade_cli
+from fade_cli.bank.calibration import Thresholds
 from fade_cli.cli import cli as main
 from fade_cli.core.errors import InputError
 from fade_cli.io.roi import load_roi
@@ -59,8 +60,8 @@ def detector(roi_file) -> fade_cli.Detector:
 
 
 def _self_referenced(roi_file: Path) -> fade_cli.Detector:
-    return fade_cli.Detector.from_references(str(FRAME), roi=str(roi_file), image_score="vision", threshold=0.2,
-                                             pixel_threshold=0.3, **SETTINGS)
+    return fade_cli.Detector.from_references(str(FRAME), roi=str(roi_file), image_score="vision",
+                                             thresholds=fade_cli.Thresholds(image=0.2, pixel=0.3), **SETTINGS)
 
 
 def test_blob_outside_the_roi_changes_nothing(detector, tmp_path):
@@ -335,7 +336,7 @@ def test_serve_applies_the_banks_roi(roi_file, tmp_path):
     bank = load_bank(bank_file)
     config = bank.config.replace(weights=str(WEIGHTS), model_config=str(MODEL_CONFIG), device="cpu")
     [engine] = engines_for_banks([(bank, config, str(bank_file))], stderr_console(), quiet=True)
-    served = ServedBank("parts", engine, bank_thresholds(bank, str(bank_file), None, None).thresholds, str(bank_file))
+    served = ServedBank("parts", engine, bank_thresholds(bank, str(bank_file), Thresholds()).thresholds, str(bank_file))
     corner = _with_blob(tmp_path / "corner.png", (25, 25))
     detect = CliRunner().invoke(main, ["detect", str(FRAME), "--bank", str(bank_file), "--device", "cpu",
                                        "--format", "jsonl", "-q"])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fade_cli.bank.calibration import Thresholds
 from fade_cli.runs import runner
 from fade_cli.engine.result import Detection
 from fade_cli.io.atomic import OutputError
@@ -96,7 +97,7 @@ def test_rows_keep_file_order_when_later_writes_finish_first(image_files):
     sink = RecordingSink(writer_threads=4, write_seconds=slow_first)
     seen = []
 
-    runner.run_detection(StandInEngine(batch_size=3), image_files, sink, threshold=0.03, on_row=seen.append)
+    runner.run_detection(StandInEngine(batch_size=3), image_files, sink, Thresholds(image=0.03), on_row=seen.append)
 
     names = [f.relative for f in image_files]
     assert sink.added == names and [row.path for row in seen] == names

@@ -17,6 +17,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from conftest import GOLDEN, MODEL_CONFIG, QUERIES, TINY_MODEL_ARGS, WEIGHTS  # noqa: E402
+from fade_cli.bank.calibration import Thresholds  # noqa: E402
 from fade_cli.cli import cli  # noqa: E402
 from fade_cli.core.errors import ModelError  # noqa: E402
 from fade_cli.runs.serve.app import ApiSettings, create_app  # noqa: E402
@@ -60,7 +61,7 @@ def served(bank_file):
     bank = load_bank(bank_file)
     config = bank.config.replace(weights=str(WEIGHTS), model_config=str(MODEL_CONFIG), device="cpu")
     [engine] = engines_for_banks([(bank, config, str(bank_file))], stderr_console(), quiet=True)
-    return ServedBank("widget", engine, bank_thresholds(bank, str(bank_file), None, None).thresholds, str(bank_file))
+    return ServedBank("widget", engine, bank_thresholds(bank, str(bank_file), Thresholds()).thresholds, str(bank_file))
 
 
 def service_for(banks, **settings) -> InspectionService:

@@ -101,25 +101,27 @@ class Thresholds:
             pixel_source=fields.text("pixel_source", None, optional=True, choices=SOURCES),
         )
 
+    def given_over(self, fallback: "Thresholds") -> "Thresholds":
+        """These thresholds, the ones a person gave, each marked "given"; a missing one is ``fallback``'s,
+        with its origin."""
+        return Thresholds(
+            image=self.image if self.image is not None else fallback.image,
+            pixel=self.pixel if self.pixel is not None else fallback.pixel,
+            image_source="given" if self.image is not None else fallback.image_source,
+            pixel_source="given" if self.pixel is not None else fallback.pixel_source,
+        )
 
-def choose_thresholds(
-    calibration: Optional[Calibration], image: Optional[float] = None, pixel: Optional[float] = None
-) -> Thresholds:
+
+def calibrated(calibration: Optional[Calibration]) -> Thresholds:
+    """The thresholds of a calibration, marked "calibrated" (none without a calibration)."""
+    if calibration is None:
+        return Thresholds()
+    return Thresholds(calibration.image_threshold, calibration.pixel_threshold, "calibrated", "calibrated")
+
+
+def choose_thresholds(calibration: Optional[Calibration], given: Thresholds = Thresholds()) -> Thresholds:
     """Thresholds the user gave win; the calibrated ones fill the rest (none without a calibration)."""
-    calibrated_image = calibration.image_threshold if calibration else None
-    calibrated_pixel = calibration.pixel_threshold if calibration else None
-    return Thresholds(
-        image=image if image is not None else calibrated_image,
-        pixel=pixel if pixel is not None else calibrated_pixel,
-        image_source=_source(image, calibrated_image),
-        pixel_source=_source(pixel, calibrated_pixel),
-    )
-
-
-def _source(given: Optional[float], calibrated: Optional[float]) -> Optional[str]:
-    if given is not None:
-        return "given"
-    return "calibrated" if calibrated is not None else None
+    return given.given_over(calibrated(calibration))
 
 
 def check_margin(margin: float) -> None:

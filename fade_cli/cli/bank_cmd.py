@@ -10,7 +10,7 @@ import click
 from fade_cli.core import strict_json
 from fade_cli.bank.bank import ReferenceBank, load_bank, save_bank
 from fade_cli.bank.calibration import DEFAULT_MARGIN, MIN_REFERENCES, check_calibrated_thresholds, choose_thresholds
-from fade_cli.bank.calibration import describe_thresholds
+from fade_cli.bank.calibration import Thresholds, describe_thresholds
 from fade_cli.bank.compat import describe_identity
 from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.exit_codes import EXIT_CODES_HELP
@@ -77,6 +77,7 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
     from fade_cli.detector import regions_of
     from fade_cli.settings import Settings, names_with_role
 
+    given = Thresholds(image=threshold, pixel=pixel_threshold)
     options = pop_engine_options(kwargs)
     config = engine_config_from_options(options)
     cls_prompts, seg_prompts = with_default_prompts(*prompt_sets_from_options(options))
@@ -96,7 +97,7 @@ def build_command(refs: Path, out: Path, overwrite: bool, threshold: Optional[fl
     else:
         print_warning(console, f"thresholds are calibrated from at least {MIN_REFERENCES} references; this bank "
                                "has one, so it stores only the thresholds given with --threshold/--pixel-threshold")
-    thresholds = choose_thresholds(calibration, threshold, pixel_threshold)
+    thresholds = choose_thresholds(calibration, given)
     if calibration is not None:
         for message in check_calibrated_thresholds(calibration, thresholds):
             print_warning(console, message)

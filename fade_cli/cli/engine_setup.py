@@ -146,22 +146,22 @@ def calibrate_references(engine, ref_files: list, margin: float, console: Consol
 
 @dataclass(frozen=True)
 class RunThresholds:
-    """The thresholds a run uses and one line saying where they came from."""
+    """The thresholds a run uses and, when they come from a bank or a calibration, one line saying where."""
 
     thresholds: Thresholds
-    report: str
+    report: Optional[str] = None
 
 
-def bank_thresholds(bank: ReferenceBank, source: str, image: Optional[float], pixel: Optional[float]) -> RunThresholds:
+def bank_thresholds(bank: ReferenceBank, source: str, given: Thresholds) -> RunThresholds:
     """The bank's thresholds, each replaced by the one given on the command line."""
     from fade_cli.detector import thresholds_of_bank
 
-    chosen = thresholds_of_bank(bank, image, pixel)
+    chosen = thresholds_of_bank(bank, given)
     return RunThresholds(chosen, f"Thresholds of the bank {source}: {describe_thresholds(chosen, bank.calibration)}")
 
 
-def calibrated_thresholds(calibration: Calibration, image: Optional[float], pixel: Optional[float]) -> RunThresholds:
-    chosen = choose_thresholds(calibration, image, pixel)
+def calibrated_thresholds(calibration: Calibration, given: Thresholds) -> RunThresholds:
+    chosen = choose_thresholds(calibration, given)
     return RunThresholds(chosen, f"Thresholds from the references: {describe_thresholds(chosen, calibration)}")
 
 
@@ -198,23 +198,23 @@ def read_run_setup(
 def start_engine(
     setup: RunSetup,
     ref_files: list,
-    threshold: Optional[float],
-    pixel_threshold: Optional[float],
+    given: Thresholds,
     console: Console,
     quiet: bool,
     calibrate: bool = False,
     margin: float = DEFAULT_MARGIN,
-) -> tuple[Any, Optional[RunThresholds]]:
-    """The engine of a run and, from its bank or a calibration on ``ref_files``, the thresholds to use.
+) -> tuple[Any, RunThresholds]:
+    """The engine of a run and the thresholds to use: the ones ``given``, the rest from its bank or a calibration
+    on ``ref_files``.
 
-    Without a bank or a calibration the thresholds are None: the ones given stay as they are.
+    Without a bank or a calibration the thresholds are the ones given, and there is no report line.
     """
     if setup.bank is not None:
         source = str(setup.bank_path)
         engine = guard_engine_failures(lambda: engine_for_bank(setup.bank, setup.config, source, console, quiet))
         engine.regions = setup.regions
         report_engine_setup(console, setup.verbose, engine.device, engine.precision)
-        chosen = bank_thresholds(setup.bank, source, threshold, pixel_threshold)
+        chosen = bank_thresholds(setup.bank, source, given)
         warning = precision_warning(setup.bank, chosen.thresholds, engine.precision.precision, source)
         if warning:
             print_warning(console, warning)
@@ -223,9 +223,9 @@ def start_engine(
                           setup.regions)
     report_engine_setup(console, setup.verbose, engine.device, engine.precision)
     if not calibrate:
-        return engine, None
+        return engine, RunThresholds(choose_thresholds(None, given))
     calibration = guard_engine_failures(lambda: calibrate_references(engine, ref_files, margin, console, quiet))
-    chosen = calibrated_thresholds(calibration, threshold, pixel_threshold)
+    chosen = calibrated_thresholds(calibration, given)
     for warning in check_calibrated_thresholds(calibration, chosen.thresholds):
         print_warning(console, warning)
     return engine, chosen

@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Optional, TextIO
 
 import click
 
-from fade_cli.bank.calibration import DEFAULT_MARGIN
+from fade_cli.bank.calibration import DEFAULT_MARGIN, Thresholds
 from fade_cli.cli.exit_codes import FAILURE, OK, PIPE_CLOSED
 from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.options import engine_options, pop_engine_options
@@ -131,13 +131,14 @@ def _serve(ctx: click.Context, bank_paths: tuple[Path, ...], refs: Optional[Path
     from fade_cli.runs.serve.connections import ConnectionLimits, check_max_connections, default_max_connections
     from fade_cli.runs.serve.service import InspectionService, ServiceSettings
 
+    given = Thresholds(image=threshold, pixel=pixel_threshold)
     options = pop_engine_options(kwargs)
     console = stderr_console()
     token = _read_token(token_file) if token_file is not None else None
     if token is None and not insecure and not is_loopback(host):
         raise InputError(f"--host {host} is reachable from other machines: give --token-file (or --insecure "
                          "to serve without a token)")
-    load_banks = _bank_loader(ctx, options, bank_paths, refs, threshold, pixel_threshold, calibrate, margin, console)
+    load_banks = _bank_loader(ctx, options, bank_paths, refs, given, calibrate, margin, console)
     if max_connections is not None:
         try:
             check_max_connections(max_connections)
@@ -268,7 +269,7 @@ def _read_token(path: Path) -> str:
     return token
 
 
-def _bank_loader(ctx, options, bank_paths, refs, threshold, pixel_threshold, calibrate, margin,
+def _bank_loader(ctx, options, bank_paths, refs, given: Thresholds, calibrate, margin,
                  console) -> Callable[[], list]:
     """Checks the banks (or the options) now, before the port opens; the returned loader loads the model."""
     from fade_cli.cli.engine_setup import load_run_bank, read_run_setup
@@ -289,30 +290,29 @@ def _bank_loader(ctx, options, bank_paths, refs, threshold, pixel_threshold, cal
             if named[path.stem][1].regions is not None and named[path.stem][1].regions.roi is None:
                 raise InputError(f"the bank {path} was built with per-image ROI masks (--roi-dir); fade serve "
                                  "needs a bank with one ROI")
-        return lambda: _served_banks(named, threshold, pixel_threshold, console)
+        return lambda: _served_banks(named, given, console)
     setup = read_run_setup(ctx, options, refs, None, calibrate)
     if calibrate and refs is None:
         raise InputError("--calibrate needs --refs: the good images to calibrate on")
     ref_files = require_images(refs) if refs is not None else []
-    return lambda: [_served_from_options(setup, ref_files, threshold, pixel_threshold, calibrate, margin, console)]
+    return lambda: [_served_from_options(setup, ref_files, given, calibrate, margin, console)]
 
 
-def _served_banks(named: dict, threshold, pixel_threshold, console) -> list:
+def _served_banks(named: dict, given: Thresholds, console) -> list:
     from fade_cli.cli.engine_setup import bank_thresholds, engines_for_banks
     from fade_cli.core.memory import guard_engine_failures
     from fade_cli.runs.serve.service import ServedBank
 
     entries = [(bank, config, str(path)) for path, bank, config in named.values()]
     engines = guard_engine_failures(lambda: engines_for_banks(entries, console, quiet=True))
-    return [ServedBank(name, engine, bank_thresholds(bank, str(path), threshold, pixel_threshold).thresholds, str(path))
+    return [ServedBank(name, engine, bank_thresholds(bank, str(path), given).thresholds, str(path))
             for (name, (path, bank, _)), engine in zip(named.items(), engines)]
 
 
-def _served_from_options(setup, ref_files, threshold, pixel_threshold, calibrate, margin, console):
-    from fade_cli.bank.calibration import choose_thresholds
+def _served_from_options(setup, ref_files, given: Thresholds, calibrate, margin, console):
     from fade_cli.cli.engine_setup import start_engine
     from fade_cli.runs.serve.service import ServedBank
 
-    engine, chosen = start_engine(setup, ref_files, threshold, pixel_threshold, console, True, calibrate, margin)
-    thresholds = chosen.thresholds if chosen is not None else choose_thresholds(None, threshold, pixel_threshold)
-    return ServedBank(setup.config.class_name.replace(" ", "_"), engine, thresholds, "--refs" if ref_files else "--class")
+    engine, chosen = start_engine(setup, ref_files, given, console, True, calibrate, margin)
+    return ServedBank(setup.config.class_name.replace(" ", "_"), engine, chosen.thresholds,
+                      "--refs" if ref_files else "--class")

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import click
 
+from fade_cli.bank.calibration import Thresholds
 from fade_cli.cli.help_sections import sectioned
 from fade_cli.cli.options import FiniteFloat, engine_options, pop_engine_options
 from fade_cli.cli.exit_codes import OK, Terminated, run_exit_code, stop_exit_code
@@ -79,6 +80,7 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
     from fade_cli.io.folder_lock import output_folder_lock
     from fade_cli.runs.watch import FolderWatcher, ResultsLog
 
+    given = Thresholds(image=threshold, pixel=pixel_threshold)
     options = pop_engine_options(kwargs)
     console = stderr_console()
     warn = functools.partial(print_warning, console)
@@ -90,11 +92,10 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
     watcher = FolderWatcher(folder, out, settle_s=settle, move_to=move_to, warn=warn, notice=notice)
     rows = []
     try:  # from here on, a stop (SIGTERM while the model loads too) ends the watch the same way
-        engine, threshold, pixel_threshold = _engine(ctx, options, refs, bank_path, threshold, pixel_threshold,
-                                                     console, quiet)
+        engine, thresholds = _engine(ctx, options, refs, bank_path, given, console, quiet)
         output = ResultsLog(out, map_size=map_size, save_maps=maps, save_heatmaps=heatmaps,
                             run_info=engine.run_info())
-        printer = RowPrinter(output_format, threshold is not None)
+        printer = RowPrinter(output_format, thresholds.image is not None)
 
         def on_row(row) -> None:
             rows.append(row)
@@ -105,7 +106,7 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
         if not quiet:
             console.print(f"Watching {folder} (results in {out}); Ctrl-C to stop.", markup=False, highlight=False,
                           soft_wrap=True)
-        _watch(engine, watcher, output, threshold, pixel_threshold, on_row, interval, once)
+        _watch(engine, watcher, output, thresholds, on_row, interval, once)
     except STOPS as stop:
         if isinstance(stop, BrokenPipeError):
             silence_stdout()
@@ -116,27 +117,25 @@ def watch(ctx: click.Context, folder: Path, out: Path, refs: Optional[Path], ban
         ctx.exit(OK if isinstance(stop, Terminated) else stop_exit_code(stop))
     if not quiet:
         console.print(f"Scored {len(rows)} image(s).", markup=False, highlight=False, soft_wrap=True)
-    ctx.exit(run_exit_code(rows, threshold is not None))
+    ctx.exit(run_exit_code(rows, thresholds.image is not None))
 
 
-def _engine(ctx, options, refs, bank_path, threshold, pixel_threshold, console, quiet):
+def _engine(ctx, options, refs, bank_path, given: Thresholds, console, quiet):
     """The engine and the thresholds of the watch: from a bank, or from the options (and --refs)."""
     from fade_cli.cli.engine_setup import read_run_setup, start_engine
     from fade_cli.io.images import require_images
 
     setup = read_run_setup(ctx, options, refs, bank_path, calibrate=False)
     ref_files = require_images(refs, on_skip=functools.partial(print_warning, console)) if refs is not None else []
-    engine, chosen = start_engine(setup, ref_files, threshold, pixel_threshold, console, quiet)
-    if chosen is None:
-        return engine, threshold, pixel_threshold
-    if not quiet:
+    engine, chosen = start_engine(setup, ref_files, given, console, quiet)
+    if chosen.report is not None and not quiet:
         console.print(chosen.report, markup=False, highlight=False, soft_wrap=True)
-    return engine, chosen.thresholds.image, chosen.thresholds.pixel
+    return engine, chosen.thresholds
 
 
-def _watch(engine, watcher, output, threshold, pixel_threshold, on_row, interval, once) -> None:
+def _watch(engine, watcher, output, thresholds: Thresholds, on_row, interval, once) -> None:
     from fade_cli.core.memory import guard_engine_failures
     from fade_cli.runs.watch import watch_folder
 
-    guard_engine_failures(lambda: watch_folder(engine, watcher, output, threshold, pixel_threshold, on_row,
+    guard_engine_failures(lambda: watch_folder(engine, watcher, output, thresholds, on_row,
                                 interval_s=interval, stop_when_idle=once))

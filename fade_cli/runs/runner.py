@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fade_cli.bank.calibration import Thresholds
 from fade_cli.config import MutualSettings
 from fade_cli.engine.detector import FadeEngine
 from fade_cli.engine.mutual import ALONE_IN_GROUP, balanced_groups, require_mutual_batch
@@ -300,9 +301,8 @@ def run_detection(
     engine: FadeEngine,
     files: list[ImageFile],
     output: Optional[ResultSink] = None,
-    threshold: Optional[float] = None,
+    thresholds: Thresholds = Thresholds(),
     on_row: Optional[Callable[[ResultRow], None]] = None,
-    pixel_threshold: Optional[float] = None,
     mutual: Optional[MutualSettings] = None,
     on_encoded: Optional[Callable[[], None]] = None,
 ) -> None:
@@ -312,7 +312,7 @@ def run_detection(
     first encoded (``on_encoded`` called per file), then scored; rows come in relative-path order
     and broken images are left out of the others' comparisons.
 
-    With ``pixel_threshold``, NG images (every image when there is no ``threshold``)
+    With a pixel threshold, NG images (every image when there is no image threshold)
     also get their defect ``regions`` and, with ``output``, a mask file.
 
     Each image's files are written in ``output.writer_threads`` background threads
@@ -327,29 +327,27 @@ def run_detection(
         scored = _scored_batches(engine, decoded_batches(engine, files))
     else:
         scored = _mutual_scored_groups(engine, files, mutual, on_encoded)
-    _finish_rows(engine, scored, output, threshold, on_row, pixel_threshold)
+    _finish_rows(engine, scored, output, thresholds, on_row)
 
 
 def run_decoded(
     engine: FadeEngine,
     batches: Iterable[DecodedBatch],
     output: Optional[ResultSink] = None,
-    threshold: Optional[float] = None,
+    thresholds: Thresholds = Thresholds(),
     on_row: Optional[Callable[[ResultRow], None]] = None,
-    pixel_threshold: Optional[float] = None,
 ) -> None:
     """:func:`run_detection` for batches decoded elsewhere (the decoding tasks of a Ray run): same rows, same files."""
     decoded = (batch for batch in batches)  # a generator: _scored_batches closes what it reads
-    _finish_rows(engine, _scored_batches(engine, decoded), output, threshold, on_row, pixel_threshold)
+    _finish_rows(engine, _scored_batches(engine, decoded), output, thresholds, on_row)
 
 
 def _finish_rows(
     engine: FadeEngine,
     scored: Iterator[list[_Scored]],
     output: Optional[ResultSink],
-    threshold: Optional[float],
+    thresholds: Thresholds,
     on_row: Optional[Callable[[ResultRow], None]],
-    pixel_threshold: Optional[float],
 ) -> None:
     """Write each scored image's files in writer threads and pass its row on in file order (see run_detection)."""
     threads = output.writer_threads if output is not None else 1
@@ -364,8 +362,8 @@ def _finish_rows(
                     if item.detection is None:
                         rows.put(_done(ResultRow(path=item.file.relative, error=item.error)), pixels=0)
                         continue
-                    finish = functools.partial(finish_row, item.file, item.image, item.detection, output, threshold,
-                                               pixel_threshold, smallest_input, item.region)
+                    finish = functools.partial(finish_row, item.file, item.image, item.detection, output, thresholds,
+                                               smallest_input, item.region)
                     rows.make_room(item.pixels)
                     rows.put(writers.submit(finish), item.pixels)
                 rows.hand_over()
@@ -446,8 +444,7 @@ def finish_row(
     image: Optional[Image.Image],
     detection: Detection,
     output: Optional[ResultSink],
-    threshold: Optional[float],
-    pixel_threshold: Optional[float],
+    thresholds: Thresholds,
     smallest_input: Optional[int] = None,
     region: Optional[FrameRegion] = None,
 ) -> ResultRow:
@@ -470,7 +467,7 @@ def finish_row(
         score=detection.score,
         language_score=detection.language_score,
         vision_score=detection.vision_score,
-        verdict=verdict(detection.score, threshold),
+        verdict=verdict(detection.score, thresholds.image),
     )
     if region is not None:
         row.roi = region.source
@@ -478,8 +475,8 @@ def finish_row(
         if output is not None:
             shown = image if region is None or region.whole_frame else region.shown(image)
             row.map_path, row.heatmap_path = output.write_image(file.relative, shown, detection)
-        if pixel_threshold is not None and row.verdict != OK:
-            _add_defects(row, file, image, detection, output, pixel_threshold)
+        if thresholds.pixel is not None and row.verdict != OK:
+            _add_defects(row, file, image, detection, output, thresholds.pixel)
     except OutputError as exc:
         if exc.stops_the_run:
             raise

@@ -31,7 +31,7 @@ move again; an original whose complete copy was already renamed into place (a
 stop between that rename and the removal) is removed, not copied twice.
 
     watcher = FolderWatcher(Path("incoming"), Path("results"), move_to=Path("done"))
-    watch_folder(engine, watcher, ResultsLog(Path("results")), threshold=0.6)
+    watch_folder(engine, watcher, ResultsLog(Path("results")), Thresholds(image=0.6))
 """
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
+from fade_cli.bank.calibration import Thresholds
 from fade_cli.core.errors import InputError
 from fade_cli.io.images import ImageFile, describe_os_error, discover_images
 from fade_cli.io.outputs import ResultRow
@@ -375,8 +376,7 @@ def watch_folder(
     engine,
     watcher: FolderWatcher,
     output: ResultsLog,
-    threshold: Optional[float] = None,
-    pixel_threshold: Optional[float] = None,
+    thresholds: Thresholds = Thresholds(),
     on_row: Optional[Callable[[ResultRow], None]] = None,
     interval_s: float = 1.0,
     stop_when_idle: bool = False,
@@ -405,7 +405,7 @@ def watch_folder(
         files = watcher.poll()
         polls += 1
         if files:
-            run_detection(engine, files, sink, threshold, finished, pixel_threshold)
+            run_detection(engine, files, sink, thresholds, finished)
         elif stop_when_idle and watcher.waiting == 0:
             break
         if max_polls is None or polls < max_polls:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fade_cli.bank.calibration import Thresholds
 from fade_cli.config import EngineConfig
 from fade_cli.runs.ray.cluster import (
     ClusterError,
@@ -170,8 +171,8 @@ class ScoringWorker:
         ready = batch_of_decoded(self.engine, [item.file for item in decoded],
                                  [(item.image, item.inputs, item.error) for item in decoded])
         rows: list[ResultRow] = []
-        guard_engine_failures(lambda: run_decoded(self.engine, [ready], self.writer, self.outputs.threshold,
-                                                  rows.append, self.outputs.pixel_threshold))
+        thresholds = Thresholds(self.outputs.threshold, self.outputs.pixel_threshold)
+        guard_engine_failures(lambda: run_decoded(self.engine, [ready], self.writer, thresholds, rows.append))
         return {"index": batch["index"], "row": pickled_column(rows)}
 
 

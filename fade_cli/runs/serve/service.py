@@ -13,7 +13,7 @@ import base64
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
@@ -53,8 +53,7 @@ class ServedBank:
             "name": self.name,
             "class": config.class_name,
             "model": self.engine.loaded.identity,
-            "thresholds": {"image": self.thresholds.image, "pixel": self.thresholds.pixel,
-                           "image_source": self.thresholds.image_source, "pixel_source": self.thresholds.pixel_source},
+            "thresholds": asdict(self.thresholds),  # as a bank file records them
             "references": self.engine.reference_count,
             "scales": list(config.seg_sizes),
             "cls_size": config.cls_size,
@@ -361,8 +360,7 @@ def _prepare(engine: FadeEngine, upload: Upload, max_pixels: Optional[int]) -> P
 def _answer(served: ServedBank, one: Prepared, detection: Detection, extras: Extras) -> tuple[ResultRow, dict]:
     """The row as `fade detect` builds it (no files written), and the heatmap and map when asked for."""
     file = ImageFile(Path(one.upload.label), one.upload.label)
-    row = finish_row(file, one.image, detection, None, served.thresholds.image, served.thresholds.pixel,
-                     region=one.region)
+    row = finish_row(file, one.image, detection, None, served.thresholds, region=one.region)
     added = {}
     if extras.heatmap_png or extras.map_npy:
         at_image_size = upsample_map(detection.anomaly_map, one.image.height, one.image.width)
