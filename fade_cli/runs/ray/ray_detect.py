@@ -50,7 +50,8 @@ from fade_cli.engine.prepared import PreparedEngine
 from fade_cli.io.images import ImageFile
 from fade_cli.io.outputs import ImageWriter, ResultRow
 from fade_cli.core.memory import guard_engine_failures
-from fade_cli.runs.runner import ResultSink, batch_of_decoded, decode_one, run_decoded
+from fade_cli.runs.row_order import RowsInOrder, finished
+from fade_cli.runs.runner import batch_of_decoded, decode_one, run_decoded
 
 
 def prepared_for_workers(engine: FadeEngine) -> PreparedEngine:
@@ -157,40 +158,9 @@ class ScoringWorker:
         return {"index": batch["index"], "row": pickled_column(rows)}
 
 
-class _RowsByIndex:
-    """Rows that arrive in any order (and twice, after a retried batch) passed on once each, in file order."""
-
-    def __init__(self, count: int, output: Optional[ResultSink], on_row: Optional[Callable[[ResultRow], None]]):
-        self.count = count
-        self.output = output
-        self.on_row = on_row
-        self.waiting: dict[int, ResultRow] = {}
-        self.next_index = 0
-
-    def put(self, index: int, row: ResultRow) -> None:
-        if index < self.next_index or index in self.waiting:
-            return  # already received: a batch Ray ran again after its worker died
-        self.waiting[index] = row
-        while self.next_index in self.waiting:
-            self._pass_on(self.waiting.pop(self.next_index))
-            self.next_index += 1
-
-    def salvage(self) -> None:
-        """After an interruption: the rows received past a missing one, still in file order (a --resume adds the
-        missing ones)."""
-        for index in sorted(self.waiting):
-            self._pass_on(self.waiting.pop(index))
-
-    def check_complete(self) -> None:
-        if self.next_index != self.count:
-            raise ClusterError(f"the Ray job ended with {self.count - self.next_index} of {self.count} image(s) "
-                               "without a result")
-
-    def _pass_on(self, row: ResultRow) -> None:
-        if self.output is not None:
-            self.output.add(row)
-        if self.on_row is not None:
-            self.on_row(row)
+def _check_complete(rows: RowsInOrder, count: int) -> None:
+    if rows.passed != count:
+        raise ClusterError(f"the Ray job ended with {count - rows.passed} of {count} image(s) without a result")
 
 
 def run_detection_on_ray(
@@ -210,12 +180,13 @@ def run_detection_on_ray(
     """
     if not files:
         return
-    rows = _RowsByIndex(len(files), output, on_row)
+    rows = RowsInOrder(output, on_row)
     try:
         with contextlib.closing(_scored_rows(engine, files, settings, output, threshold, pixel_threshold)) as scored:
             for index, row in scored:
-                rows.put(index, row)
-        rows.check_complete()
+                rows.put(index, finished(row))  # a second row of an image comes from a batch Ray ran again
+                rows.hand_over()
+        _check_complete(rows, len(files))
     except KeyboardInterrupt:
         rows.salvage()
         raise
