@@ -244,19 +244,21 @@ def test_an_address_where_no_cluster_listens_fails_in_seconds(tmp_path):
 
 
 def test_a_worker_node_without_the_weights_names_itself_and_the_fix(tiny_config, tmp_path):
+    from dataclasses import replace
+
     from fade_cli.runs.ray.cluster import WorkerNodeError
-    from fade_cli.runs.ray.ray_detect import PreparedEngine
+    from fade_cli.runs.ray.ray_detect import load_on_worker, prepared_for_workers
     from fade_cli.engine import FadeEngine
 
     engine = FadeEngine.from_config(tiny_config.replace(seg_sizes=(240,), cls_size=240))
-    prepared = PreparedEngine.of(engine)
+    prepared = prepared_for_workers(engine)
     moved = tmp_path / "elsewhere.pt"
-    elsewhere = PreparedEngine(prepared.config.replace(weights=str(moved)), *list(vars(prepared).values())[1:])
+    elsewhere = replace(prepared, config=prepared.config.replace(weights=str(moved)))
     with pytest.raises(WorkerNodeError) as raised:
-        elsewhere.load_engine()
+        load_on_worker(elsewhere)
     message = str(raised.value)
     assert f"weights file not found: {moved}" in message
     assert "worker node" in message and "shared storage" in message and "docs/scale.md" in message
     assert raised.value.exit_code == 2
     shutil.copy(WEIGHTS, moved)
-    assert elsewhere.load_engine().reference_count == 0  # with the file there, the same state loads
+    assert load_on_worker(elsewhere).reference_count == 0  # with the file there, the same state loads

@@ -16,7 +16,7 @@ import hashlib
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from fade_cli.core import strict_json
 from fade_cli.core.errors import InputError
@@ -24,6 +24,9 @@ from fade_cli.io.atomic import OutputError, atomic_write
 from fade_cli.io.files import read_text_file
 from fade_cli.backbone.cache import fade_data_dir
 from fade_cli.core.validation import Fields
+
+if TYPE_CHECKING:
+    from fade_cli.config import EngineConfig
 
 MEMO_SUBDIR = "file-hashes"
 MEMO_FORMAT = "fade-file-sha256"
@@ -108,3 +111,12 @@ def _write_memo(memo: Path, real_path: str, version: dict[str, int], digest: str
     content = strict_json.dumps({"format": MEMO_FORMAT, "path": real_path, **version, "sha256": digest}).encode()
     with contextlib.suppress(OutputError, OSError):
         atomic_write(memo, lambda handle: handle.write(content))
+
+
+def model_identity(config: "EngineConfig", loaded_identity: dict) -> dict:
+    """The loaded model's identity, plus the hash of a custom architecture file when one was used: what a bank
+    records and what an engine rebuilt from saved parts checks (fade_cli.engine.prepared)."""
+    identity = dict(loaded_identity)
+    if config.model_config:
+        identity["model_config_sha256"] = file_sha256(config.model_config)
+    return identity

@@ -38,6 +38,7 @@ from fade_cli.config import PRECISIONS, EngineConfig
 from fade_cli.core.errors import InputError
 from fade_cli.io.files import read_file_bytes
 from fade_cli.io.roi import RegionPlan, plan_from_dict, plan_to_dict
+from fade_cli.backbone.file_hash import model_identity  # noqa: F401 (where banks have always taken it from)
 from fade_cli.prompting.prompt_set import PromptSet, prompt_set_from_dict
 from fade_cli.settings import RUNTIME_FIELDS, SETTINGS, config_from_dict
 from fade_cli.core.validation import Fields
@@ -120,16 +121,6 @@ class ReferenceBank:
 def storable_config(config: EngineConfig) -> EngineConfig:
     """The config as a bank stores it: machine-specific runtime fields at their defaults."""
     return config.replace(**RUNTIME_DEFAULTS)
-
-
-def model_identity(config: EngineConfig, loaded_identity: dict[str, Any]) -> dict[str, Any]:
-    """The loaded model's identity, plus the hash of a custom architecture file when one was used."""
-    from fade_cli.backbone.file_hash import file_sha256
-
-    identity = dict(loaded_identity)
-    if config.model_config:
-        identity["model_config_sha256"] = file_sha256(config.model_config)
-    return identity
 
 
 def save_bank(bank: ReferenceBank, path: Path) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from fade_cli.bank.bank import ReferenceBank
 from fade_cli.bank.calibration import Thresholds
@@ -89,13 +89,15 @@ def _recorded_file(path: Optional[str], what: str, digest: str, option: str) -> 
     )
 
 
-def check_loaded_model(bank: ReferenceBank, loaded_identity: dict[str, Any], source: str) -> None:
-    """Refuse to run a bank with any model but the one that built it."""
-    if loaded_identity != bank.identity:
-        raise BankMismatchError(
-            f"{source} was built with the model {describe_identity(bank.identity)}, but this run loaded "
+def other_model_error(source: str) -> Callable[[dict[str, Any], dict[str, Any]], BankMismatchError]:
+    """Why the bank ``source`` refuses to run with another model than the one that built it:
+    (bank's identity, loaded identity) -> the error."""
+    def error(bank_identity: dict[str, Any], loaded_identity: dict[str, Any]) -> BankMismatchError:
+        return BankMismatchError(
+            f"{source} was built with the model {describe_identity(bank_identity)}, but this run loaded "
             f"{describe_identity(loaded_identity)}; use the bank's model or rebuild the bank with `fade bank build`"
         )
+    return error
 
 
 def check_embedding_dim(bank: ReferenceBank, model_dim: int, source: str) -> None:

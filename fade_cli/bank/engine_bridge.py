@@ -7,12 +7,12 @@ from typing import Optional
 import numpy as np
 import torch
 
-from fade_cli.bank.bank import PATCH_DTYPES, ReferenceBank, model_identity, storable_config
+from fade_cli.bank.bank import PATCH_DTYPES, ReferenceBank, storable_config
 from fade_cli.bank.calibration import Calibration, Thresholds
-from fade_cli.bank.compat import check_embedding_dim, check_loaded_model
+from fade_cli.bank.compat import check_embedding_dim, other_model_error
 from fade_cli.config import EngineConfig
 from fade_cli.engine.detector import FadeEngine
-from fade_cli.engine.memory_bank import MemoryBank
+from fade_cli.engine.prepared import PreparedEngine
 from fade_cli.backbone.file_hash import file_sha256
 from fade_cli.backbone.model import LoadedModel
 from fade_cli.core.errors import InputError
@@ -38,22 +38,39 @@ def bank_from_engine(
         raise InputError(f"bank dtype must be one of {', '.join(PATCH_DTYPES)}, not {patch_dtype!r}")
     if engine.reference_count != len(reference_files) or not reference_files:
         raise ValueError("the engine's references and the reference files do not match")
+    prepared = PreparedEngine.of(engine)
+    regions = prepared.regions
     return ReferenceBank(
-        config=storable_config(engine.config),
-        identity=model_identity(engine.config, engine.loaded.identity),
+        config=storable_config(prepared.config),
+        identity=prepared.identity,
         cls_prompts=cls_prompts,
         seg_prompts=seg_prompts,
-        cls_classifier_2d=_to_numpy(engine.cls_classifier_2d),
-        seg_classifier_2d=_to_numpy(engine.seg_classifier_2d),
-        patches_by_size={size: _to_numpy(p) for size, p in sorted(engine.bank.patches_by_size.items())},
+        cls_classifier_2d=_to_numpy(prepared.cls_classifier_2d),
+        seg_classifier_2d=_to_numpy(prepared.seg_classifier_2d),
+        patches_by_size={size: _to_numpy(p) for size, p in sorted(prepared.patches_by_size.items())},
         references=[{"path": f.relative, "sha256": file_sha256(str(f.path))} for f in reference_files],
         patch_dtype=patch_dtype,
         thresholds=thresholds,
         calibration=calibration,
         precision=engine.precision.precision,
-        regions=None if engine.regions is None else replace(engine.regions, folder=None),
-        patch_counts=None if engine.regions is None else {size: list(counts) for size, counts
-                                                          in sorted(engine.bank.counts_by_size.items())},
+        # Format 1 has no region: its references' patch counts all alike, none are stored.
+        regions=None if regions is None else replace(regions, folder=None),
+        patch_counts=None if regions is None else dict(sorted(prepared.counts_by_size.items())),
+    )
+
+
+def prepared_from_bank(bank: ReferenceBank, config: EngineConfig) -> PreparedEngine:
+    """The engine a bank holds, to run with ``config`` (the bank's config with this machine's runtime fields, see
+    ``fade_cli.bank.bank.RUNTIME_DEFAULTS``, and the local model file paths)."""
+    return PreparedEngine(
+        config=config,
+        identity=bank.identity,
+        cls_classifier_2d=torch.from_numpy(bank.cls_classifier_2d),
+        seg_classifier_2d=torch.from_numpy(bank.seg_classifier_2d),
+        patches_by_size={size: torch.from_numpy(p) for size, p in bank.patches_by_size.items()},
+        reference_count=bank.reference_count,
+        counts_by_size=bank.patch_counts,
+        regions=bank.regions,
     )
 
 
@@ -63,18 +80,7 @@ def engine_from_bank(bank: ReferenceBank, loaded: LoadedModel, config: EngineCon
     ``config`` is the bank's config with this machine's runtime fields (see
     ``fade_cli.bank.bank.RUNTIME_DEFAULTS``) and the local model file paths.
     """
-    check_loaded_model(bank, model_identity(config, loaded.identity), source)
+    engine = prepared_from_bank(bank, config).engine(loaded, other_model_error(source))
+    # The model is the bank's: dimensions that differ come from the bank file itself.
     check_embedding_dim(bank, int(loaded.model.visual.output_dim), source)
-    device = loaded.device
-    memory = MemoryBank({size: torch.from_numpy(p).to(device) for size, p in bank.patches_by_size.items()},
-                        bank.patch_counts)
-    engine = FadeEngine.from_saved(
-        loaded,
-        config,
-        torch.from_numpy(bank.cls_classifier_2d),
-        torch.from_numpy(bank.seg_classifier_2d),
-        memory,
-        bank.reference_count,
-    )
-    engine.regions = bank.regions
     return engine

@@ -46,7 +46,6 @@ def _score_left_out(engine: FadeEngine, index: int, file: ImageFile) -> Detectio
     """Detect on reference ``index`` with an engine whose bank lacks that reference's patches."""
     count = engine.reference_count
     others = FadeEngine.from_saved(engine.loaded, engine.config, engine.cls_classifier_2d, engine.seg_classifier_2d,
-                                   engine.bank.without_reference(index, count), count - 1)
-    others.regions = engine.regions
+                                   engine.bank.without_reference(index, count), count - 1, engine.regions)
     [detection] = score_images(others, [(file.relative, str(file.path), load_image(file.path))])
     return detection

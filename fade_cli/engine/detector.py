@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from fade_cli.engine.text import abnormal_probability, text_classifier
 from fade_cli.core.errors import InputError
 from fade_cli.prompting.prompt_set import PromptSet, with_default_prompts
 from fade_cli.core.naming import named
+
+if TYPE_CHECKING:
+    from fade_cli.io.roi import RegionPlan
 
 # Default images per forward pass: a GPU needs batches to be busy; a CPU gains nothing from them but memory use.
 GPU_BATCH_SIZE, CPU_BATCH_SIZE = 8, 1
@@ -100,12 +103,18 @@ class FadeEngine:
         seg_classifier_2d: torch.Tensor,
         bank: MemoryBank,
         reference_count: int,
+        regions: Optional["RegionPlan"] = None,
     ) -> "FadeEngine":
-        """An engine from saved parts (a reference bank file): no prompt or reference is encoded again."""
+        """An engine assembled from its parts: no prompt or reference is encoded again.
+
+        The parts are taken as they are (no model check): engines from saved parts, a bank file's or a Ray
+        worker's, are rebuilt by :meth:`fade_cli.engine.prepared.PreparedEngine.engine`, which checks the model.
+        """
         validate_config(config)
         engine = cls(loaded, config, cls_classifier_2d, seg_classifier_2d)
         engine.bank = bank
         engine.reference_count = reference_count
+        engine.regions = regions
         return engine
 
     def run_info(self) -> dict:

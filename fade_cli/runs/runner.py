@@ -4,9 +4,9 @@ The CLI's `detect` (and `watch`) call :func:`run_detection`; programs can too.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import functools
+import itertools
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +28,7 @@ from fade_cli.io.images import ImageFile, load_image
 from fade_cli.io.input_checks import smallest_input_size, upscale_warning
 from fade_cli.io.outputs import ResultRow
 from fade_cli.io.roi import FrameRegion, RegionPlan
+from fade_cli.runs.row_order import RowsInOrder, finished
 
 # Batches decoded ahead of the model, and threads decoding their images.
 PREFETCH_BATCHES = 2
@@ -235,68 +236,6 @@ def _add_defects(
         row.mask_path = output.write_mask(file.relative, mask_hw)
 
 
-class _RowsInOrder:
-    """Rows finished by writer threads, handed to the sink and the callback in file order.
-
-    Work waiting here holds decoded images, so it is bounded: at most ``capacity``
-    rows, and at most ``pixel_budget`` pixels unless a single image is larger.
-    A slow disk then slows the run down instead of filling memory, and a folder
-    of 40-megapixel photos is written one photo at a time.
-    """
-
-    def __init__(
-        self, output: Optional[ResultSink], on_row: Optional[Callable[[ResultRow], None]], capacity: int,
-        pixel_budget: int,
-    ):
-        self.output = output
-        self.on_row = on_row
-        self.capacity = capacity
-        self.pixel_budget = pixel_budget
-        self.pending: collections.deque[tuple[Future, int]] = collections.deque()
-        self.pending_pixels = 0
-        self.failed = False
-
-    def make_room(self, pixels: int) -> None:
-        """Wait (passing rows on) until a row of ``pixels`` more fits the bounds."""
-        while self.pending and (len(self.pending) >= self.capacity
-                                or self.pending_pixels + pixels > self.pixel_budget):
-            self._pass_on_first()
-
-    def put(self, future: Future, pixels: int) -> None:
-        self.pending.append((future, pixels))
-        self.pending_pixels += pixels
-
-    def hand_over(self, wait_for_all: bool = False) -> None:
-        """Pass on the finished rows at the front (with ``wait_for_all``, every row)."""
-        while self.pending and (wait_for_all or self.pending[0][0].done()):
-            self._pass_on_first()
-
-    def salvage(self) -> None:
-        """After an interruption: finish and pass on, in order, the rows of every image already scored.
-
-        After a row that failed, nothing more is passed on and work not started is dropped.
-        """
-        if self.failed:
-            for future, _ in self.pending:
-                future.cancel()
-            return
-        while self.pending and self.pending[0][0].exception() is None:  # exception() waits for the row
-            self._pass_on_first()
-
-    def _pass_on_first(self) -> None:
-        future, pixels = self.pending.popleft()
-        self.pending_pixels -= pixels
-        try:
-            row = future.result()
-            if self.output is not None:
-                self.output.add(row)
-            if self.on_row is not None:
-                self.on_row(row)
-        except BaseException:
-            self.failed = True  # no later row may be recorded past one that was not
-            raise
-
-
 def run_detection(
     engine: FadeEngine,
     files: list[ImageFile],
@@ -354,18 +293,19 @@ def _finish_rows(
     # Stand-in engines (tests, plugins) may have no config: their images are not judged for size.
     config = getattr(engine, "config", None)
     smallest_input = smallest_input_size(config) if config is not None else None
-    rows = _RowsInOrder(output, on_row, capacity=engine.batch_size + threads, pixel_budget=WRITE_PIXEL_BUDGET)
+    rows = RowsInOrder(output, on_row, capacity=engine.batch_size + threads, pixel_budget=WRITE_PIXEL_BUDGET)
+    index = itertools.count()
     with ThreadPoolExecutor(max_workers=threads) as writers, contextlib.closing(scored) as batches:
         try:
             for batch in batches:
                 for item in batch:
                     if item.detection is None:
-                        rows.put(_done(ResultRow(path=item.file.relative, error=item.error)), pixels=0)
+                        rows.put(next(index), finished(ResultRow(path=item.file.relative, error=item.error)))
                         continue
                     finish = functools.partial(finish_row, item.file, item.image, item.detection, output, thresholds,
                                                smallest_input, item.region)
                     rows.make_room(item.pixels)
-                    rows.put(writers.submit(finish), item.pixels)
+                    rows.put(next(index), writers.submit(finish), item.pixels)
                 rows.hand_over()
             rows.hand_over(wait_for_all=True)
         except BaseException:
@@ -431,12 +371,6 @@ def non_finite_result(detection: Detection) -> Optional[str]:
     if not np.isfinite(detection.anomaly_map).all():
         return "the anomaly map holds NaN or infinite values (the engine produced non-finite numbers)"
     return None
-
-
-def _done(row: ResultRow) -> Future:
-    future: Future = Future()
-    future.set_result(row)
-    return future
 
 
 def finish_row(

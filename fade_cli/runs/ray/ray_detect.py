@@ -10,9 +10,9 @@ Workers on CPUs (no --ray-gpus-per-worker) decode their own batches: each reserv
 would wait for CPUs the workers hold.
 
 The driver prepares the engine as a local run does (prompts, references, calibration) and puts its tensors
-in the object store once (:class:`PreparedEngine`); each actor reads them once and loads the model's vision
-tower from its node's cache or the weights path, which every node must see (docs/scale.md). Scoring and the
-files of each image go through the same runner code as a local run (``runner.run_decoded``, ``finish_row``),
+in the object store once (a :class:`fade_cli.engine.prepared.PreparedEngine`); each actor reads them once and
+loads the model's vision tower from its node's cache or the weights path, which every node must see
+(docs/scale.md). Scoring and the files of each image go through the same runner code as a local run (``runner.run_decoded``, ``finish_row``),
 so the rows and files are those of a local run. A batch whose worker died is run again by Ray; the driver
 keeps the first row of each image, so every image appears exactly once.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
@@ -47,50 +47,33 @@ from fade_cli.runs.ray.cluster import (
     worker_pool,
 )
 from fade_cli.engine.detector import FadeEngine, batch_size_for, resize_for_config
+from fade_cli.engine.prepared import PreparedEngine
 from fade_cli.io.images import ImageFile
 from fade_cli.io.outputs import ImageWriter, ResultRow
 from fade_cli.core.memory import guard_engine_failures
-from fade_cli.runs.runner import ResultSink, batch_of_decoded, decode_one, run_decoded
+from fade_cli.runs.row_order import RowsInOrder, finished
+from fade_cli.runs.runner import batch_of_decoded, decode_one, run_decoded
 
 
-@dataclass(frozen=True)
-class PreparedEngine:
-    """Everything a worker needs to score exactly like the driver's engine, except the model's weights."""
+def prepared_for_workers(engine: FadeEngine) -> PreparedEngine:
+    """The engine as the workers rebuild it: its file paths made absolute for every node."""
+    prepared = PreparedEngine.of(engine)
+    return replace(prepared, config=absolute_paths(prepared.config))
 
-    config: EngineConfig
-    identity: dict
-    cls_classifier_2d: torch.Tensor
-    seg_classifier_2d: torch.Tensor
-    patches_by_size: dict[int, torch.Tensor]
-    reference_count: int
 
-    @classmethod
-    def of(cls, engine: FadeEngine) -> "PreparedEngine":
-        """The engine's prompt embeddings and memory bank on the CPU, its file paths made absolute for every node."""
-        return cls(
-            config=absolute_paths(engine.config),
-            identity=dict(engine.loaded.identity),
-            cls_classifier_2d=engine.cls_classifier_2d.cpu(),
-            seg_classifier_2d=engine.seg_classifier_2d.cpu(),
-            patches_by_size={size: patches.cpu() for size, patches in engine.bank.patches_by_size.items()},
-            reference_count=engine.reference_count,
-        )
+def load_on_worker(prepared: PreparedEngine) -> FadeEngine:
+    """Load the model's vision tower on this node and rebuild the engine; a clear error naming the node when its
+    weights are missing or differ from the driver's."""
+    from fade_cli.engine.detector import checked_model_source
+    from fade_cli.backbone.model import load_model
 
-    def load_engine(self) -> FadeEngine:
-        """Load the model's vision tower on this node and rebuild the engine; a clear error naming the node
-        when its weights are missing or differ from the driver's."""
-        from fade_cli.engine.detector import checked_model_source
-        from fade_cli.engine.memory_bank import MemoryBank
-        from fade_cli.backbone.model import load_model
+    def other_model(driver: dict, loaded: dict) -> WorkerNodeError:
+        return WorkerNodeError(f"worker node {node_name()} loaded another model than the driver: {loaded} "
+                               f"instead of {driver}; give every node the same weights", 3)
 
-        loaded = on_worker_node(lambda: load_model(self.config, checked_model_source(self.config), text_tower=False))
-        if loaded.identity != self.identity:
-            raise WorkerNodeError(f"worker node {node_name()} loaded another model than the driver: {loaded.identity} "
-                                  f"instead of {self.identity}; give every node the same weights", 3)
-        device = loaded.device
-        bank = MemoryBank({size: patches.to(device) for size, patches in self.patches_by_size.items()})
-        return FadeEngine.from_saved(loaded, self.config, self.cls_classifier_2d, self.seg_classifier_2d, bank,
-                                     self.reference_count)
+    loaded = on_worker_node(lambda: load_model(prepared.config, checked_model_source(prepared.config),
+                                               text_tower=False))
+    return prepared.engine(loaded, other_model)
 
 
 @dataclass(frozen=True)
@@ -160,7 +143,7 @@ class ScoringWorker:
         engine_state: PreparedEngine = ray.get(prepared[0])
         if engine_state.config.device == "cpu" or not torch.cuda.is_available():
             torch.set_num_threads(cpu_threads)  # the CPUs this worker reserved, not every core of the node
-        self.engine = guard_engine_failures(engine_state.load_engine)
+        self.engine = guard_engine_failures(lambda: load_on_worker(engine_state))
         self.outputs = outputs
         self.writer = outputs.writer()
 
@@ -176,40 +159,9 @@ class ScoringWorker:
         return {"index": batch["index"], "row": pickled_column(rows)}
 
 
-class _RowsByIndex:
-    """Rows that arrive in any order (and twice, after a retried batch) passed on once each, in file order."""
-
-    def __init__(self, count: int, output: Optional[ResultSink], on_row: Optional[Callable[[ResultRow], None]]):
-        self.count = count
-        self.output = output
-        self.on_row = on_row
-        self.waiting: dict[int, ResultRow] = {}
-        self.next_index = 0
-
-    def put(self, index: int, row: ResultRow) -> None:
-        if index < self.next_index or index in self.waiting:
-            return  # already received: a batch Ray ran again after its worker died
-        self.waiting[index] = row
-        while self.next_index in self.waiting:
-            self._pass_on(self.waiting.pop(self.next_index))
-            self.next_index += 1
-
-    def salvage(self) -> None:
-        """After an interruption: the rows received past a missing one, still in file order (a --resume adds the
-        missing ones)."""
-        for index in sorted(self.waiting):
-            self._pass_on(self.waiting.pop(index))
-
-    def check_complete(self) -> None:
-        if self.next_index != self.count:
-            raise ClusterError(f"the Ray job ended with {self.count - self.next_index} of {self.count} image(s) "
-                               "without a result")
-
-    def _pass_on(self, row: ResultRow) -> None:
-        if self.output is not None:
-            self.output.add(row)
-        if self.on_row is not None:
-            self.on_row(row)
+def _check_complete(rows: RowsInOrder, count: int) -> None:
+    if rows.passed != count:
+        raise ClusterError(f"the Ray job ended with {count - rows.passed} of {count} image(s) without a result")
 
 
 def run_detection_on_ray(
@@ -229,12 +181,13 @@ def run_detection_on_ray(
     """
     if not files:
         return
-    rows = _RowsByIndex(len(files), output, on_row)
+    rows = RowsInOrder(output, on_row)
     try:
         with contextlib.closing(_scored_rows(engine, files, settings, output, threshold, pixel_threshold)) as scored:
             for index, row in scored:
-                rows.put(index, row)
-        rows.check_complete()
+                rows.put(index, finished(row))  # a second row of an image comes from a batch Ray ran again
+                rows.hand_over()
+        _check_complete(rows, len(files))
     except KeyboardInterrupt:
         rows.salvage()
         raise
@@ -247,7 +200,7 @@ def _scored_rows(engine: FadeEngine, files: list[ImageFile], settings: RaySettin
     # The workers' device decides the default batch size, not the driver's (a CPU head driving GPU workers).
     batch_size = batch_size_for(engine.config, torch.device("cuda" if settings.gpus_per_worker else "cpu"))
     pool = worker_pool(settings, batches=-(-len(files) // batch_size))
-    prepared = PreparedEngine.of(engine)
+    prepared = prepared_for_workers(engine)
     listing = [ImageFile(Path(os.path.abspath(file.path)), file.relative) for file in files]
     dataset = indexed_items(listing, block_count(len(files), batch_size, pool.size))
     if pool.num_gpus:  # GPU workers wait on no decoder: CPU tasks decode the next images meanwhile
