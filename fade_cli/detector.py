@@ -107,8 +107,9 @@ class Detector:
     def from_bank(cls, bank: Union[str, os.PathLike, "ReferenceBank"], *, thresholds: Thresholds = Thresholds(),
                   **settings: Any) -> "Detector":
         """A detector from a saved bank (`fade bank build`, :func:`build_bank`): its model, settings, references
-        and thresholds (each of the ``thresholds`` given wins over the bank's). Only how this machine runs may be chosen (device, precision, batch_size, cache_dir,
-        compile) and where the bank's model files are here (weights, model_config)."""
+        and thresholds (each of the ``thresholds`` given wins over the bank's). Only how this machine runs may
+        be chosen (device, precision, batch_size, cache_dir, compile) and where the bank's model files are here
+        (weights, model_config)."""
         from fade_cli.bank.bank import load_bank
 
         saved = bank if not isinstance(bank, (str, os.PathLike)) else load_bank(bank)
