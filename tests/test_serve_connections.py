@@ -44,12 +44,28 @@ def trickle(sock: socket.socket, head: bytes, byte: bytes, limit_s: float) -> tu
     while time.monotonic() - started < limit_s:
         readable, _, _ = select.select([sock], [], [], 0.2)
         if readable:
-            return sock.recv(65536), time.monotonic() - started
+            taken = time.monotonic() - started
+            return _until_closed(sock, sock.recv(65536)), taken
         try:
             sock.sendall(byte)
         except OSError:  # closed under us: what it answered is still to be read
             continue
     raise AssertionError(f"still open after {limit_s} s")
+
+
+def _until_closed(sock: socket.socket, answer: bytes) -> bytes:
+    """The rest of an answer the server sends in several packets (head, then body), up to its close."""
+    sock.settimeout(5)
+    while chunk := _received(sock):
+        answer += chunk
+    return answer
+
+
+def _received(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:  # reset after the answer: it is complete
+        return b""
 
 
 @pytest.fixture(scope="module")
