@@ -18,13 +18,14 @@ from fade_cli.bank.bank import ReferenceBank, load_bank
 from fade_cli.bank.calibration import DEFAULT_MARGIN, Calibration, Thresholds, check_calibrated_thresholds
 from fade_cli.bank.calibration import choose_thresholds, describe_thresholds
 from fade_cli.bank.compat import BankMismatchError, describe_identity, model_file_contradictions
-from fade_cli.bank.compat import model_files_for_bank, precision_warning, setting_differences
+from fade_cli.bank.compat import precision_warning, setting_differences
 from fade_cli.cli.options import ENGINE_OPTION_NAMES, engine_config_from_options, prompt_sets_from_options
 from fade_cli.cli.console import download_announcer, print_warning, progress_bar, shows_progress, status_line
 from fade_cli.config import EngineConfig
 from fade_cli.core.errors import InputError
 from fade_cli.core.memory import guard_engine_failures
 from fade_cli.prompting.prompt_set import PromptSet
+from fade_cli.detector import bank_run_config
 from fade_cli.settings import RUNTIME_FIELDS, SETTINGS, names_with_role
 
 if TYPE_CHECKING:  # importing the model module pulls in torch
@@ -68,11 +69,12 @@ def load_run_bank(
             f"options contradict the bank {bank_path}: {'; '.join(problems)}. The bank sets the model and the "
             "settings: drop these options, or rebuild the bank with them (`fade bank build`)"
         )
-    weights, model_config = model_files_for_bank(bank, options["weights"], options["model_config"])
-    runtime = {s.field: options[s.name] for s in SETTINGS if s.field in RUNTIME_FIELDS}
+    # How this machine runs the bank, and where its model files are here (None: where it was built).
+    here = {s.name: options[s.name] for s in SETTINGS if s.field in RUNTIME_FIELDS}
+    here.update(weights=options["weights"], model_config=options["model_config"])
     if "precision" in given:
-        runtime["precision"] = options["precision"]
-    return bank, bank.config.replace(weights=weights, model_config=model_config, **runtime)
+        here["precision"] = options["precision"]
+    return bank, bank_run_config(bank, here)
 
 
 def _contradictions(ctx: click.Context, bank: ReferenceBank, options: dict[str, Any], given: set[str]) -> list[str]:
