@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence, Union
 
 from fade_cli.bank.calibration import DEFAULT_MARGIN, MIN_REFERENCES, Calibration, Thresholds, choose_thresholds
-from fade_cli.core.errors import ImageError, InputError
+from fade_cli.core.errors import ImageError
 from fade_cli.prompting.prompt_set import PromptSet, load_prompt_set
 from fade_cli.settings import SETTINGS_BY_NAME, SettingError, Settings, names_with_role, unknown_setting_error
 
@@ -318,35 +318,24 @@ def build_bank(refs: Union[str, os.PathLike], out: Union[str, os.PathLike], *, c
     from fade_cli.bank.bank import save_bank
     from fade_cli.bank.engine_bridge import bank_from_engine
     from fade_cli.engine import FadeEngine
+    from fade_cli.io.folder_lock import single_output_file
     from fade_cli.prompting.prompt_set import with_default_prompts
     from fade_cli.runs.runner import load_references
 
-    out = Path(out)
-    check_bank_out(out, overwrite)
     chosen = Settings.of(**settings)
     cls_prompts, seg_prompts = with_default_prompts(*prompt_sets_of(chosen))
     ref_files = reference_files(refs)
-    regions = regions_of(chosen)
-    engine = FadeEngine.from_config(chosen.engine_config(), cls_prompts, seg_prompts)
-    engine.regions = regions
-    load_references(engine, ref_files)
-    calibration = calibrate_references(engine, ref_files, margin) if calibrate and len(ref_files) >= MIN_REFERENCES \
-        else None
-    chosen_thresholds = choose_thresholds(calibration, thresholds)
-    bank = bank_from_engine(engine, cls_prompts, seg_prompts, ref_files, dtype, chosen_thresholds, calibration)
-    save_bank(bank, out)
+    # Held from the start: another build of the same file is refused before, not after, the work.
+    with single_output_file(Path(out), overwrite):
+        engine = FadeEngine.from_config(chosen.engine_config(), cls_prompts, seg_prompts)
+        engine.regions = regions_of(chosen)
+        load_references(engine, ref_files)
+        enough = calibrate and len(ref_files) >= MIN_REFERENCES
+        calibration = calibrate_references(engine, ref_files, margin) if enough else None
+        bank = bank_from_engine(engine, cls_prompts, seg_prompts, ref_files, dtype,
+                                choose_thresholds(calibration, thresholds), calibration)
+        save_bank(bank, Path(out))
     return bank
-
-
-BANK_SUFFIX = ".fadebank"
-
-
-def check_bank_out(out: Path, overwrite: bool) -> None:
-    """Refuse a folder, or an existing file without ``overwrite``."""
-    if out.is_dir():
-        raise InputError(f"{out} is a folder; give a file name such as {out / ('refs' + BANK_SUFFIX)}")
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists; choose another file or overwrite it")
 
 
 __all__ = ["Detector", "Result", "build_bank"]

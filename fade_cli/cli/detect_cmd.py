@@ -157,8 +157,7 @@ def detect(ctx: click.Context, images: Path, refs: Optional[Path], out: Optional
             else:
                 from fade_cli.runs.ray.ray_detect import run_detection_on_ray
 
-                # ray_detect.py still takes the two thresholds apart (it is being reworked separately)
-                run_detection_on_ray(engine, todo, ray, output, thresholds.image, on_row, thresholds.pixel)
+                run_detection_on_ray(engine, todo, ray, output, thresholds, on_row)
     except STOPS as stop:
         _finish(output)
         _report(out, report, console, images)  # before stdout: it may be what cannot be written

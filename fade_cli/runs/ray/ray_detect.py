@@ -85,16 +85,14 @@ class WorkerOutputs:
     save_maps: bool = True
     save_heatmaps: bool = True
     save_thumbnails: bool = False
-    threshold: Optional[float] = None
-    pixel_threshold: Optional[float] = None
+    thresholds: Thresholds = Thresholds()
 
     @classmethod
-    def of(cls, output: Optional[ImageWriter], threshold: Optional[float],
-           pixel_threshold: Optional[float]) -> "WorkerOutputs":
+    def of(cls, output: Optional[ImageWriter], thresholds: Thresholds) -> "WorkerOutputs":
         if output is None:
-            return cls(threshold=threshold, pixel_threshold=pixel_threshold)
+            return cls(thresholds=thresholds)
         return cls(os.path.abspath(output.out_dir), output.map_size, output.save_maps, output.save_heatmaps,
-                   output.save_thumbnails, threshold, pixel_threshold)
+                   output.save_thumbnails, thresholds)
 
     def writer(self) -> Optional["_FilesOnly"]:
         if self.out_dir is None:
@@ -154,8 +152,8 @@ class ScoringWorker:
         ready = batch_of_decoded(self.engine, [item.file for item in decoded],
                                  [(item.image, item.inputs, item.error) for item in decoded])
         rows: list[ResultRow] = []
-        thresholds = Thresholds(self.outputs.threshold, self.outputs.pixel_threshold)
-        guard_engine_failures(lambda: run_decoded(self.engine, [ready], self.writer, thresholds, rows.append))
+        guard_engine_failures(lambda: run_decoded(self.engine, [ready], self.writer, self.outputs.thresholds,
+                                                  rows.append))
         return {"index": batch["index"], "row": pickled_column(rows)}
 
 
@@ -169,9 +167,8 @@ def run_detection_on_ray(
     files: list[ImageFile],
     settings: RaySettings,
     output: Optional[ImageWriter] = None,
-    threshold: Optional[float] = None,
+    thresholds: Thresholds = Thresholds(),
     on_row: Optional[Callable[[ResultRow], None]] = None,
-    pixel_threshold: Optional[float] = None,
 ) -> None:
     """:func:`fade_cli.runs.runner.run_detection` on the connected Ray cluster: the same rows, to ``output.add`` and
     ``on_row`` in file order, and the same files in ``output``'s folder, written by the workers.
@@ -183,7 +180,7 @@ def run_detection_on_ray(
         return
     rows = RowsInOrder(output, on_row)
     try:
-        with contextlib.closing(_scored_rows(engine, files, settings, output, threshold, pixel_threshold)) as scored:
+        with contextlib.closing(_scored_rows(engine, files, settings, output, thresholds)) as scored:
             for index, row in scored:
                 rows.put(index, finished(row))  # a second row of an image comes from a batch Ray ran again
                 rows.hand_over()
@@ -194,7 +191,7 @@ def run_detection_on_ray(
 
 
 def _scored_rows(engine: FadeEngine, files: list[ImageFile], settings: RaySettings, output: Optional[ImageWriter],
-                 threshold: Optional[float], pixel_threshold: Optional[float]) -> Iterator[tuple[int, ResultRow]]:
+                 thresholds: Thresholds) -> Iterator[tuple[int, ResultRow]]:
     import ray
 
     # The workers' device decides the default batch size, not the driver's (a CPU head driving GPU workers).
@@ -206,7 +203,7 @@ def _scored_rows(engine: FadeEngine, files: list[ImageFile], settings: RaySettin
     if pool.num_gpus:  # GPU workers wait on no decoder: CPU tasks decode the next images meanwhile
         dataset = bounded_map_batches(dataset, decode_batch, "max_retries", fn_kwargs={"config": prepared.config},
                                       batch_format="numpy")
-    outputs = WorkerOutputs.of(output, threshold, pixel_threshold)
+    outputs = WorkerOutputs.of(output, thresholds)
     scored = map_with_workers(dataset, ScoringWorker, pool, batch_size, prepared=[ray.put(prepared)],
                               outputs=outputs, cpu_threads=max(1, int(pool.num_cpus)))
     yield from streamed_results(scored, "row")
