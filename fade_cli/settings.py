@@ -46,8 +46,6 @@ from fade_cli.core.naming import flag_of, named
 from fade_cli.core.validation import shown
 
 ROLES = ("model", "stored", "preset", "prompts", "runtime", "region")
-# How a value is written and checked: the CLI maps each kind to a click type.
-KINDS = ("text", "int", "float", "choice", "flag", "optional_flag", "sizes", "file", "folder", "device")
 
 
 class SettingError(InputError):
@@ -63,7 +61,7 @@ class Setting:
     """One engine setting: its name, how it is checked, its default, its help and its role."""
 
     name: str
-    kind: str
+    kind: str  # how a value is written and checked (_CHECKS); the CLI maps each kind to a click type
     default: Any
     help: str
     role: str
@@ -76,6 +74,11 @@ class Setting:
     results_depend: bool = True  # False: scores are the same whatever its value (a bank never stores it)
     optional: bool = False  # None is allowed besides the default (no pretrained tag with a weights file)
     section: str = "Published method"  # where --help lists it (fade_cli.cli.help_sections)
+
+    def __post_init__(self) -> None:
+        # A typo in the schema would otherwise surface only when the setting is used.
+        if self.role not in ROLES or self.kind not in _CHECKS:
+            raise ValueError(f"setting {self.name}: unknown role {self.role!r} or kind {self.kind!r}")
 
     @property
     def flag(self) -> str:
@@ -355,12 +358,6 @@ Settings = dataclasses.make_dataclass(
 Settings.__module__ = __name__
 
 
-def settings_from_config(config: EngineConfig, **others: Any) -> Any:
-    """The :class:`Settings` of an engine config (``others``: the settings it has no field for)."""
-    values = {s.name: getattr(config, s.field) for s in SETTINGS if s.field is not None}
-    return Settings.of({**values, **others})
-
-
 def config_from_dict(data: Any, source: str) -> EngineConfig:
     """An engine config read from a file (a bank): every field checked as its setting is, the file named."""
     from fade_cli.core.validation import Fields
@@ -402,4 +399,4 @@ def _expected(setting: Setting) -> str:
             "device": "auto, cpu, cuda, cuda:N or mps"}.get(setting.kind, "a string")
 
 
-__all__ = ["SETTINGS", "SCORE_NEUTRAL", "Setting", "SettingError", "Settings", "names_with_role", "settings_from_config"]
+__all__ = ["SETTINGS", "SCORE_NEUTRAL", "Setting", "SettingError", "Settings", "names_with_role"]

@@ -65,7 +65,7 @@ class OutputFolderBusy(InputError):
 
     def __init__(self, folder: Path, holder: Optional[Holder]):
         who = holder.describe() if holder is not None else "holder unknown"
-        super().__init__(f"{folder} is in use by another fade run ({who}); wait for it to end or choose another --out")
+        super().__init__(f"{folder} is in use by another fade run ({who}); wait for it to end or choose another folder")
         self.folder = folder
         self.holder = holder
 
